@@ -1,0 +1,27 @@
+# The two commands of the README: `make demo` (the main job) and `make test`. Both create the venv
+# and install the project in it with `pip install -e .` on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: install demo test bench clean
+
+# torch must be importable when setup.py runs, and the project builds against the torch in the
+# venv (--no-build-isolation) rather than downloading another multi-GB copy into a build env.
+$(VENV)/.installed: pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1" setuptools wheel ninja
+	MAX_JOBS=$${MAX_JOBS:-2} $(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+demo: install
+	$(PY) benchmarks/bench_lam.py
+
+clean:
+	rm -rf build *.egg-info lam_ops/_C*.so $(VENV)

@@ -1,0 +1,1 @@
+"""BLPSeg: scribble-supervised semantic segmentation with the Local Aggregation Module."""

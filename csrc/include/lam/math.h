@@ -1,0 +1,92 @@
+// Per-pixel math of the Local Aggregation operator, shared by the CPU and CUDA kernels.
+//
+// Everything here is __host__ __device__ and free of indexing and memory layout: kernels decide
+// how pixels are laid out and visited, this header decides what is computed for a pair (i, j).
+// The CPU build runs exactly these functions, so the CPU tests exercise the GPU's math.
+// Notation follows ../../shared/LAM_SPEC.md: j is a query pixel, i a key in its window.
+#pragma once
+
+#include <math.h>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define LAM_HD __host__ __device__ __forceinline__
+#else
+#define LAM_HD inline
+#endif
+
+namespace lam {
+
+LAM_HD int imin(int a, int b) { return a < b ? a : b; }
+LAM_HD int imax(int a, int b) { return a > b ? a : b; }
+
+LAM_HD float exp_(float v) { return expf(v); }
+LAM_HD double exp_(double v) { return exp(v); }
+LAM_HD float log_(float v) { return logf(v); }
+LAM_HD double log_(double v) { return log(v); }
+
+template <typename T>
+LAM_HD T neg_inf() { return static_cast<T>(-INFINITY); }
+
+// Window of pixel (y, x): rows [y0, y1) and columns [x0, x1). Clipped at the border, never
+// shifted, so i in window(j) iff j in window(i): every gradient is a gather. radius < 0 is the
+// whole image (the Python `radius=None`).
+struct Window {
+  int y0, y1, x0, x1;
+};
+
+LAM_HD Window window(int y, int x, int H, int W, int radius) {
+  if (radius < 0) return {0, H, 0, W};
+  return {imax(y - radius, 0), imin(y + radius + 1, H), imax(x - radius, 0), imin(x + radius + 1, W)};
+}
+
+LAM_HD int dist2(int dy, int dx) { return dy * dy + dx * dx; }
+
+// logit(i, j) = f_i . f_j - |s_i - s_j|^2 / (2 sigma^2) = dot + coef * d2 with coef from dist_coef.
+template <typename T>
+LAM_HD T dist_coef(T sigma) { return static_cast<T>(-0.5) / (sigma * sigma); }
+
+template <typename T>
+LAM_HD T logit(T dot, int d2, T coef) { return dot + coef * static_cast<T>(d2); }
+
+// Online softmax over the keys of one query (flash-attention style). The kernel keeps its own
+// accumulator acc = sum_i p_i x_i and rescales it by `scale` whenever the running max grows.
+template <typename T>
+struct OnlineSoftmax {
+  T m;  // running max of the logits seen
+  T l;  // running sum of exp(logit - m)
+
+  LAM_HD OnlineSoftmax() : m(neg_inf<T>()), l(0) {}
+
+  // Absorbs a block of logits whose max is block_max; returns the factor that rescales what was
+  // accumulated so far. The kernel then adds exp(s - m) for each s of the block, via weight().
+  LAM_HD T rescale_to(T block_max) {
+    if (!(block_max > m)) return static_cast<T>(1);
+    const T scale = (m == neg_inf<T>()) ? static_cast<T>(0) : exp_(m - block_max);
+    l *= scale;
+    m = block_max;
+    return scale;
+  }
+  LAM_HD T weight(T s) { const T p = exp_(s - m); l += p; return p; }
+
+  // One logit at a time: returns p and sets scale (the two steps above in one).
+  LAM_HD T push(T s, T& scale) { scale = rescale_to(s); return weight(s); }
+
+  // No admissible key (only through key_mask): lse = -inf, and the output is 0, not NaN.
+  LAM_HD T lse() const { return l > static_cast<T>(0) ? m + log_(l) : neg_inf<T>(); }
+  LAM_HD T inv_l() const { return l > static_cast<T>(0) ? static_cast<T>(1) / l : static_cast<T>(0); }
+};
+
+// Backward: A(i, j) recomputed from the saved log-sum-exp of query j.
+template <typename T>
+LAM_HD T prob(T logit_ij, T lse_j) { return lse_j == neg_inf<T>() ? static_cast<T>(0) : exp_(logit_ij - lse_j); }
+
+// dS(i, j) = A(i, j) (g_j . x_i - Delta_j), with Delta_j = g_j . out_j.
+template <typename T>
+LAM_HD T dscore(T a, T g_dot_x, T delta_j) { return a * (g_dot_x - delta_j); }
+
+// d logit / d sigma = |s_i - s_j|^2 / sigma^3: kernels sum dS * d2 over the pairs and multiply
+// once by this factor at the end.
+template <typename T>
+LAM_HD T dsigma_factor(T sigma) { return static_cast<T>(1) / (sigma * sigma * sigma); }
+
+}  // namespace lam

@@ -1,0 +1,11 @@
+"""The backends, in the order `backend="auto"` tries them (fastest first)."""
+
+from __future__ import annotations
+
+from .base import Backend
+from .compiled import CppBackend, CudaBackend
+from .reference import ReferenceBackend
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (CudaBackend(), CppBackend(), ReferenceBackend())}
+
+__all__ = ["Backend", "BACKENDS"]

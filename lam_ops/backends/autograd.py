@@ -1,0 +1,50 @@
+"""Autograd and fake (meta) registration for an operator pair of the lam_ops schema.
+
+Every compiled backend exposes `forward(x, f, sigma, radius, key_mask) -> (out, lse)` and
+`backward(grad_out, x, f, sigma, radius, key_mask, out, lse) -> (dx, df, dsigma)` as torch
+library operators; registering the formula here once lets torch.compile trace them without graph
+breaks (the forward saves lse; the backward recomputes the window weights from it).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The saved log-sum-exp is float32, float64 for float64 inputs (where gradcheck needs it)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def register_lam_op(forward_name: str, backward_op) -> None:
+    """Registers the autograd formula of `forward_name` (e.g. "lam_ops::forward") in terms of
+    `backward_op`, and fake kernels for both."""
+
+    def setup_context(ctx, inputs, output):
+        x, f, sigma, radius, key_mask = inputs
+        out, lse = output
+        ctx.save_for_backward(x, f, sigma, key_mask, out, lse)
+        ctx.radius = radius
+
+    def backward(ctx, grad_out, _grad_lse):
+        x, f, sigma, key_mask, out, lse = ctx.saved_tensors
+        dx, df, dsigma = backward_op(grad_out, x, f, sigma, ctx.radius, key_mask, out, lse)
+        need = ctx.needs_input_grad
+        return (dx if need[0] else None, df if need[1] else None, dsigma if need[2] else None, None, None)
+
+    torch.library.register_autograd(forward_name, backward, setup_context=setup_context)
+
+    @torch.library.register_fake(forward_name)
+    def _forward_fake(x, f, sigma, radius, key_mask):
+        B, _, H, W = x.shape
+        return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((B, H, W), dtype=lse_dtype(x.dtype))
+
+
+def register_backward_fake(backward_name: str) -> None:
+    @torch.library.register_fake(backward_name)
+    def _backward_fake(grad_out, x, f, sigma, radius, key_mask, out, lse):
+        return (
+            torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(f, memory_format=torch.contiguous_format),
+            torch.empty_like(sigma),
+        )

@@ -1,0 +1,26 @@
+"""What every backend provides: a capability check that says why it cannot run an input, and the
+forward that returns (out, lse) with gradients attached."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+class Backend:
+    name: str = ""
+
+    def unavailable(self, device: torch.device) -> Optional[str]:
+        """Why this backend cannot run on `device` at all (not built, no GPU, ...), or None."""
+        raise NotImplementedError
+
+    def unsupported(self, x: Tensor, f: Tensor, sigma: Tensor, radius: Optional[int], key_mask: Optional[Tensor]) -> Optional[str]:
+        """Why this backend cannot run these (already validated) inputs, or None."""
+        return self.unavailable(x.device)
+
+    def forward(self, x: Tensor, f: Tensor, sigma: Tensor, radius: Optional[int], key_mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """(out, lse): out differentiable in x, f and sigma; lse (B, H, W) float32 (float64 for
+        float64 inputs), -inf for a query with no admissible key."""
+        raise NotImplementedError

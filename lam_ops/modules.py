@@ -1,0 +1,114 @@
+"""LocalAggregation: BLPSeg's LAM as a module that owns its guidance branch and sigma."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .functional import BACKEND_NAMES, local_aggregate
+
+SIMILARITIES = ("both", "features", "position")
+
+# The "features only" ablation drops the distance term: with this sigma, |s_i - s_j|^2 / (2 sigma^2)
+# is below float32 resolution for any image that fits in memory, and the contract keeps sigma finite.
+_NO_POSITION_SIGMA = 1e8
+
+
+class PatchEmbed(nn.Module):
+    """The authors' guidance branch: Conv k x k stride k (3 -> D), LayerNorm over channels, Conv 1x1.
+    An image whose size is not a multiple of k is zero-padded at the bottom and right first."""
+
+    def __init__(self, in_chans: int = 3, embed_dim: int = 256, patch_size: int = 4):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+        self.out = nn.Conv2d(embed_dim, embed_dim, kernel_size=1)
+
+    def forward(self, image: Tensor) -> Tensor:
+        H, W = image.shape[-2:]
+        p = self.patch_size
+        image = F.pad(image, (0, (-W) % p, 0, (-H) % p))
+        f = self.proj(image)
+        f = self.norm(f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.out(f)
+
+
+class LocalAggregation(nn.Module):
+    """Aggregates logits with weights from the image's low-level features and pixel distance.
+
+    Args:
+        in_chans, embed_dim, patch_size: the guidance branch (authors: 3, 256, 4).
+        sigma: the Gaussian bandwidth in units of the logits' grid (authors: 6 on the stride-4 grid).
+        learnable_sigma: learn sigma (paper Table IV); it is kept > 0 by learning its logarithm.
+        radius: window half size on the logits' grid; None is the authors' exact global operator.
+            The default 18 = 3 sigma keeps 99.7% of the distance kernel's mass along each axis.
+        similarity: "both" (features and position, the paper's LAM), "features" or "position"
+            (paper Table III).
+        backend: as in `local_aggregate`.
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        embed_dim: int = 256,
+        patch_size: int = 4,
+        sigma: float = 6.0,
+        learnable_sigma: bool = False,
+        radius: Optional[int] = 18,
+        similarity: str = "both",
+        backend: str = "auto",
+    ):
+        super().__init__()
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"sigma must be finite and > 0, got {sigma}")
+        if radius is not None and (not isinstance(radius, int) or radius < 0):
+            raise ValueError(f"radius must be an int >= 0 or None, got {radius!r}")
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        if backend not in BACKEND_NAMES:
+            raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
+        if similarity == "features" and learnable_sigma:
+            raise ValueError("learnable_sigma needs the position term: similarity='features' has none")
+        self.radius = radius
+        self.similarity = similarity
+        self.backend = backend
+        self.embed = PatchEmbed(in_chans, embed_dim, patch_size) if similarity != "position" else None
+        log_sigma = torch.tensor(math.log(_NO_POSITION_SIGMA if similarity == "features" else sigma))
+        if learnable_sigma:
+            self.log_sigma = nn.Parameter(log_sigma)
+        else:
+            self.register_buffer("log_sigma", log_sigma)
+
+    @property
+    def sigma(self) -> Tensor:
+        return self.log_sigma.exp()
+
+    def guidance(self, image: Tensor, size: tuple[int, int]) -> Tensor:
+        """Guidance features f at `size`, the logits' resolution."""
+        if self.embed is None:  # position only: f = 0 leaves the distance term alone
+            return image.new_zeros((image.shape[0], 1) + tuple(size))
+        f = self.embed(image)
+        if tuple(f.shape[-2:]) != tuple(size):
+            f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+        return f
+
+    def forward(self, logits: Tensor, image: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
+        f = self.guidance(image, logits.shape[-2:])
+        x = logits
+        if x.device.type == "cpu":
+            # Mixed precision on the CPU (bfloat16 autocast) would fall back to the dense reference:
+            # the fused CPU kernels run in float32.
+            x, f = x.float(), f.float()
+        else:
+            f = f.to(x.dtype)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = local_aggregate(x, f, self.sigma, self.radius, key_mask, self.backend)
+        return out.to(logits.dtype)
+
+    def extra_repr(self) -> str:
+        return f"radius={self.radius}, similarity={self.similarity!r}, backend={self.backend!r}"
