@@ -10,6 +10,7 @@
 
 #include <ATen/OpMathType.h>
 
+#include "lam/checks.h"
 #include "lam_ops_test.h"
 
 struct dim3 {
