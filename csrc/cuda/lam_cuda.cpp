@@ -1,6 +1,7 @@
-// CUDA registration of the lam_ops operators: argument checks, allocation and launches of the
-// kernels in lam_kernels.cuh. float32 and float64 compute in their own type; float16 and bfloat16
-// accumulate in float32 (at::opmath_type), and lse is float32 (float64 for float64 inputs).
+// CUDA registration of the lam_ops operators: argument checks, allocation, and the launches of
+// lam_kernels.cu (host compiler only: see launch.h). float32 and float64 compute in their own
+// type; float16 and bfloat16 accumulate in float32 (at::opmath_type); lse is float32 (float64
+// for float64 inputs).
 // sigma stays on the device and is read by the kernels: no host synchronisation.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -13,7 +14,7 @@
 #include <limits>
 
 #include "lam/checks.h"
-#include "lam_kernels.cuh"
+#include "launch.h"
 
 namespace lam {
 namespace {
@@ -42,15 +43,13 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& x_, const at::
   at::Tensor lse = at::empty({B, H, W}, x.options().dtype(acc_type));
   // The unnormalised output: out itself, or a float32 buffer for half inputs.
   at::Tensor acc = acc_type == x.scalar_type() ? out : at::zeros(x.sizes(), x.options().dtype(acc_type));
-  if (x.size(0) * x.size(2) * x.size(3) == 0) return {out, lse};
-  const int r = kernel_radius(radius, H, W);
-  const cuda::Launch geo = cuda::launch_geometry(B, H, W, r);
+  const cuda::Sizes sizes{B, C, D, H, W, kernel_radius(radius, H, W)};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lam_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    cuda::forward_kernel<scalar_t, acc_t><<<geo.grid, geo.block, 0, stream>>>(
-        x.data_ptr<scalar_t>(), f.data_ptr<scalar_t>(), sig.data_ptr<acc_t>(), mask_ptr(km), C, D, H, W, r,
-        acc.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), lse.data_ptr<acc_t>());
+    cuda::launch_forward<scalar_t, acc_t>(x.data_ptr<scalar_t>(), f.data_ptr<scalar_t>(), sig.data_ptr<acc_t>(),
+                                          mask_ptr(km), sizes, acc.data_ptr<acc_t>(), out.data_ptr<scalar_t>(),
+                                          lse.data_ptr<acc_t>(), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out, lse};
@@ -81,23 +80,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& g
   const at::Tensor delta = (g.to(acc_type) * out.to(acc_type)).sum(1).contiguous();  // Delta_j = g_j . out_j
   at::Tensor dx = at::zeros(x.sizes(), x.options().dtype(acc_type));
   at::Tensor df = at::zeros(f.sizes(), f.options().dtype(acc_type));
-  const int r = kernel_radius(radius, H, W);
-  const cuda::Launch geo = cuda::launch_geometry(B, H, W, r);
-  const int64_t n_blocks = x.size(0) * x.size(2) * x.size(3) == 0 ? 0 : static_cast<int64_t>(geo.grid.x) * geo.grid.y;
-  at::Tensor partials = at::empty({n_blocks}, x.options().dtype(acc_type));
+  const cuda::Sizes sizes{B, C, D, H, W, kernel_radius(radius, H, W)};
+  at::Tensor partials = at::empty({cuda::backward_partials(sizes)}, x.options().dtype(acc_type));
   at::Tensor dsigma = at::empty({}, x.options().dtype(acc_type));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lam_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    if (n_blocks > 0) {
-      cuda::backward_kernel<scalar_t, acc_t><<<geo.grid, geo.block, 0, stream>>>(
-          g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), f.data_ptr<scalar_t>(), sig.data_ptr<acc_t>(), mask_ptr(km),
-          l.data_ptr<acc_t>(), delta.data_ptr<acc_t>(), C, D, H, W, r, dx.data_ptr<acc_t>(), df.data_ptr<acc_t>(),
-          partials.data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    cuda::sum_partials_kernel<acc_t><<<1, cuda::kMaxThreads, 0, stream>>>(partials.data_ptr<acc_t>(), n_blocks,
-                                                                           sig.data_ptr<acc_t>(), dsigma.data_ptr<acc_t>());
+    cuda::launch_backward<scalar_t, acc_t>(g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), f.data_ptr<scalar_t>(),
+                                           sig.data_ptr<acc_t>(), mask_ptr(km), l.data_ptr<acc_t>(),
+                                           delta.data_ptr<acc_t>(), sizes, dx.data_ptr<acc_t>(), df.data_ptr<acc_t>(),
+                                           partials.data_ptr<acc_t>(), dsigma.data_ptr<acc_t>(), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {dx.to(x.scalar_type()), df.to(f.scalar_type()), dsigma.to(sigma.scalar_type())};
