@@ -53,7 +53,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, Args... args) {
     }
 }
 
-// The host side of csrc/cuda/lam_cuda.cu on CPU tensors (allocation, Delta, the launches).
+// What csrc/cuda/lam_cuda.cpp and lam_kernels.cu do around the kernels, on CPU tensors.
 template <typename scalar_t>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_kernels(
     const at::Tensor& x, const at::Tensor& f, const at::Tensor& sigma, int r, const at::Tensor& mask,
