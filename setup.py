@@ -37,10 +37,15 @@ def find_cuda_home():
     return next((c for c in candidates if _is_toolkit_root(c)), None)
 
 
-def want_cuda(cuda_home):
+def cuda_mode():
     mode = os.environ.get("LAM_OPS_CUDA", "auto").lower()
     if mode not in ("auto", "0", "1"):
         sys.exit(f"LAM_OPS_CUDA must be auto, 0 or 1, got {mode!r}")
+    return mode
+
+
+def want_cuda(cuda_home):
+    mode = cuda_mode()
     if mode == "0":
         print("lam_ops: LAM_OPS_CUDA=0, building the CPU kernels only")
         return False
@@ -72,7 +77,8 @@ def extensions():
     )
     if with_cuda:
         print(f"lam_ops: building the CUDA kernels with the toolkit at {cuda_home}")
-        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        # *.cu: the kernels (nvcc); *.cpp: their ATen side (the host compiler: far quicker).
+        sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
         ext = CUDAExtension(
             "lam_ops._C",
             sources,
@@ -84,10 +90,11 @@ def extensions():
     return [ext], {"build_ext": BuildExtension}
 
 
-ext_modules, cmdclass = extensions()
-
-setup(
-    packages=find_packages(include=["lam_ops", "lam_ops.*", "blpseg", "blpseg.*"]),
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-)
+# Guarded so that tests can import find_cuda_home and cuda_mode (pip runs this file as __main__).
+if __name__ == "__main__":
+    ext_modules, cmdclass = extensions()
+    setup(
+        packages=find_packages(include=["lam_ops", "lam_ops.*", "blpseg", "blpseg.*"]),
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+    )

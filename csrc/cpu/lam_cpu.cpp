@@ -104,19 +104,14 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
           for (int xo = w.x0; xo < w.x1; ++xo) {
             const int64_t q = yq * W + xo;  // the other pixel of the pair
             const int d2 = dist2(yq - y, xo - xq);
-            const T fdot = dot(fb + p, fb + q, D, N, N);
-            if (!mb || mb[q]) {  // query side: j = p, i = q
-              const T a = prob(logit(fdot, d2, coef), lb[p]);
-              const T ds = dscore(a, dot(gb + p, xb + q, C, N, N), db[p]);
-              for (int64_t k = 0; k < D; ++k) dfb[k * N + p] += ds * fb[k * N + q];
-              dsig += ds * static_cast<T>(d2);
-            }
-            if (p_admissible) {  // key side: i = p, j = q
-              const T a = prob(logit(fdot, d2, coef), lb[q]);
-              const T ds = dscore(a, dot(gb + q, xb + p, C, N, N), db[q]);
-              for (int64_t c = 0; c < C; ++c) dxb[c * N + p] += a * gb[c * N + q];
-              for (int64_t k = 0; k < D; ++k) dfb[k * N + p] += ds * fb[k * N + q];
-            }
+            const bool q_admissible = !mb || mb[q];
+            if (!p_admissible && !q_admissible) continue;
+            const PairGrad<T> pg = pair_grad(logit(dot(fb + p, fb + q, D, N, N), d2, coef), p_admissible,
+                                             q_admissible, lb[p], lb[q], dot(gb + p, xb + q, C, N, N),
+                                             dot(gb + q, xb + p, C, N, N), db[p], db[q]);
+            for (int64_t c = 0; c < C; ++c) dxb[c * N + p] += pg.a * gb[c * N + q];
+            for (int64_t k = 0; k < D; ++k) dfb[k * N + p] += pg.ds * fb[k * N + q];
+            dsig += pg.ds_query * static_cast<T>(d2);
           }
         }
       }

@@ -41,6 +41,12 @@ LAM_HD Window window(int y, int x, int H, int W, int radius) {
 
 LAM_HD int dist2(int dy, int dx) { return dy * dy + dx * dx; }
 
+// Whether a pixel at offset (dy, dx) from pixel j lies in j's window, given that it lies in the
+// image: the membership test of window() for kernels that visit a block's keys, not one window.
+LAM_HD bool in_window(int dy, int dx, int radius) {
+  return radius < 0 || (dy <= radius && -dy <= radius && dx <= radius && -dx <= radius);
+}
+
 // logit(i, j) = f_i . f_j - |s_i - s_j|^2 / (2 sigma^2) = dot + coef * d2 with coef from dist_coef.
 template <typename T>
 LAM_HD T dist_coef(T sigma) { return static_cast<T>(-0.5) / (sigma * sigma); }
@@ -83,6 +89,26 @@ LAM_HD T prob(T logit_ij, T lse_j) { return lse_j == neg_inf<T>() ? static_cast<
 // dS(i, j) = A(i, j) (g_j . x_i - Delta_j), with Delta_j = g_j . out_j.
 template <typename T>
 LAM_HD T dscore(T a, T g_dot_x, T delta_j) { return a * (g_dot_x - delta_j); }
+
+// The backward of one pair (p, q) of pixels with q in window(p), hence p in window(q), seen from
+// p, which owns dx_p and df_p: p is the query of key q (j = p, i = q) and the key of query q
+// (i = p, j = q). p_key, q_key: key_mask of p and q; g_p.x_q, g_q.x_p, Delta and lse as in the spec.
+template <typename T>
+struct PairGrad {
+  T a;         // A(p, q) (p as the key of query q): dx_p += a g_q
+  T ds;        // dS(q, p) + dS(p, q): df_p += ds f_q
+  T ds_query;  // dS(q, p): dsigma += ds_query |s_p - s_q|^2 / sigma^3
+};
+
+template <typename T>
+LAM_HD PairGrad<T> pair_grad(T logit_pq, bool p_key, bool q_key, T lse_p, T lse_q, T gp_dot_xq, T gq_dot_xp,
+                             T delta_p, T delta_q) {
+  const T zero = static_cast<T>(0);
+  const T ds_query = q_key ? dscore(prob(logit_pq, lse_p), gp_dot_xq, delta_p) : zero;
+  const T a = p_key ? prob(logit_pq, lse_q) : zero;
+  const T ds_key = p_key ? dscore(a, gq_dot_xp, delta_q) : zero;
+  return {a, ds_query + ds_key, ds_query};
+}
 
 // d logit / d sigma = |s_i - s_j|^2 / sigma^3: kernels sum dS * d2 over the pairs and multiply
 // once by this factor at the end.

@@ -1,0 +1,151 @@
+// ctest: the CUDA kernels of csrc/cuda/lam_kernels.cuh, unchanged, run on CPU threads against the
+// CPU operators, so that CPU-only CI checks their indexing, tiling, masks, chunking over channels
+// and key tiles, half conversions and barriers. One std::thread per CUDA thread, one std::barrier
+// per __syncthreads, the blocks of a launch one after the other (so a block's __shared__ memory
+// can be a static). A missing barrier may show up as a mismatch and a divergent one as a hang
+// (ctest's timeout); what only a GPU shows (warp execution, nvcc's code, speed) is not checked.
+#include <barrier>
+#include <thread>
+#include <vector>
+
+#include <ATen/OpMathType.h>
+
+#include "lam/checks.h"
+#include "lam_ops_test.h"
+
+struct dim3 {
+  unsigned x, y, z;
+  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+thread_local dim3 threadIdx, blockIdx;
+dim3 blockDim, gridDim;
+std::barrier<>* block_barrier;
+inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+#define __global__
+#define __device__
+#define __shared__ static
+#define __launch_bounds__(n)
+
+#include "cuda/lam_kernels.cuh"
+
+using namespace lam_test;
+namespace cu = lam::cuda;
+
+namespace {
+
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, Args... args) {
+  gridDim = grid;
+  blockDim = block;
+  const unsigned n = block.x * block.y;
+  for (unsigned by = 0; by < grid.y; ++by)
+    for (unsigned bx = 0; bx < grid.x; ++bx) {
+      std::barrier<> barrier(n);
+      block_barrier = &barrier;
+      std::vector<std::thread> threads;
+      for (unsigned t = 0; t < n; ++t)
+        threads.emplace_back([&, t] {
+          blockIdx = dim3(bx, by);
+          threadIdx = dim3(t % block.x, t / block.x);
+          kernel(args...);
+        });
+      for (auto& th : threads) th.join();
+    }
+}
+
+// What csrc/cuda/lam_cuda.cpp and lam_kernels.cu do around the kernels, on CPU tensors.
+template <typename scalar_t>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_kernels(
+    const at::Tensor& x, const at::Tensor& f, const at::Tensor& sigma, int r, const at::Tensor& mask,
+    const at::Tensor& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+  const int B = x.size(0), C = x.size(1), D = f.size(1), H = x.size(2), W = x.size(3);
+  const bool* mp = mask.defined() ? mask.data_ptr<bool>() : nullptr;
+  const at::Tensor sig = sigma.to(acc_type);
+  const cu::Launch geo = cu::launch_geometry(B, H, W, r);
+
+  at::Tensor out = at::zeros_like(x), lse = at::empty({B, H, W}, x.options().dtype(acc_type));
+  at::Tensor acc = acc_type == x.scalar_type() ? out : at::zeros(x.sizes(), x.options().dtype(acc_type));
+  launch(cu::forward_kernel<scalar_t, acc_t>, geo.grid, geo.block, x.data_ptr<scalar_t>(), f.data_ptr<scalar_t>(),
+         sig.data_ptr<acc_t>(), mp, C, D, H, W, r, acc.data_ptr<acc_t>(), out.data_ptr<scalar_t>(),
+         lse.data_ptr<acc_t>());
+
+  const at::Tensor delta = (g.to(acc_type) * out.to(acc_type)).sum(1).contiguous();
+  at::Tensor dx = at::zeros(x.sizes(), x.options().dtype(acc_type)), df = at::zeros(f.sizes(), f.options().dtype(acc_type));
+  at::Tensor partials = at::empty({int64_t(geo.grid.x) * geo.grid.y}, x.options().dtype(acc_type));
+  at::Tensor dsigma = at::empty({}, x.options().dtype(acc_type));
+  launch(cu::backward_kernel<scalar_t, acc_t>, geo.grid, geo.block, g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+         f.data_ptr<scalar_t>(), sig.data_ptr<acc_t>(), mp, lse.data_ptr<acc_t>(), delta.data_ptr<acc_t>(), C, D, H,
+         W, r, dx.data_ptr<acc_t>(), df.data_ptr<acc_t>(), partials.data_ptr<acc_t>());
+  launch(cu::sum_partials_kernel<acc_t>, dim3(1), dim3(cu::kMaxThreads), partials.data_ptr<acc_t>(),
+         partials.numel(), sig.data_ptr<acc_t>(), dsigma.data_ptr<acc_t>());
+  return {out, lse, dx.to(x.scalar_type()), df.to(f.scalar_type()), dsigma};
+}
+
+struct Case {
+  int64_t B, C, D, H, W;
+  std::optional<int64_t> radius;
+  bool mask;
+};
+
+// The kernels on x, f, g rounded to `dtype`, the CPU operators in float64 on the same rounded
+// values and (for Delta = g . out) the kernels' own rounded out: the difference is the kernels'
+// error alone.
+void check(const Case& k, at::ScalarType dtype, double tol) {
+  const std::string name = std::string(c10::toString(dtype)) + " B" + std::to_string(k.B) + "C" +
+                           std::to_string(k.C) + "D" + std::to_string(k.D) + "_" + std::to_string(k.H) + "x" +
+                           std::to_string(k.W) + "_r" + (k.radius ? std::to_string(*k.radius) : "None") +
+                           (k.mask ? "_mask" : "");
+  const auto opts = at::TensorOptions().dtype(dtype);
+  const at::Tensor x = at::randn({k.B, k.C, k.H, k.W}).to(dtype), g = at::randn({k.B, k.C, k.H, k.W}).to(dtype);
+  const at::Tensor f = (at::randn({k.B, k.D, k.H, k.W}) / std::pow(double(k.D), 0.25)).to(dtype);
+  const at::Tensor sigma = at::scalar_tensor(1.5, at::kFloat);
+  at::Tensor mask;
+  if (k.mask) {
+    mask = at::rand({k.B, k.H, k.W}) < 0.6;
+    mask[0].slice(0, 0, 2).fill_(false);  // some queries see no key at all
+  }
+  const int r = lam::kernel_radius(k.radius, k.H, k.W);
+  at::Tensor out, lse, dx, df, dsigma;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "emulated", [&] {
+    std::tie(out, lse, dx, df, dsigma) = run_kernels<scalar_t>(x, f, sigma, r, mask, g);
+  });
+
+  const auto d = [](const at::Tensor& t) { return t.to(at::kDouble); };
+  const std::optional<at::Tensor> m = k.mask ? std::optional<at::Tensor>(mask) : std::nullopt;
+  const at::Tensor s64 = sigma.to(at::kDouble);
+  auto [want_out, want_lse] = forward_op().call(d(x), d(f), s64, k.radius, m);
+  auto [want_dx, want_df, want_dsigma] = backward_op().call(d(g), d(x), d(f), s64, k.radius, m, d(out), want_lse);
+  expect_close(name + " out", out, want_out, tol, tol);
+  expect_close(name + " lse", lse, want_lse, tol, tol);
+  expect_close(name + " dx", dx, want_dx, tol, tol);
+  expect_close(name + " df", df, want_df, tol, tol);
+  expect_close(name + " dsigma", dsigma, want_dsigma, tol * std::max(1.0, want_dsigma.abs().item<double>()), tol);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  load_library(argc, argv);
+  at::manual_seed(0);
+  // Border tiles (sizes not multiples of 8), r = 0, windows wider than a tile, radius None (more
+  // keys than a key tile), more channels than a staged chunk (C, D > 32), masks, B = 2.
+  const Case cases[] = {
+      {1, 3, 4, 5, 7, 0, false},    {2, 3, 5, 9, 11, 1, true},   {1, 35, 33, 10, 9, 2, false},
+      {2, 4, 3, 9, 12, 5, true},    {2, 2, 3, 7, 9, std::nullopt, true}, {1, 3, 40, 12, 17, std::nullopt, false},
+      {1, 1, 1, 1, 1, 0, false},    {1, 2, 2, 1, 19, 3, false},
+  };
+  for (const Case& k : cases) {
+    check(k, at::kDouble, 1e-10);
+    check(k, at::kFloat, 2e-5);
+  }
+  // Half inputs: float32 accumulation, out and the gradients rounded once, to 16 bits.
+  for (const Case& k : {cases[1], cases[2], cases[4]}) {
+    check(k, at::kHalf, 2e-3);
+    check(k, at::kBFloat16, 1.6e-2);
+  }
+  if (failures) return 1;
+  std::printf("lam_ops CUDA kernels (emulated on CPU threads) match the CPU operators\n");
+  return 0;
+}
