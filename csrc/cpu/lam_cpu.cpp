@@ -31,25 +31,22 @@ namespace {
 // matrices stay in L2.
 constexpr int kKeyBlock = 1024;
 
-// Row-major C = op(A) op(B) + beta C (beta 0 or 1) on tile buffers, op(A) M x K and op(B) K x N.
-// ATen's mm runs BLAS, single-threaded inside at::parallel_for.
+// Dense row-major tile buffers: C = A B, or A B^T when b_transposed, plus C when accumulating;
+// A is M x K and C is M x N. ATen's mm runs BLAS, single-threaded inside at::parallel_for.
 template <typename T>
-at::Tensor matrix(const T* p, int64_t rows, int64_t cols, int64_t ld, bool trans) {
-  const at::Tensor m = at::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1},
-                                     at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
-  return trans ? m.t() : m;
+at::Tensor matrix(const T* p, int64_t rows, int64_t cols) {
+  return at::from_blob(const_cast<T*>(p), {rows, cols}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
 template <typename T>
-void mm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
-        int64_t ldb, T beta, T* C, int64_t ldc) {
-  const at::Tensor a = trans_a ? matrix(A, K, M, lda, true) : matrix(A, M, K, lda, false);
-  const at::Tensor b = trans_b ? matrix(B, N, K, ldb, true) : matrix(B, K, N, ldb, false);
-  at::Tensor c = matrix(C, M, N, ldc, false);
-  if (beta == T(0))
-    at::mm_out(c, a, b);
-  else
+void mm(int64_t M, int64_t N, int64_t K, const T* A, const T* B, bool b_transposed, bool accumulate, T* C) {
+  const at::Tensor a = matrix(A, M, K);
+  const at::Tensor b = b_transposed ? matrix(B, N, K).t() : matrix(B, K, N);
+  at::Tensor c = matrix(C, M, N);
+  if (accumulate)
     c.addmm_(a, b);
+  else
+    at::mm_out(c, a, b);
 }
 
 // A rectangle of pixels, rows [y0, y1) and columns [x0, x1), numbered row-major inside it.
@@ -60,13 +57,10 @@ struct Rect {
 };
 
 // Query tiles are squares: the key rectangle of a side-s tile has (s + 2r)^2 pixels, of which each
-// query uses (2r + 1)^2, so small tiles waste less work on pairs outside the windows and large
-// ones make longer GEMMs. The global operator (radius < 0) has no such waste.
-int tile_side(int radius) {
-  if (radius < 0) return 8;
-  if (radius <= 2) return 2;
-  return 4;
-}
+// query uses (2r + 1)^2, so small tiles waste less GEMM work on pairs outside the windows, while
+// large ones amortise BLAS's packing of the key block over more queries (measured: 8 beats 4 at
+// D = 256, ties at D = 16). The global operator (radius < 0) has no such waste.
+int tile_side(int radius) { return radius >= 0 && radius <= 2 ? 4 : 8; }
 
 struct Tiling {
   int H, W, radius, side, rows, cols;
@@ -81,6 +75,13 @@ struct Tiling {
   Rect tile(int64_t t) const {
     const int y = static_cast<int>(t / cols) * side, x = static_cast<int>(t % cols) * side;
     return {y, imin(y + side, H), x, imin(x + side, W)};
+  }
+
+  // Tiles per parallel chunk: about 1M multiply-adds of work, so that tiny problems (gradcheck)
+  // run inline rather than paying for waking threads.
+  int64_t grain(int64_t channels) const {
+    const Rect q = tile(0);
+    return std::max<int64_t>(1, (int64_t(1) << 20) / (q.size() * keys(q).size() * channels));
   }
 
   // The union of the windows of the tile's pixels.
@@ -213,7 +214,7 @@ struct ForwardTile {
     gather(im.f, tiling.W, D, block, fk);
     gather(im.x, tiling.W, C, block, xk);
     if (im.mask) gather(im.mask, tiling.W, 1, block, mk);
-    mm(false, true, Q, K, D, fq, D, fk, D, T(0), s, K);  // f_j . f_i
+    mm(Q, K, D, fq, fk, true, false, s);  // f_j . f_i
     for_each_pixel(tile, [&](int64_t q, int y, int x) {
       T* sq = s + q * K;
       T* pq = p + q * K;
@@ -232,7 +233,7 @@ struct ForwardTile {
         if (!im.mask || mk[i]) pq[i] = sm[q].weight(sq[i]);
       });
     });
-    mm(false, false, Q, C, K, p, K, xk, C, T(1), acc, C);  // acc += p x
+    mm(Q, C, K, p, xk, false, true, acc);  // acc += p x
   }
 };
 
@@ -246,7 +247,7 @@ void forward_kernel(const at::Tensor& xt, const at::Tensor& ft, const bool* mask
   const T* fp = ft.data_ptr<T>();
   T* op = out.data_ptr<T>();
   T* lp = lse.data_ptr<T>();
-  at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * tiles, tiling.grain(C + D), [&](int64_t begin, int64_t end) {
     Scratch<T> scratch;
     ForwardTile<T> work(tiling, C, D, dist_coef(sigma), scratch);
     for (int64_t bt = begin; bt < end; ++bt) {
@@ -315,9 +316,9 @@ struct BackwardTile {
   T absorb(const Image<T>& im, const Rect& tile, const Rect& block) {
     const int64_t Q = tile.size(), K = block.size();
     load(im, block, fb, xb, gb, mb, lb, db);
-    mm(false, true, Q, K, D, fa, D, fb, D, T(0), s, K);
-    mm(false, true, Q, K, C, ga, C, xb, C, T(0), gx, K);
-    mm(false, true, Q, K, C, xa, C, gb, C, T(0), xg, K);
+    mm(Q, K, D, fa, fb, true, false, s);
+    mm(Q, K, C, ga, xb, true, false, gx);
+    mm(Q, K, C, xa, gb, true, false, xg);
     T dsig = 0;
     for_each_pixel(tile, [&](int64_t a, int y, int x) {
       const bool a_is_key = !im.mask || ma[a];
@@ -341,8 +342,8 @@ struct BackwardTile {
         }
       });
     });
-    mm(false, false, Q, C, K, pab, K, gb, C, T(1), dxa, C);  // dx_a += sum_b A(a, b) g_b
-    mm(false, false, Q, D, K, ds, K, fb, D, T(1), dfa, D);   // df_a += sum_b dS f_b, both sides
+    mm(Q, C, K, pab, gb, false, true, dxa);  // dx_a += sum_b A(a, b) g_b
+    mm(Q, D, K, ds, fb, false, true, dfa);  // df_a += sum_b dS f_b, both sides
     return dsig;
   }
 };
@@ -381,7 +382,7 @@ T backward_kernel(const at::Tensor& gt, const at::Tensor& xt, const at::Tensor& 
   T* dxp = dx.data_ptr<T>();
   T* dfp = df.data_ptr<T>();
   std::vector<T> dsig_tiles(B * tiles);
-  at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * tiles, tiling.grain(C + D), [&](int64_t begin, int64_t end) {
     Scratch<T> scratch;
     BackwardTile<T> work(tiling, C, D, dist_coef(sigma), scratch);
     for (int64_t bt = begin; bt < end; ++bt) {
