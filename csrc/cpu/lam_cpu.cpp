@@ -58,8 +58,9 @@ struct Rect {
 
 // Query tiles are squares: the key rectangle of a side-s tile has (s + 2r)^2 pixels, of which each
 // query uses (2r + 1)^2, so small tiles waste less GEMM work on pairs outside the windows, while
-// large ones amortise BLAS's packing of the key block over more queries (measured: 8 beats 4 at
-// D = 256, ties at D = 16). The global operator (radius < 0) has no such waste.
+// large ones amortise the gather and BLAS's packing of the key block over more queries. Measured
+// (B 2, C 21, 96 x 96): sides 4, 5, 6 and 8 are within 10% of each other at D = 16 and 256 and
+// r = 6 to 18; 4 wastes less at r <= 2. The global operator (radius < 0) has no such waste.
 int tile_side(int radius) { return radius >= 0 && radius <= 2 ? 4 : 8; }
 
 struct Tiling {
@@ -71,6 +72,12 @@ struct Tiling {
 
   int64_t count() const { return int64_t(rows) * cols; }
   int64_t max_tile() const { return int64_t(side) * side; }
+
+  // The largest key block of any tile (sizes the scratch buffers).
+  int64_t max_block() const {
+    const int64_t keys = radius < 0 ? int64_t(H) * W : int64_t(imin(H, side + 2 * radius)) * imin(W, side + 2 * radius);
+    return std::min<int64_t>(keys, kKeyBlock);
+  }
 
   Rect tile(int64_t t) const {
     const int y = static_cast<int>(t / cols) * side, x = static_cast<int>(t % cols) * side;
@@ -183,15 +190,15 @@ struct ForwardTile {
 
   ForwardTile(const Tiling& t, int64_t C_, int64_t D_, T coef_, Scratch<T>& scratch)
       : tiling(t), C(C_), D(D_), coef(coef_), sm(t.max_tile()) {
-    const int64_t Q = t.max_tile();
+    const int64_t Q = t.max_tile(), K = t.max_block();
     fq = scratch.take(Q * D);
-    fk = scratch.take(kKeyBlock * D);
-    xk = scratch.take(kKeyBlock * C);
-    s = scratch.take(Q * kKeyBlock);
-    p = scratch.take(Q * kKeyBlock);
+    fk = scratch.take(K * D);
+    xk = scratch.take(K * C);
+    s = scratch.take(Q * K);
+    p = scratch.take(Q * K);
     acc = scratch.take(Q * C);
     inv_l = scratch.take(Q);
-    mk = scratch.take_mask(kKeyBlock);
+    mk = scratch.take_mask(K);
   }
 
   void run(const Image<T>& im, const Rect& tile, T* out, T* lse) {
@@ -277,7 +284,7 @@ struct BackwardTile {
 
   BackwardTile(const Tiling& t, int64_t C_, int64_t D_, T coef_, Scratch<T>& scratch)
       : tiling(t), C(C_), D(D_), coef(coef_) {
-    const int64_t Q = t.max_tile(), K = kKeyBlock;
+    const int64_t Q = t.max_tile(), K = t.max_block();
     fa = scratch.take(Q * D), xa = scratch.take(Q * C), ga = scratch.take(Q * C);
     la = scratch.take(Q), da = scratch.take(Q), dfa = scratch.take(Q * D), dxa = scratch.take(Q * C);
     ma = scratch.take_mask(Q);
