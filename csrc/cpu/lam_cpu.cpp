@@ -338,15 +338,17 @@ struct BackwardTile {
       const T* xg_a = xg + a * K;
       for_each_window_key(y, x, block, tiling, [&](int64_t b, int d2) {
         const T l = logit(s_a[b], d2, coef);
+        T d = 0;  // dS(b, a) + dS(a, b): both enter df_a through f_b
         if (!im.mask || mb[b]) {  // a queries b
-          const T d = dscore(prob(l, la[a]), gx_a[b], da[a]);
-          ds_a[b] += d;
+          d = dscore(prob(l, la[a]), gx_a[b], da[a]);
           dsig += d * static_cast<T>(d2);
         }
         if (a_is_key) {  // b queries a
-          p_a[b] = prob(l, lb[b]);
-          ds_a[b] += dscore(p_a[b], xg_a[b], db[b]);
+          const T p = prob(l, lb[b]);
+          p_a[b] = p;
+          d += dscore(p, xg_a[b], db[b]);
         }
+        ds_a[b] = d;
       });
     });
     mm(Q, C, K, pab, gb, false, true, dxa);  // dx_a += sum_b A(a, b) g_b
