@@ -10,22 +10,67 @@ pytestmark = pytest.mark.skipif(
     "cpp" not in lam_ops.available_backends("cpu"), reason="lam_ops._C is not built (pip install -e .)"
 )
 
+# The kernel works on square query tiles (side 4 for radius <= 2, else 8) against key blocks of at
+# most 1024 pixels (whole rows of the tile's key rectangle, or 1024 columns of one row).
+TILING_CASES = [
+    Case(1, 3, 4, 9, 7, 2),  # side-4 tiles, partial at both borders
+    Case(2, 3, 5, 13, 11, 3),  # side-8 tiles, partial at both borders
+    Case(1, 4, 3, 20, 19, 5, "random"),  # windows crossing several tiles
+    Case(1, 3, 4, 19, 17, None),  # radius None, 9 tiles, one key block
+    Case(1, 2, 3, 36, 30, None, "random"),  # radius None, 2 key blocks: online softmax across blocks
+    Case(1, 2, 3, 36, 35, 13),  # key rectangle of 34 x 34 > 1024: 2 key blocks
+    Case(1, 2, 3, 2, 1100, None),  # rows wider than a key block: blocks split columns
+    Case(2, 21, 16, 17, 18, 6, "sparse"),  # BLPSeg's C = 21, heavy key mask
+    Case(1, 3, 4, 21, 22, None, "sparse"),  # heavy key mask, global
+    Case(1, 21, 256, 9, 10, 3),  # the authors' D = 256 on a small image
+    Case(2, 5, 6, 15, 14, 4, "random", contiguous=False),
+]
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("case", EDGE_CASES, ids=str)
+@pytest.mark.parametrize("case", EDGE_CASES + TILING_CASES, ids=str)
 def test_matches_reference(case, dtype):
     assert_matches_reference(case, "cpp", dtype)
 
 
-@pytest.mark.parametrize("case", [Case(2, 3, 4, 5, 6, 1, "sparse"), Case(1, 2, 3, 4, 5, None, "random")], ids=str)
-def test_gradcheck(case):
+def gradcheck(case, **kwargs):
     x, f, sigma, key_mask = make_inputs(case, torch.float64)
     fn = lambda x, f, sigma: lam_ops.local_aggregate(x, f, sigma, case.radius, key_mask, backend="cpp")
-    assert torch.autograd.gradcheck(fn, (x, f, sigma))
+    return torch.autograd.gradcheck(fn, (x, f, sigma), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [Case(2, 3, 4, 5, 6, 1, "sparse"), Case(1, 2, 3, 4, 5, None, "random"), Case(1, 2, 3, 10, 9, 2, "random")],
+    ids=str,
+)
+def test_gradcheck(case):
+    assert gradcheck(case)
+
+
+@pytest.mark.parametrize("case", [Case(1, 2, 3, 36, 30, None, "random"), Case(1, 3, 4, 20, 19, 5, "sparse")], ids=str)
+def test_gradcheck_multi_tile(case):
+    # Full gradcheck costs one forward per input element; a random projection covers every tile.
+    assert gradcheck(case, fast_mode=True)
+
+
+DETERMINISM_CASE = Case(2, 21, 16, 24, 20, 5, "random")  # 2 x 12 tiles: several parallel chunks
 
 
 def test_backward_is_bitwise_deterministic():
-    case = Case(2, 21, 16, 12, 11, 3, "random")
-    a, b = run_with_grads(case, "cpp"), run_with_grads(case, "cpp")
+    a, b = run_with_grads(DETERMINISM_CASE, "cpp"), run_with_grads(DETERMINISM_CASE, "cpp")
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_results_do_not_depend_on_thread_count():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run_with_grads(DETERMINISM_CASE, "cpp")
+        torch.set_num_threads(2)
+        two = run_with_grads(DETERMINISM_CASE, "cpp")
+    finally:
+        torch.set_num_threads(threads)
+    for name in one:
+        assert torch.equal(one[name], two[name]), name

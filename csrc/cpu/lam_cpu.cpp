@@ -1,10 +1,24 @@
-// CPU kernels of the lam_ops operators: a per-pixel loop over lam/math.h.
-// Parallel over (batch, row); every output element is written by one thread, so the backward is
-// a gather with no atomics, and dsigma is reduced from per-row partials in a fixed order.
+// CPU kernels of the lam_ops operators: tiled, flash-attention style, over lam/math.h.
+//
+// Work unit: a small rectangle of query pixels (a tile) against the rectangle of keys covering the
+// union of their windows, cut into key blocks of at most kKeyBlock pixels. Per block, the dot
+// products run as small GEMMs (BLAS, single-threaded inside at::parallel_for) on pixel-major copies
+// of the tile and the block; only the pair-wise math (window/border/key-mask, logits, exp) runs per
+// pair, over exactly the admissible pairs. Nothing of size (2r+1)^2 x HW or HW x HW is stored.
+//
+// Forward: online softmax over the key blocks, saving the per-query log-sum-exp.
+// Backward: every pair (a, b) of a tile pixel a and a key pixel b in its window is visited once,
+// by a's tile, and used twice: a as query of b (query-side gradients) and a as key of b (key-side
+// gradients, valid because b in window(a) iff a in window(b)). All of a's gradients are thus
+// gathered by a's tile: no atomics, and each tile's result does not depend on the scheduling.
+// dsigma is reduced from per-tile partials in tile order, so the whole backward is bitwise
+// reproducible, and independent of the thread count (BLAS runs single-threaded per call).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "lam/checks.h"
@@ -13,152 +27,423 @@
 namespace lam {
 namespace {
 
+// Keys per block: the block's pixel-major features (kKeyBlock x D) and the tile x block score
+// matrices stay in L2.
+constexpr int kKeyBlock = 1024;
+
+// Dense row-major tile buffers: C = A B, or A B^T when b_transposed, plus C when accumulating;
+// A is M x K and C is M x N. ATen's mm runs BLAS, single-threaded inside at::parallel_for.
 template <typename T>
-T dot(const T* a, const T* b, int64_t n, int64_t sa, int64_t sb) {
-  T s = 0;
-  for (int64_t k = 0; k < n; ++k) s += a[k * sa] * b[k * sb];
-  return s;
+at::Tensor matrix(const T* p, int64_t rows, int64_t cols) {
+  return at::from_blob(const_cast<T*>(p), {rows, cols}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
 template <typename T>
-void forward_kernel(const at::Tensor& x, const at::Tensor& f, T sigma, int radius, const bool* mask,
+void mm(int64_t M, int64_t N, int64_t K, const T* A, const T* B, bool b_transposed, bool accumulate, T* C) {
+  const at::Tensor a = matrix(A, M, K);
+  const at::Tensor b = b_transposed ? matrix(B, N, K).t() : matrix(B, K, N);
+  at::Tensor c = matrix(C, M, N);
+  if (accumulate)
+    c.addmm_(a, b);
+  else
+    at::mm_out(c, a, b);
+}
+
+// A rectangle of pixels, rows [y0, y1) and columns [x0, x1), numbered row-major inside it.
+struct Rect {
+  int y0, y1, x0, x1;
+  int width() const { return x1 - x0; }
+  int64_t size() const { return int64_t(y1 - y0) * (x1 - x0); }
+};
+
+// Query tiles are squares: the key rectangle of a side-s tile has (s + 2r)^2 pixels, of which each
+// query uses (2r + 1)^2, so small tiles waste less GEMM work on pairs outside the windows, while
+// large ones amortise the gather and BLAS's packing of the key block over more queries. Measured
+// (B 2, C 21, 96 x 96): sides 4, 5, 6 and 8 are within 10% of each other at D = 16 and 256 and
+// r = 6 to 18; 4 wastes less at r <= 2. The global operator (radius < 0) has no such waste.
+int tile_side(int radius) { return radius >= 0 && radius <= 2 ? 4 : 8; }
+
+struct Tiling {
+  int H, W, radius, side, rows, cols;
+
+  Tiling(int H_, int W_, int radius_)
+      : H(H_), W(W_), radius(radius_), side(tile_side(radius_)), rows((H_ + side - 1) / side),
+        cols((W_ + side - 1) / side) {}
+
+  int64_t count() const { return int64_t(rows) * cols; }
+  int64_t max_tile() const { return int64_t(side) * side; }
+
+  // The largest key block of any tile (sizes the scratch buffers).
+  int64_t max_block() const {
+    const int64_t keys = radius < 0 ? int64_t(H) * W : int64_t(imin(H, side + 2 * radius)) * imin(W, side + 2 * radius);
+    return std::min<int64_t>(keys, kKeyBlock);
+  }
+
+  Rect tile(int64_t t) const {
+    const int y = static_cast<int>(t / cols) * side, x = static_cast<int>(t % cols) * side;
+    return {y, imin(y + side, H), x, imin(x + side, W)};
+  }
+
+  // Tiles per parallel chunk: about 1M multiply-adds of work, so that tiny problems (gradcheck)
+  // run inline rather than paying for waking threads.
+  int64_t grain(int64_t channels) const {
+    const Rect q = tile(0);
+    return std::max<int64_t>(1, (int64_t(1) << 20) / (q.size() * keys(q).size() * channels));
+  }
+
+  // The union of the windows of the tile's pixels.
+  Rect keys(const Rect& q) const {
+    if (radius < 0) return {0, H, 0, W};
+    return {imax(q.y0 - radius, 0), imin(q.y1 + radius, H), imax(q.x0 - radius, 0), imin(q.x1 + radius, W)};
+  }
+};
+
+// Calls fn(block) for sub-rectangles of `keys` of at most kKeyBlock pixels, in a fixed order.
+template <typename F>
+void for_each_key_block(const Rect& keys, F&& fn) {
+  const int bw = imin(keys.width(), kKeyBlock);
+  const int bh = imax(1, kKeyBlock / bw);
+  for (int y = keys.y0; y < keys.y1; y += bh)
+    for (int x = keys.x0; x < keys.x1; x += bw) fn(Rect{y, imin(y + bh, keys.y1), x, imin(x + bw, keys.x1)});
+}
+
+// Calls fn(i, d2) for each key of `block` inside the window of pixel (y, x): i its index in the
+// block, d2 its squared distance to (y, x).
+template <typename F>
+void for_each_window_key(int y, int x, const Rect& block, const Tiling& tiling, F&& fn) {
+  const Window w = window(y, x, tiling.H, tiling.W, tiling.radius);
+  const int y0 = imax(w.y0, block.y0), y1 = imin(w.y1, block.y1);
+  const int x0 = imax(w.x0, block.x0), x1 = imin(w.x1, block.x1);
+  for (int yk = y0; yk < y1; ++yk) {
+    const int64_t row = int64_t(yk - block.y0) * block.width() - block.x0;
+    for (int xk = x0; xk < x1; ++xk) fn(row + xk, dist2(yk - y, xk - x));
+  }
+}
+
+// Calls fn(q, y, x) for the pixels of a rectangle, q numbering them row-major.
+template <typename F>
+void for_each_pixel(const Rect& r, F&& fn) {
+  int64_t q = 0;
+  for (int y = r.y0; y < r.y1; ++y)
+    for (int x = r.x0; x < r.x1; ++x) fn(q++, y, x);
+}
+
+// Copies the pixels of r from a pixel-major image (W columns, `width` values per pixel) into a
+// dense (r.size() x width) buffer.
+template <typename T>
+void gather(const T* img, int W, int64_t width, const Rect& r, T* dst) {
+  const int64_t row = r.width() * width;
+  for (int y = r.y0; y < r.y1; ++y, dst += row) std::memcpy(dst, img + (int64_t(y) * W + r.x0) * width, sizeof(T) * row);
+}
+
+// Writes a (r.size() x width) pixel-major tile buffer, times a per-pixel factor when given, into
+// a channel-major (width x H x W) image.
+template <typename T>
+void scatter(const T* src, int64_t width, const Rect& r, int W, int64_t N, T* img, const T* factor = nullptr) {
+  for_each_pixel(r, [&](int64_t q, int y, int x) {
+    const T s = factor ? factor[q] : T(1);
+    T* p = img + int64_t(y) * W + x;
+    for (int64_t c = 0; c < width; ++c) p[c * N] = src[q * width + c] * s;
+  });
+}
+
+// Scratch buffers of one thread, from the ATen allocator (64-byte aligned: BLAS may pick its code
+// path by alignment, and a fixed path keeps results reproducible).
+template <typename T>
+class Scratch {
+ public:
+  T* take(int64_t n) {
+    bufs_.push_back(at::empty({n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value)));
+    return bufs_.back().template data_ptr<T>();
+  }
+  bool* take_mask(int64_t n) {
+    bufs_.push_back(at::empty({n}, at::TensorOptions().dtype(at::kBool)));
+    return bufs_.back().template data_ptr<bool>();
+  }
+
+ private:
+  std::vector<at::Tensor> bufs_;
+};
+
+// One image of the batch, pixel-major (N x C, N x D); mask, lse and delta are per pixel.
+template <typename T>
+struct Image {
+  const T* x;
+  const T* f;
+  const bool* mask;  // null: every key admissible
+  const T* g;        // backward only: grad_out, and below lse and Delta = g . out
+  const T* lse;
+  const T* delta;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+
+template <typename T>
+struct ForwardTile {
+  const Tiling& tiling;
+  int64_t C, D;
+  T coef;
+  T *fq, *fk, *xk, *s, *p, *acc, *inv_l;
+  bool* mk;
+  std::vector<OnlineSoftmax<T>> sm;
+
+  ForwardTile(const Tiling& t, int64_t C_, int64_t D_, T coef_, Scratch<T>& scratch)
+      : tiling(t), C(C_), D(D_), coef(coef_), sm(t.max_tile()) {
+    const int64_t Q = t.max_tile(), K = t.max_block();
+    fq = scratch.take(Q * D);
+    fk = scratch.take(K * D);
+    xk = scratch.take(K * C);
+    s = scratch.take(Q * K);
+    p = scratch.take(Q * K);
+    acc = scratch.take(Q * C);
+    inv_l = scratch.take(Q);
+    mk = scratch.take_mask(K);
+  }
+
+  void run(const Image<T>& im, const Rect& tile, T* out, T* lse) {
+    const int64_t Q = tile.size();
+    gather(im.f, tiling.W, D, tile, fq);
+    std::fill(acc, acc + Q * C, T(0));
+    std::fill(sm.begin(), sm.begin() + Q, OnlineSoftmax<T>());
+    for_each_key_block(tiling.keys(tile), [&](const Rect& block) { absorb(im, tile, block); });
+    for_each_pixel(tile, [&](int64_t q, int y, int x) {
+      inv_l[q] = sm[q].inv_l();
+      lse[int64_t(y) * tiling.W + x] = sm[q].lse();
+    });
+    scatter(acc, C, tile, tiling.W, int64_t(tiling.H) * tiling.W, out, inv_l);
+  }
+
+ private:
+  // One online-softmax step of every query of the tile over one key block.
+  void absorb(const Image<T>& im, const Rect& tile, const Rect& block) {
+    const int64_t Q = tile.size(), K = block.size();
+    gather(im.f, tiling.W, D, block, fk);
+    gather(im.x, tiling.W, C, block, xk);
+    if (im.mask) gather(im.mask, tiling.W, 1, block, mk);
+    mm(Q, K, D, fq, fk, true, false, s);  // f_j . f_i
+    for_each_pixel(tile, [&](int64_t q, int y, int x) {
+      T* sq = s + q * K;
+      T* pq = p + q * K;
+      std::fill(pq, pq + K, T(0));
+      T block_max = neg_inf<T>();
+      for_each_window_key(y, x, block, tiling, [&](int64_t i, int d2) {
+        if (im.mask && !mk[i]) return;
+        sq[i] = logit(sq[i], d2, coef);
+        block_max = std::max(block_max, sq[i]);
+      });
+      if (block_max == neg_inf<T>()) return;  // no admissible key here: the row of p stays 0
+      const T scale = sm[q].rescale_to(block_max);
+      if (scale != T(1))
+        for (int64_t c = 0; c < C; ++c) acc[q * C + c] *= scale;
+      for_each_window_key(y, x, block, tiling, [&](int64_t i, int) {
+        if (!im.mask || mk[i]) pq[i] = sm[q].weight(sq[i]);
+      });
+    });
+    mm(Q, C, K, p, xk, false, true, acc);  // acc += p x
+  }
+};
+
+template <typename T>
+void forward_kernel(const at::Tensor& xt, const at::Tensor& ft, const bool* mask, T sigma, int radius,
                     at::Tensor& out, at::Tensor& lse) {
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), D = f.size(1), N = H * W;
-  const T* xp = x.data_ptr<T>();
-  const T* fp = f.data_ptr<T>();
+  const int64_t B = xt.size(0), H = xt.size(1), W = xt.size(2), C = xt.size(3), D = ft.size(3), N = H * W;
+  const Tiling tiling(static_cast<int>(H), static_cast<int>(W), radius);
+  const int64_t tiles = tiling.count();
+  const T* xp = xt.data_ptr<T>();
+  const T* fp = ft.data_ptr<T>();
   T* op = out.data_ptr<T>();
   T* lp = lse.data_ptr<T>();
-  const T coef = dist_coef(sigma);
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> acc(C);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / H;
-      const int y = static_cast<int>(row % H);
-      const T* xb = xp + b * C * N;
-      const T* fb = fp + b * D * N;
-      const bool* mb = mask ? mask + b * N : nullptr;
-      for (int xq = 0; xq < W; ++xq) {
-        const int64_t j = y * W + xq;
-        const Window w = window(y, xq, H, W, radius);
-        OnlineSoftmax<T> sm;
-        std::fill(acc.begin(), acc.end(), T(0));
-        for (int yi = w.y0; yi < w.y1; ++yi) {
-          for (int xi = w.x0; xi < w.x1; ++xi) {
-            const int64_t i = yi * W + xi;
-            if (mb && !mb[i]) continue;
-            T scale;
-            const T p = sm.push(logit(dot(fb + i, fb + j, D, N, N), dist2(yi - y, xi - xq), coef), scale);
-            for (int64_t c = 0; c < C; ++c) acc[c] = acc[c] * scale + p * xb[c * N + i];
-          }
-        }
-        const T inv = sm.inv_l();
-        for (int64_t c = 0; c < C; ++c) op[(b * C + c) * N + j] = acc[c] * inv;
-        lp[b * N + j] = sm.lse();
-      }
+  at::parallel_for(0, B * tiles, tiling.grain(C + D), [&](int64_t begin, int64_t end) {
+    Scratch<T> scratch;
+    ForwardTile<T> work(tiling, C, D, dist_coef(sigma), scratch);
+    for (int64_t bt = begin; bt < end; ++bt) {
+      const int64_t b = bt / tiles;
+      const Image<T> im{xp + b * N * C, fp + b * N * D, mask ? mask + b * N : nullptr, nullptr, nullptr, nullptr};
+      work.run(im, tiling.tile(bt % tiles), op + b * C * N, lp + b * N);
     }
   });
 }
 
-template <typename T>
-void backward_kernel(const at::Tensor& g, const at::Tensor& x, const at::Tensor& f, T sigma, int radius,
-                     const bool* mask, const at::Tensor& out, const at::Tensor& lse, at::Tensor& dx,
-                     at::Tensor& df, T& dsigma) {
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), D = f.size(1), N = H * W;
-  const T* gp = g.data_ptr<T>();
-  const T* xp = x.data_ptr<T>();
-  const T* fp = f.data_ptr<T>();
-  const T* op = out.data_ptr<T>();
-  const T* lp = lse.data_ptr<T>();
-  T* dxp = dx.data_ptr<T>();
-  T* dfp = df.data_ptr<T>();
-  const T coef = dist_coef(sigma);
+// ---------------------------------------------------------------------------------------------
+// Backward
 
-  // Delta_j = g_j . out_j
-  std::vector<T> delta(B * N);
-  at::parallel_for(0, B * N, 1024, [&](int64_t begin, int64_t end) {
-    for (int64_t bj = begin; bj < end; ++bj) {
-      const int64_t b = bj / N, j = bj % N;
-      delta[bj] = dot(gp + b * C * N + j, op + b * C * N + j, C, N, N);
+template <typename T>
+struct BackwardTile {
+  const Tiling& tiling;
+  int64_t C, D;
+  T coef;
+  // Tile (a): features, values, grad_out, mask, lse, Delta, and its gradients.
+  T *fa, *xa, *ga, *la, *da, *dfa, *dxa;
+  bool* ma;
+  // Key block (b): the same inputs.
+  T *fb, *xb, *gb, *lb, *db;
+  bool* mb;
+  // Tile x block: f_a . f_b, g_a . x_b, x_a . g_b; and the outputs dS (both sides) and A(a, b).
+  T *s, *gx, *xg, *ds, *pab;
+
+  BackwardTile(const Tiling& t, int64_t C_, int64_t D_, T coef_, Scratch<T>& scratch)
+      : tiling(t), C(C_), D(D_), coef(coef_) {
+    const int64_t Q = t.max_tile(), K = t.max_block();
+    fa = scratch.take(Q * D), xa = scratch.take(Q * C), ga = scratch.take(Q * C);
+    la = scratch.take(Q), da = scratch.take(Q), dfa = scratch.take(Q * D), dxa = scratch.take(Q * C);
+    ma = scratch.take_mask(Q);
+    fb = scratch.take(K * D), xb = scratch.take(K * C), gb = scratch.take(K * C);
+    lb = scratch.take(K), db = scratch.take(K);
+    mb = scratch.take_mask(K);
+    s = scratch.take(Q * K), gx = scratch.take(Q * K), xg = scratch.take(Q * K);
+    ds = scratch.take(Q * K), pab = scratch.take(Q * K);
+  }
+
+  // Writes the tile's dx and df; returns its sum of dS * d2 over the pairs (query side).
+  T run(const Image<T>& im, const Rect& tile, T* dx, T* df) {
+    const int64_t Q = tile.size();
+    load(im, tile, fa, xa, ga, ma, la, da);
+    std::fill(dfa, dfa + Q * D, T(0));
+    std::fill(dxa, dxa + Q * C, T(0));
+    T dsig = 0;
+    for_each_key_block(tiling.keys(tile), [&](const Rect& block) { dsig += absorb(im, tile, block); });
+    const int64_t N = int64_t(tiling.H) * tiling.W;
+    scatter(dxa, C, tile, tiling.W, N, dx);
+    scatter(dfa, D, tile, tiling.W, N, df);
+    return dsig;
+  }
+
+ private:
+  void load(const Image<T>& im, const Rect& r, T* f, T* x, T* g, bool* m, T* l, T* d) {
+    gather(im.f, tiling.W, D, r, f);
+    gather(im.x, tiling.W, C, r, x);
+    gather(im.g, tiling.W, C, r, g);
+    gather(im.lse, tiling.W, 1, r, l);
+    gather(im.delta, tiling.W, 1, r, d);
+    if (im.mask) gather(im.mask, tiling.W, 1, r, m);
+  }
+
+  // Gradient contributions of the pairs (tile pixel a, key b in block); returns sum dS(b, a) d2.
+  T absorb(const Image<T>& im, const Rect& tile, const Rect& block) {
+    const int64_t Q = tile.size(), K = block.size();
+    load(im, block, fb, xb, gb, mb, lb, db);
+    mm(Q, K, D, fa, fb, true, false, s);
+    mm(Q, K, C, ga, xb, true, false, gx);
+    mm(Q, K, C, xa, gb, true, false, xg);
+    T dsig = 0;
+    for_each_pixel(tile, [&](int64_t a, int y, int x) {
+      const bool a_is_key = !im.mask || ma[a];
+      T* ds_a = ds + a * K;
+      T* p_a = pab + a * K;
+      std::fill(ds_a, ds_a + K, T(0));
+      std::fill(p_a, p_a + K, T(0));
+      const T* s_a = s + a * K;
+      const T* gx_a = gx + a * K;
+      const T* xg_a = xg + a * K;
+      for_each_window_key(y, x, block, tiling, [&](int64_t b, int d2) {
+        // a queries b and b queries a: one visit gives both sides (lam/math.h pair_grad)
+        const PairGrad<T> pg = pair_grad(logit(s_a[b], d2, coef), a_is_key, !im.mask || mb[b], la[a], lb[b],
+                                         gx_a[b], xg_a[b], da[a], db[b]);
+        p_a[b] = pg.a;
+        ds_a[b] = pg.ds;
+        dsig += pg.ds_query * static_cast<T>(d2);
+      });
+    });
+    mm(Q, C, K, pab, gb, false, true, dxa);  // dx_a += sum_b A(a, b) g_b
+    mm(Q, D, K, ds, fb, false, true, dfa);  // df_a += sum_b dS f_b, both sides
+    return dsig;
+  }
+};
+
+// Delta_j = g_j . out_j, the flash-attention preprocess of the backward.
+template <typename T>
+at::Tensor delta_of(const at::Tensor& gt, const at::Tensor& outt) {
+  at::Tensor delta = at::empty({gt.size(0), gt.size(1), gt.size(2)}, gt.options());
+  const int64_t C = gt.size(3);
+  const T* g = gt.data_ptr<T>();
+  const T* o = outt.data_ptr<T>();
+  T* d = delta.data_ptr<T>();
+  at::parallel_for(0, delta.numel(), 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      T sum = 0;
+      for (int64_t c = 0; c < C; ++c) sum += g[j * C + c] * o[j * C + c];
+      d[j] = sum;
     }
   });
+  return delta;
+}
 
-  std::vector<T> dsig_rows(B * H, T(0));
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / H;
-      const int y = static_cast<int>(row % H);
-      const T* gb = gp + b * C * N;
-      const T* xb = xp + b * C * N;
-      const T* fb = fp + b * D * N;
-      const T* lb = lp + b * N;
-      const T* db = delta.data() + b * N;
-      const bool* mb = mask ? mask + b * N : nullptr;
-      T* dxb = dxp + b * C * N;
-      T* dfb = dfp + b * D * N;
-      T dsig = 0;
-      for (int xq = 0; xq < W; ++xq) {
-        const int64_t p = y * W + xq;  // this pixel, as query j and as key i
-        const bool p_admissible = !mb || mb[p];
-        const Window w = window(y, xq, H, W, radius);
-        for (int yq = w.y0; yq < w.y1; ++yq) {
-          for (int xo = w.x0; xo < w.x1; ++xo) {
-            const int64_t q = yq * W + xo;  // the other pixel of the pair
-            const int d2 = dist2(yq - y, xo - xq);
-            const bool q_admissible = !mb || mb[q];
-            if (!p_admissible && !q_admissible) continue;
-            const PairGrad<T> pg = pair_grad(logit(dot(fb + p, fb + q, D, N, N), d2, coef), p_admissible,
-                                             q_admissible, lb[p], lb[q], dot(gb + p, xb + q, C, N, N),
-                                             dot(gb + q, xb + p, C, N, N), db[p], db[q]);
-            for (int64_t c = 0; c < C; ++c) dxb[c * N + p] += pg.a * gb[c * N + q];
-            for (int64_t k = 0; k < D; ++k) dfb[k * N + p] += pg.ds * fb[k * N + q];
-            dsig += pg.ds_query * static_cast<T>(d2);
-          }
-        }
-      }
-      dsig_rows[row] = dsig;
+template <typename T>
+T backward_kernel(const at::Tensor& gt, const at::Tensor& xt, const at::Tensor& ft, const bool* mask,
+                  const at::Tensor& outt, const at::Tensor& lse, T sigma, int radius, at::Tensor& dx,
+                  at::Tensor& df) {
+  const int64_t B = xt.size(0), H = xt.size(1), W = xt.size(2), C = xt.size(3), D = ft.size(3), N = H * W;
+  const Tiling tiling(static_cast<int>(H), static_cast<int>(W), radius);
+  const int64_t tiles = tiling.count();
+  const at::Tensor delta = delta_of<T>(gt, outt);
+  const T* gp = gt.data_ptr<T>();
+  const T* xp = xt.data_ptr<T>();
+  const T* fp = ft.data_ptr<T>();
+  const T* lp = lse.data_ptr<T>();
+  const T* dp = delta.data_ptr<T>();
+  T* dxp = dx.data_ptr<T>();
+  T* dfp = df.data_ptr<T>();
+  std::vector<T> dsig_tiles(B * tiles);
+  at::parallel_for(0, B * tiles, tiling.grain(C + D), [&](int64_t begin, int64_t end) {
+    Scratch<T> scratch;
+    BackwardTile<T> work(tiling, C, D, dist_coef(sigma), scratch);
+    for (int64_t bt = begin; bt < end; ++bt) {
+      const int64_t b = bt / tiles;
+      const Image<T> im{xp + b * N * C, fp + b * N * D, mask ? mask + b * N : nullptr,
+                        gp + b * N * C, lp + b * N,     dp + b * N};
+      dsig_tiles[bt] = work.run(im, tiling.tile(bt % tiles), dxp + b * C * N, dfp + b * D * N);
     }
   });
   T total = 0;
-  for (T v : dsig_rows) total += v;
-  dsigma = total * dsigma_factor(sigma);
+  for (T v : dsig_tiles) total += v;
+  return total * dsigma_factor(sigma);
 }
 
-std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x_, const at::Tensor& f_, const at::Tensor& sigma,
+// Pixel-major (B, H, W, channels) copy: a channels-last input is already one.
+at::Tensor pixel_major(const at::Tensor& t) { return t.permute({0, 2, 3, 1}).contiguous(); }
+
+void check_dtype(const at::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "lam_ops cpp backend: x must be float32 or float64, got ", x.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, const at::Tensor& f, const at::Tensor& sigma,
                                                std::optional<int64_t> radius,
                                                const std::optional<at::Tensor>& key_mask) {
-  check_forward_args(x_, f_, sigma, radius, key_mask);
-  TORCH_CHECK(x_.scalar_type() == at::kFloat || x_.scalar_type() == at::kDouble,
-              "lam_ops cpp backend: x must be float32 or float64, got ", x_.scalar_type());
-  const at::Tensor x = x_.contiguous(), f = f_.contiguous();
+  check_forward_args(x, f, sigma, radius, key_mask);
+  check_dtype(x);
+  const at::Tensor xt = pixel_major(x), ft = pixel_major(f);
   const at::Tensor km = key_mask.has_value() ? key_mask->contiguous() : at::Tensor();
-  at::Tensor out = at::empty_like(x);
+  at::Tensor out = at::empty(x.sizes(), x.options());
   at::Tensor lse = at::empty({x.size(0), x.size(2), x.size(3)}, x.options().dtype(lse_dtype(x.scalar_type())));
   const int r = kernel_radius(radius, x.size(2), x.size(3));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lam_forward_cpu", [&] {
-    forward_kernel<scalar_t>(x, f, static_cast<scalar_t>(sigma.item<double>()), r,
-                             km.defined() ? km.data_ptr<bool>() : nullptr, out, lse);
+    forward_kernel<scalar_t>(xt, ft, km.defined() ? km.data_ptr<bool>() : nullptr,
+                             static_cast<scalar_t>(sigma.item<double>()), r, out, lse);
   });
   return {out, lse};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out, const at::Tensor& x_,
-                                                            const at::Tensor& f_, const at::Tensor& sigma,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
+                                                            const at::Tensor& f, const at::Tensor& sigma,
                                                             std::optional<int64_t> radius,
                                                             const std::optional<at::Tensor>& key_mask,
                                                             const at::Tensor& out, const at::Tensor& lse) {
-  check_forward_args(x_, f_, sigma, radius, key_mask);
-  TORCH_CHECK(grad_out.sizes() == x_.sizes(), "lam_ops: grad_out must have x's shape");
-  const at::Tensor x = x_.contiguous(), f = f_.contiguous(), g = grad_out.contiguous().to(x.scalar_type());
-  const at::Tensor o = out.contiguous(), l = lse.contiguous();
+  check_forward_args(x, f, sigma, radius, key_mask);
+  check_dtype(x);
+  TORCH_CHECK(grad_out.sizes() == x.sizes(), "lam_ops: grad_out must have x's shape");
+  const at::Tensor xt = pixel_major(x), ft = pixel_major(f);
+  const at::Tensor gt = pixel_major(grad_out.to(x.scalar_type())), outt = pixel_major(out);
+  const at::Tensor l = lse.contiguous();
   const at::Tensor km = key_mask.has_value() ? key_mask->contiguous() : at::Tensor();
-  at::Tensor dx = at::zeros_like(x), df = at::zeros_like(f);
+  at::Tensor dx = at::empty(x.sizes(), x.options()), df = at::empty(f.sizes(), f.options());
   const int r = kernel_radius(radius, x.size(2), x.size(3));
   double dsigma = 0;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lam_backward_cpu", [&] {
-    scalar_t ds = 0;
-    backward_kernel<scalar_t>(g, x, f, static_cast<scalar_t>(sigma.item<double>()), r,
-                              km.defined() ? km.data_ptr<bool>() : nullptr, o, l, dx, df, ds);
-    dsigma = static_cast<double>(ds);
+    dsigma = static_cast<double>(backward_kernel<scalar_t>(gt, xt, ft, km.defined() ? km.data_ptr<bool>() : nullptr,
+                                                           outt, l, static_cast<scalar_t>(sigma.item<double>()),
+                                                           r, dx, df));
   });
   return {dx, df, at::scalar_tensor(dsigma, sigma.options())};
 }
