@@ -33,8 +33,18 @@ def apply_overrides(cfg: dict, overrides) -> dict:
             if not isinstance(node.get(p, {}), dict):
                 raise ValueError(f"override {item!r}: {p!r} is not a section")
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = _parse(value)
     return cfg
+
+
+def _parse(value: str):
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            return float(parsed)
+        except ValueError:
+            pass
+    return parsed
 
 
 def class_names(cfg: dict) -> tuple[str, ...]:

@@ -2,7 +2,7 @@
 
     root/JPEGImages/<id>.jpg            images
     root/<label_dir>/<id>.png           labels: full masks (255 = void) or scribbles (255 = not scribbled)
-    root/ImageSets/Segmentation/<split>.txt   one id per line
+    root/<list_dir>/<split>.txt         one id per line (list_dir: ImageSets/Segmentation)
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ class SegmentationFolder(Dataset):
         image_dir: str = "JPEGImages",
         image_ext: str = ".jpg",
         label_ext: str = ".png",
+        list_dir: str = os.path.join("ImageSets", "Segmentation"),
         seed: int = 0,
     ):
-        split_file = os.path.join(root, "ImageSets", "Segmentation", f"{split}.txt")
+        split_file = os.path.join(root, list_dir, f"{split}.txt")
         if not os.path.isfile(split_file):
             raise FileNotFoundError(f"split list not found: {split_file}")
         with open(split_file) as fh:
@@ -93,5 +94,6 @@ def build_dataset(cfg: dict, split_cfg: dict, num_classes: int, transform, seed:
         transform,
         image_dir=cfg.get("image_dir", "JPEGImages"),
         image_ext=cfg.get("image_ext", ".jpg"),
+        list_dir=cfg.get("list_dir", os.path.join("ImageSets", "Segmentation")),
         seed=seed,
     )
