@@ -19,7 +19,7 @@ def _train(args) -> int:
     if resume == "last":
         resume = os.path.join(cfg["out_dir"], "last.pt")
     out = train(cfg, resume=resume)
-    if out["val"] is not None:
+    if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {out['out_dir']} (checkpoint {out['checkpoint']}, metrics train.csv / val.csv, tensorboard/)")
     return 0
 

@@ -9,8 +9,13 @@ from torch.utils.tensorboard import SummaryWriter
 
 
 class MetricLogger:
-    def __init__(self, out_dir: str, enabled: bool = True):
+    def __init__(self, out_dir: str, enabled: bool = True, fresh: bool = True):
+        """fresh: a run from iteration 0 starts new CSV files (a resumed run appends)."""
         self.out_dir, self.enabled = out_dir, enabled
+        if enabled and fresh:
+            for stream in ("train", "val"):
+                if os.path.exists(os.path.join(out_dir, f"{stream}.csv")):
+                    os.remove(os.path.join(out_dir, f"{stream}.csv"))
         self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard")) if enabled else None
 
     def log(self, stream: str, step: int, values: dict) -> None:

@@ -89,7 +89,7 @@ def _train(cfg, d, resume, on_step) -> dict:
     ckpt_path = os.path.join(out_dir, "last.pt")
     ckpt_every = int(tc.get("checkpoint_every") or sampler.batches_per_epoch)
     eval_every, log_every = int(tc.get("eval_every") or 0), int(tc.get("log_every", 10))
-    logger = MetricLogger(out_dir, d.is_main)
+    logger = MetricLogger(out_dir, d.is_main, fresh=start == 0)
     if d.is_main:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "config.yaml"), "w") as fh:
