@@ -26,7 +26,7 @@ demo: install
 	$(VENV)/bin/blpseg make-synthetic --root data/synthetic
 	$(VENV)/bin/blpseg train --config configs/synthetic.yaml out_dir=$(DEMO_RUN) data.root=data/synthetic
 	$(VENV)/bin/blpseg eval --checkpoint $(DEMO_RUN)/last.pt eval.flip=true
-	@echo "run files: $(DEMO_RUN)/ (last.pt, config.yaml, train.csv, val.csv, eval.json, tensorboard/: tensorboard --logdir $(DEMO_RUN))"
+	@echo "run files: $(DEMO_RUN)/ (last.pt, config.yaml, train.csv, val.csv, eval.json, eval_boundary_precision.png, tensorboard/: tensorboard --logdir $(DEMO_RUN))"
 
 clean:
 	rm -rf build *.egg-info lam_ops/_C*.so $(VENV)

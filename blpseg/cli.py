@@ -29,10 +29,12 @@ def _load_model(checkpoint: str, overrides):
 
     from .config import apply_overrides, class_names
     from .engine.checkpoint import load_checkpoint
+    from .engine.distributed import set_threads
     from .models import build_model
 
     state = load_checkpoint(checkpoint)
     cfg = apply_overrides(state["config"], overrides)
+    set_threads(cfg.get("threads"))
     names = class_names(cfg)
     model = build_model(len(names), **{**cfg["model"], "pretrained": None})
     model.load_state_dict(state["model"])
@@ -45,6 +47,7 @@ def _eval(args) -> int:
     from .data.transforms import EvalTransform
     from .engine.distributed import Dist
     from .engine.evaluate import evaluate, format_table
+    from .engine.plots import plot_boundary_precision
 
     model, cfg, names, device = _load_model(args.checkpoint, args.overrides)
     data = cfg["data"]
@@ -54,7 +57,9 @@ def _eval(args) -> int:
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval.json")
     with open(out, "w") as fh:
         json.dump({"checkpoint": args.checkpoint, "eval": cfg.get("eval", {}), **result}, fh, indent=1)
-    print(f"results: {out}")
+    figure = os.path.splitext(out)[0] + "_boundary_precision.png"
+    plot_boundary_precision(result, figure)
+    print(f"results: {out}, {figure}")
     return 0
 
 

@@ -203,6 +203,7 @@ def test_cli_eval_and_predict(trained, data_root, tmp_path, capsys):
     assert cli.main(["eval", "--checkpoint", ckpt, "--out", str(tmp_path / "e.json"), "eval.flip=true", "eval.scales=[0.75,1.0]"]) == 0
     out = capsys.readouterr().out
     assert "mIoU" in out and "stripes" in out and (tmp_path / "e.json").exists()
+    assert (tmp_path / "e_boundary_precision.png").stat().st_size > 0
     image = data_root / "JPEGImages" / "val_00000.png"
     assert cli.main(["predict", str(image), "--checkpoint", ckpt, "--out", str(tmp_path / "pred")]) == 0
     from blpseg.data.io import read_label

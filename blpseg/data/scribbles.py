@@ -16,6 +16,7 @@ from skimage.morphology import skeletonize
 from tqdm import tqdm
 
 from .io import read_label, write_label
+from .regions import connected_regions
 
 NOT_SCRIBBLED = 255
 
@@ -99,19 +100,14 @@ def simulate_scribbles(
     random fraction `length` of the way to the skeleton's ends, then widened to 1-3 px (`width`).
     Regions under `min_area` pixels and `ignore_index` pixels get none."""
     out = np.full(mask.shape, NOT_SCRIBBLED, dtype=np.uint8)
-    for c in np.unique(mask):
-        if c == ignore_index:
+    for c, box, region in connected_regions(mask, ignore_index):
+        if region.sum() < min_area:
             continue
-        regions, n = ndimage.label(mask == c)
-        for i, box in enumerate(ndimage.find_objects(regions), start=1):
-            region = regions[box] == i
-            if region.sum() < min_area:
-                continue
-            stroke = _stroke(region, rng, length, erosion)
-            w = int(rng.integers(width[0], width[1] + 1))
-            if w > 1:
-                stroke = ndimage.binary_dilation(stroke, structure=np.ones((w, w), dtype=bool))
-            out[box][stroke & region] = c
+        stroke = _stroke(region, rng, length, erosion)
+        w = int(rng.integers(width[0], width[1] + 1))
+        if w > 1:
+            stroke = ndimage.binary_dilation(stroke, structure=np.ones((w, w), dtype=bool))
+        out[box][stroke & region] = c
     return out
 
 

@@ -21,8 +21,15 @@ class Dist:
         return self.rank == 0
 
 
-def setup(device: str = "auto") -> Dist:
+def set_threads(threads) -> None:
+    """CPU threads per process; None keeps torch's default (one per core)."""
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def setup(device: str = "auto", threads=None) -> Dist:
     """Reads RANK / WORLD_SIZE / LOCAL_RANK (set by torchrun) and joins the process group."""
+    set_threads(threads)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ..data.regions import connected_regions
+
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
     """(K, K) int64 counts, rows = ground truth, columns = prediction; ignore_index pixels skipped."""
@@ -30,15 +32,10 @@ def relative_boundary_distance(target: np.ndarray, ignore_index: int = 255) -> n
     such distance within its connected region: 0 at the boundary, 1 at the region's centre. NaN
     on ignore pixels."""
     rel = np.full(target.shape, np.nan)
-    for c in np.unique(target):
-        if c == ignore_index:
-            continue
-        regions, _ = ndimage.label(target == c)
-        for i, box in enumerate(ndimage.find_objects(regions), start=1):
-            region = regions[box] == i
-            # Pad with background so the image border counts as a boundary.
-            d = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
-            rel[box][region] = d[region] / d.max()
+    for _, box, region in connected_regions(target, ignore_index):
+        # Pad with background so the image border counts as a boundary.
+        d = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+        rel[box][region] = d[region] / d.max()
     return rel
 
 

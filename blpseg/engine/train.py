@@ -52,7 +52,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 def train(cfg: dict, resume: Optional[str] = None, on_step: Optional[Callable[[int, float], None]] = None) -> dict:
     """Trains as `cfg` says; `resume` is a checkpoint to continue from. `on_step(iteration, loss)`
     is called after every step. Returns the final validation result (or None) and the run folder."""
-    d = distributed.setup(cfg.get("device", "auto"))
+    d = distributed.setup(cfg.get("device", "auto"), cfg.get("threads"))
     try:
         return _train(cfg, d, resume, on_step)
     finally:
