@@ -6,6 +6,8 @@ Targets are (B, H, W) int64: a class id 0..K-1 where scribbled, K where not scri
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -109,16 +111,19 @@ def build_seg_loss(name: str, **options) -> nn.Module:
 
 
 @torch.no_grad()
-def pseudo_labels(seg_logits: Tensor, target: Tensor, threshold: float = 0.9) -> Tensor:
+def pseudo_labels(seg_logits: Tensor, target: Tensor, threshold: float = 0.9, present: Optional[Tensor] = None) -> Tensor:
     """Self-training targets (the authors' release): each unscribbled pixel (target K) takes the
     argmax of p_seg over the classes present in its image's scribbles where that probability is
-    >= threshold; scribbled and padding pixels keep their target."""
+    >= threshold; scribbled and padding pixels keep their target. `present` (B, K) bool gives those
+    classes (the data sets derive it from the whole scribble image); by default they are read
+    from `target`, which after a crop may miss some."""
     B, K = seg_logits.shape[:2]
     p = F.softmax(seg_logits.float(), dim=1)
-    present = torch.zeros(B, K + 1, dtype=torch.bool, device=target.device)
-    labeled = target < K
-    present.scatter_(1, torch.where(labeled, target, K).flatten(1), True)
-    p = p * present[:, :K, None, None]
+    if present is None:
+        present = torch.zeros(B, K + 1, dtype=torch.bool, device=target.device)
+        present.scatter_(1, torch.where(target < K, target, K).flatten(1), True)
+        present = present[:, :K]
+    p = p * present[:, :, None, None]
     conf, label = p.max(dim=1)
     take = (target == K) & (conf >= threshold)
     return torch.where(take, label, target)

@@ -119,7 +119,7 @@ def _train(cfg, d, resume, on_step) -> dict:
             out = net(image, target)
         seg_target = target
         if st_from is not None and it >= st_from:
-            seg_target = pseudo_labels(out["seg"], target, st_threshold)
+            seg_target = pseudo_labels(out["seg"], target, st_threshold, batch["classes"].to(d.device))
         loss_seg = seg_loss(out["seg"], out["scrib"], seg_target)
         loss_scrib = scrib_loss(out["scrib"], target)
         loss = loss_seg + loss_scrib
