@@ -229,3 +229,17 @@ def test_cli_data_commands(data_root, tmp_path):
 def test_cli_errors_are_one_line(capsys):
     assert cli.main(["train", "--config", "no/such.yaml"]) == 1
     assert "no/such.yaml" in capsys.readouterr().err
+
+
+def test_cli_train_resume_continues_the_run(trained, tmp_path, capsys):
+    import shutil
+
+    cfg, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(cfg["out_dir"], run)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(apply_overrides(cfg, [f"out_dir={run}", "train.iters=5"])))
+    assert cli.main(["train", "--config", str(config), "--resume"]) == 0
+    assert "training 5 iterations from 4" in capsys.readouterr().out
+    assert [int(r["iteration"]) for r in read_csv(run / "train.csv")] == [1, 2, 3, 4, 5]
+    assert load_checkpoint(str(run / "last.pt"))["iteration"] == 5
