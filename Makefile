@@ -20,8 +20,13 @@ install: $(VENV)/.installed
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
+# The synthetic scribble set, BLPSeg trained on the CPU with the fused C++ LAM, and its evaluation.
+DEMO_RUN ?= runs/synthetic
 demo: install
-	$(PY) benchmarks/bench_lam.py
+	$(VENV)/bin/blpseg make-synthetic --root data/synthetic
+	$(VENV)/bin/blpseg train --config configs/synthetic.yaml out_dir=$(DEMO_RUN) data.root=data/synthetic
+	$(VENV)/bin/blpseg eval --checkpoint $(DEMO_RUN)/last.pt eval.flip=true
+	@echo "run files: $(DEMO_RUN)/ (last.pt, config.yaml, train.csv, val.csv, eval.json, eval_boundary_precision.png, tensorboard/: tensorboard --logdir $(DEMO_RUN))"
 
 clean:
 	rm -rf build *.egg-info lam_ops/_C*.so $(VENV)

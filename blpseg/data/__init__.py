@@ -1,0 +1,1 @@
+"""Data sets (VOC layout), scribble conversion and simulation, synthetic scenes, transforms."""

@@ -1,0 +1,155 @@
+"""Scribble labels: rasterising PASCAL-Scribble's XML polylines, and simulating annotators'
+scribbles on full masks. In every scribble PNG, 255 means "not scribbled"."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections import deque
+from typing import Optional, Sequence
+
+import numpy as np
+from defusedxml import ElementTree
+from PIL import Image, ImageDraw
+from scipy import ndimage
+from skimage.morphology import skeletonize
+from tqdm import tqdm
+
+from .io import read_label, write_label
+from .regions import connected_regions
+
+NOT_SCRIBBLED = 255
+
+
+def parse_scribble_xml(path: str) -> tuple[Optional[tuple[int, int]], list[tuple[str, list[tuple[float, float]]]]]:
+    """PASCAL-Scribble XML -> ((height, width) or None, [(tag, [(x, y), ...]), ...]). Parsed with
+    defusedxml: the files come from outside."""
+    try:
+        root = ElementTree.parse(path).getroot()
+    except Exception as e:
+        raise ValueError(f"cannot parse scribble XML {path}: {e}") from e
+    size = None
+    h, w = root.findtext("size/height"), root.findtext("size/width")
+    if h is not None and w is not None:
+        size = (int(h), int(w))
+    polygons = []
+    for poly in root.iter("polygon"):
+        tag = (poly.findtext("tag") or "").strip()
+        try:
+            points = [(float(p.findtext("X")), float(p.findtext("Y"))) for p in poly.iter("point")]
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: a point of polygon {tag!r} lacks a numeric <X> or <Y>") from e
+        polygons.append((tag, points))
+    return size, polygons
+
+
+def rasterize_scribbles(path: str, class_names: Sequence[str], width: int = 3, size=None) -> np.ndarray:
+    """Draws the polylines of one XML file, `width` pixels wide, into an (H, W) uint8 label that is
+    NOT_SCRIBBLED elsewhere. `size` (H, W) overrides the file's <size>."""
+    xml_size, polygons = parse_scribble_xml(path)
+    size = size or xml_size
+    if size is None:
+        raise ValueError(f"{path} has no <size>; pass the image size")
+    ids = {name: i for i, name in enumerate(class_names)}
+    canvas = Image.new("L", (size[1], size[0]), NOT_SCRIBBLED)
+    draw = ImageDraw.Draw(canvas)
+    r = (width - 1) / 2
+    for tag, points in polygons:
+        if tag not in ids:
+            raise ValueError(f"{path}: unknown class {tag!r} (expected one of {', '.join(class_names)})")
+        if len(points) == 1 and width <= 1:
+            draw.point(points, fill=ids[tag])
+        elif len(points) == 1:
+            (x, y) = points[0]
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=ids[tag])
+        elif points:
+            draw.line(points, fill=ids[tag], width=width, joint="curve")
+    return np.asarray(canvas).copy()
+
+
+def convert_scribbles(
+    xml_dir: str, out_dir: str, class_names: Sequence[str], width: int = 3, image_dir: Optional[str] = None
+) -> int:
+    """Rasterises every <id>.xml of `xml_dir` to `out_dir`/<id>.png; sizes come from the XML or, when
+    it has none, from `image_dir`/<id>.jpg. Returns the number of files written."""
+    paths = sorted(glob.glob(os.path.join(xml_dir, "*.xml")))
+    if not paths:
+        raise FileNotFoundError(f"no .xml files in {xml_dir}")
+    for path in tqdm(paths, desc="convert-scribbles", unit="file"):
+        name = os.path.splitext(os.path.basename(path))[0]
+        size = None
+        if image_dir is not None:
+            with Image.open(os.path.join(image_dir, name + ".jpg")) as im:
+                size = (im.height, im.width)
+        write_label(os.path.join(out_dir, name + ".png"), rasterize_scribbles(path, class_names, width, size))
+    return len(paths)
+
+
+def simulate_scribbles(
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    width: tuple[int, int] = (1, 3),
+    length: tuple[float, float] = (0.4, 0.9),
+    erosion: float = 0.3,
+    min_area: int = 16,
+    ignore_index: int = 255,
+) -> np.ndarray:
+    """Scribbles as annotators draw them (the bias of the paper's Fig. 1): one stroke per connected
+    region of each class, along the skeleton of the region eroded to the pixels deeper than
+    `erosion` x its largest depth, running from the skeleton point nearest the region's centre a
+    random fraction `length` of the way to the skeleton's ends, then widened to 1-3 px (`width`).
+    Regions under `min_area` pixels and `ignore_index` pixels get none."""
+    out = np.full(mask.shape, NOT_SCRIBBLED, dtype=np.uint8)
+    for c, box, region in connected_regions(mask, ignore_index):
+        if region.sum() < min_area:
+            continue
+        stroke = _stroke(region, rng, length, erosion)
+        w = int(rng.integers(width[0], width[1] + 1))
+        if w > 1:
+            stroke = ndimage.binary_dilation(stroke, structure=np.ones((w, w), dtype=bool))
+        out[box][stroke & region] = c
+    return out
+
+
+def _stroke(region: np.ndarray, rng, length, erosion) -> np.ndarray:
+    depth = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    skeleton = skeletonize(depth >= max(erosion * depth.max(), 1.0))
+    centre = np.unravel_index(np.argmax(depth), depth.shape)
+    points = np.argwhere(skeleton)
+    if len(points) == 0:
+        skeleton[centre] = True
+        return skeleton
+    seed = tuple(points[np.argmin(((points - centre) ** 2).sum(1))])
+    steps = _geodesic_steps(skeleton, seed)
+    reach = rng.uniform(*length) * max(steps.values())
+    stroke = np.zeros_like(skeleton)
+    for p, d in steps.items():
+        if d <= reach:
+            stroke[p] = True
+    return stroke
+
+
+def _geodesic_steps(skeleton: np.ndarray, seed) -> dict:
+    """Breadth-first steps along the 8-connected skeleton from `seed`."""
+    steps, queue = {seed: 0}, deque([seed])
+    H, W = skeleton.shape
+    while queue:
+        y, x = queue.popleft()
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                q = (y + dy, x + dx)
+                if 0 <= q[0] < H and 0 <= q[1] < W and skeleton[q] and q not in steps:
+                    steps[q] = steps[(y, x)] + 1
+                    queue.append(q)
+    return steps
+
+
+def scribblize(mask_dir: str, out_dir: str, seed: int = 0, **options) -> int:
+    """simulate_scribbles on every PNG mask of `mask_dir`, written to `out_dir` under the same name."""
+    paths = sorted(glob.glob(os.path.join(mask_dir, "*.png")))
+    if not paths:
+        raise FileNotFoundError(f"no .png masks in {mask_dir}")
+    for i, path in enumerate(tqdm(paths, desc="scribblize", unit="mask")):
+        label = simulate_scribbles(read_label(path), np.random.default_rng([seed, i]), **options)
+        write_label(os.path.join(out_dir, os.path.basename(path)), label)
+    return len(paths)

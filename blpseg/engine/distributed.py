@@ -1,0 +1,71 @@
+"""DDP set-up from torchrun's environment: gloo on the CPU, nccl on GPUs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def set_threads(threads) -> None:
+    """CPU threads per process; None keeps torch's default (one per core)."""
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def setup(device: str = "auto", threads=None) -> Dist:
+    """Reads RANK / WORLD_SIZE / LOCAL_RANK (set by torchrun) and joins the process group."""
+    set_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world, dev)
+
+
+def wrap(model: nn.Module, d: Dist) -> nn.Module:
+    """DDP with SyncBatchNorm when there is more than one process. PyTorch's SyncBatchNorm runs on
+    GPUs only, so on the CPU every process keeps its own batch statistics."""
+    if d.world_size == 1:
+        return model
+    if d.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index])
+    return nn.parallel.DistributedDataParallel(model)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.world_size > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,47 @@
+"""Class probabilities for one image: single or multi-scale with flip, optionally refined by a
+dense CRF (pydensecrf2, an optional extra)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, image: Tensor, scales: Sequence[float] = (1.0,), flip: bool = False) -> Tensor:
+    """image (B, 3, H, W) normalised -> (B, K, H, W) softmax probabilities averaged over the scales
+    and, with `flip`, their horizontal mirrors (the paper tests at 0.5, 0.75, 1, 1.25 with flip)."""
+    H, W = image.shape[-2:]
+    total = 0
+    for s in scales:
+        x = image if s == 1 else F.interpolate(image, scale_factor=s, mode="bilinear", align_corners=False)
+        for mirrored in (False, True) if flip else (False,):
+            xi = x.flip(-1) if mirrored else x
+            logits = model(xi, scribble_head=False)["seg"].float()
+            p = F.softmax(logits, dim=1)
+            p = p.flip(-1) if mirrored else p
+            total = total + F.interpolate(p, size=(H, W), mode="bilinear", align_corners=False)
+    return total / (len(scales) * (2 if flip else 1))
+
+
+CRF_DEFAULTS = {"iterations": 10, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 50, "bilateral_srgb": 13, "bilateral_compat": 10}
+
+
+def dense_crf(image: np.ndarray, probs: np.ndarray, **params) -> np.ndarray:
+    """Fully connected CRF (Kraehenbuehl and Koltun) on (H, W, 3) uint8 and (K, H, W) probabilities."""
+    try:
+        import pydensecrf.densecrf as dcrf
+        from pydensecrf.utils import unary_from_softmax
+    except ImportError as e:
+        raise ImportError("eval.crf needs pydensecrf2: pip install 'blpseg[crf]'") from e
+    p = {**CRF_DEFAULTS, **params}
+    K, H, W = probs.shape
+    d = dcrf.DenseCRF2D(W, H, K)
+    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs.astype(np.float32))))
+    d.addPairwiseGaussian(sxy=p["gaussian_sxy"], compat=p["gaussian_compat"])
+    d.addPairwiseBilateral(sxy=p["bilateral_sxy"], srgb=p["bilateral_srgb"], rgbim=np.ascontiguousarray(image), compat=p["bilateral_compat"])
+    return np.asarray(d.inference(p["iterations"]), dtype=np.float32).reshape(K, H, W)

@@ -1,0 +1,165 @@
+"""The training loop: AdamW with poly decay, bfloat16 autocast, the BLP and scribble losses, the
+self-training switch, DDP, metrics, atomic checkpoints and resuming."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Callable, Optional
+
+import torch
+import yaml
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from lam_ops import available_backends
+
+from ..config import class_names
+from ..data.folder import build_dataset
+from ..data.synthetic import make_synthetic, synthetic_exists
+from ..data.transforms import EvalTransform, TrainTransform
+from ..losses import ScribbleLoss, build_seg_loss, pseudo_labels
+from ..models import build_model
+from . import distributed
+from .checkpoint import load_checkpoint, save_checkpoint
+from .evaluate import evaluate, format_table
+from .logger import MetricLogger
+from .sampler import ResumableSampler
+
+
+def prepare_data(cfg: dict, d: distributed.Dist) -> None:
+    """Generates the synthetic set on first use (data.synthetic holds its options)."""
+    data = cfg["data"]
+    if data.get("synthetic") is not None and not synthetic_exists(data["root"]):
+        if d.is_main:
+            make_synthetic(data["root"], **data["synthetic"], seed=cfg.get("seed", 0))
+        if d.world_size > 1:
+            torch.distributed.barrier()
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on norms, biases and log sigma (decay would pull sigma towards 1)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train(cfg: dict, resume: Optional[str] = None, on_step: Optional[Callable[[int, float], None]] = None) -> dict:
+    """Trains as `cfg` says; `resume` is a checkpoint to continue from. `on_step(iteration, loss)`
+    is called after every step. Returns the final validation result (or None) and the run folder."""
+    d = distributed.setup(cfg.get("device", "auto"), cfg.get("threads"))
+    try:
+        return _train(cfg, d, resume, on_step)
+    finally:
+        distributed.cleanup()
+
+
+def _train(cfg, d, resume, on_step) -> dict:
+    names = class_names(cfg)
+    K = len(names)
+    dc, tc, lc = cfg["data"], cfg["train"], cfg["loss"]
+    out_dir, seed = cfg["out_dir"], int(cfg.get("seed", 0))
+    prepare_data(cfg, d)
+    torch.manual_seed(seed)
+    train_set = build_dataset(dc, dc["train"], K, TrainTransform(dc["crop"], dc.get("scale", (0.75, 1.25))), seed)
+    val_set = build_dataset(dc, dc["val"], K, EvalTransform()) if dc.get("val") else None
+    model = build_model(K, **cfg["model"]).to(d.device)
+    optimizer = torch.optim.AdamW(param_groups(model, tc["weight_decay"]), lr=tc["lr"])
+    sampler = ResumableSampler(len(train_set), tc["batch_size"], seed, d.rank, d.world_size)
+    total = int(tc.get("iters") or tc["epochs"] * sampler.batches_per_epoch)
+    power = tc.get("poly_power", 0.9)
+    scheduler = LambdaLR(optimizer, lambda it: (1 - min(it, total) / total) ** power)
+    start = 0
+    if resume:
+        state = load_checkpoint(resume)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = int(state["iteration"])
+    net = distributed.wrap(model, d)
+    seg_loss = build_seg_loss(lc.get("seg", "blp"), **lc.get("seg_options", {}))
+    scrib_loss = ScribbleLoss(K, lc.get("unlabeled_weight", 0.02)).to(d.device)
+    st_from, st_threshold = lc.get("self_training_from"), lc.get("pseudo_threshold", 0.9)
+    amp = bool(tc.get("amp", True))
+    ckpt_path = os.path.join(out_dir, "last.pt")
+    ckpt_every = int(tc.get("checkpoint_every") or sampler.batches_per_epoch)
+    eval_every, log_every = int(tc.get("eval_every") or 0), int(tc.get("log_every", 10))
+    logger = MetricLogger(out_dir, d.is_main, fresh=start == 0)
+    if d.is_main:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "config.yaml"), "w") as fh:
+            yaml.safe_dump(cfg, fh, sort_keys=False)
+        tqdm.write(
+            f"training {total} iterations from {start} on {d.world_size} x {d.device}; "
+            f"LAM backends here: {', '.join(available_backends(d.device))}; run folder: {out_dir}"
+        )
+
+    bar = tqdm(total=total, initial=start, desc="train", unit="it", disable=not d.is_main, dynamic_ncols=True)
+    data_iter, result, tic = None, None, time.perf_counter()
+    for it in range(start, total):
+        epoch, b = divmod(it, sampler.batches_per_epoch)
+        if data_iter is None or b == 0:
+            sampler.set_epoch(epoch, b)
+            train_set.set_epoch(epoch)
+            loader = DataLoader(
+                train_set, tc["batch_size"], sampler=sampler, num_workers=dc.get("workers", 0), drop_last=True,
+                pin_memory=d.device.type == "cuda", persistent_workers=False,
+            )  # fmt: skip
+            data_iter = iter(loader)
+        batch = next(data_iter)
+        image = batch["image"].to(d.device, non_blocking=True)
+        target = batch["target"].to(d.device, non_blocking=True)
+        net.train()
+        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=amp):
+            out = net(image, target)
+        seg_target = target
+        if st_from is not None and it >= st_from:
+            seg_target = pseudo_labels(out["seg"], target, st_threshold, batch["classes"].to(d.device))
+        loss_seg = seg_loss(out["seg"], out["scrib"], seg_target)
+        loss_scrib = scrib_loss(out["scrib"], target)
+        loss = loss_seg + loss_scrib
+        values = distributed.all_reduce_sum(torch.stack([loss_seg.detach(), loss_scrib.detach()]).float(), d)
+        values = (values / d.world_size).tolist()
+        if not all(map(math.isfinite, values)):
+            raise FloatingPointError(
+                f"training stopped at iteration {it}: the loss is not finite (seg {values[0]}, scribble "
+                f"{values[1]}); the last good checkpoint is {ckpt_path}. Lower train.lr or check the data."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        bar.update(1)
+        done = it + 1
+        if done % log_every == 0 or done == total:
+            row = {"loss": sum(values), "loss_seg": values[0], "loss_scrib": values[1], "lr": scheduler.get_last_lr()[0]}
+            if model.lam is not None:
+                row["sigma"] = float(model.lam.sigma)
+            row["sec_per_iter"] = (time.perf_counter() - tic) / log_every
+            tic = time.perf_counter()
+            logger.log("train", done, row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}")
+        if d.is_main and (done % ckpt_every == 0 or done == total):
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "iteration": done, "config": cfg}  # fmt: skip
+            save_checkpoint(state, ckpt_path)
+        if val_set is not None and (done == total or (eval_every and done % eval_every == 0)):
+            result = evaluate(model, val_set, K, cfg.get("eval", {}), d, progress=False)
+            logger.log("val", done, {"miou": result["miou"], "pixel_acc": result["pixel_acc"],
+                                     **{f"iou/{n}": v for n, v in zip(names, result["iou"])}})  # fmt: skip
+            if d.is_main:
+                tqdm.write(f"iteration {done}: val mIoU {100 * result['miou']:.2f}")
+        if on_step is not None:
+            on_step(done, sum(values))
+    bar.close()
+    logger.close()
+    if d.is_main and result is not None:
+        with open(os.path.join(out_dir, "val.json"), "w") as fh:
+            json.dump(result, fh, indent=1)
+        tqdm.write(format_table(result, names))
+    return {"val": result, "out_dir": out_dir, "checkpoint": ckpt_path}

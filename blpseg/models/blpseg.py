@@ -1,0 +1,87 @@
+"""BLPSeg: backbone -> PPM + UPerNet decoder -> segmentation head -> LAM, plus the scribble head
+that reads the decoder output detached (it estimates which pixels an annotator would scribble and
+never trains the backbone)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lam_ops import LocalAggregation
+
+from .backbone import ResNetBackbone
+from .decoder import UPerNetDecoder
+from .heads import Head
+
+KEY_MASKS = (None, "labeled", "unlabeled")
+
+
+class BLPSeg(nn.Module):
+    """Args:
+        num_classes: K (background included).
+        backbone, pretrained: a torchvision ResNet and a local state_dict path (or None).
+        channels: decoder and head width (256).
+        lam: apply the Local Aggregation Module to the segmentation logits (False: Table III "w/o").
+        similarity, sigma, learnable_sigma, radius, embed_dim, lam_backend: LocalAggregation's options.
+        key_mask: None (aggregate from every pixel), "labeled" or "unlabeled" (aggregate only from
+            scribbled / unscribbled pixels, Table V). Needs the target, so it applies in training.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet101",
+        pretrained: Optional[str] = None,
+        channels: int = 256,
+        lam: bool = True,
+        similarity: str = "both",
+        sigma: float = 6.0,
+        learnable_sigma: bool = False,
+        radius: Optional[int] = None,
+        embed_dim: int = 256,
+        lam_backend: str = "auto",
+        key_mask: Optional[str] = None,
+    ):
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        if key_mask not in KEY_MASKS:
+            raise ValueError(f"key_mask must be one of {KEY_MASKS}, got {key_mask!r}")
+        if key_mask is not None and not lam:
+            raise ValueError("key_mask needs the LAM (lam=True)")
+        self.num_classes = num_classes
+        self.key_mask = key_mask
+        self.backbone = ResNetBackbone(backbone, pretrained)
+        self.decoder = UPerNetDecoder(self.backbone.channels, channels)
+        self.seg_head = Head(channels, num_classes, channels)
+        self.scrib_head = Head(channels, num_classes + 1, channels)
+        self.lam = (
+            LocalAggregation(3, embed_dim, 4, sigma, learnable_sigma, radius, similarity, lam_backend) if lam else None
+        )
+
+    def forward(self, image: Tensor, target: Optional[Tensor] = None, scribble_head: Optional[bool] = None) -> dict:
+        """image (B, 3, H, W) -> {"seg": (B, K, H, W) logits, "scrib": (B, K+1, H, W) logits}.
+        "scrib" is computed when `scribble_head` (default: in training). `target` (B, H, W), with K
+        for unscribbled pixels, is only read for the key mask."""
+        size = image.shape[-2:]
+        feat = self.decoder(self.backbone(image))
+        seg = self.seg_head(feat)
+        if self.lam is not None:
+            seg = self.lam(seg, image, self._key_mask(target, seg.shape[-2:]))
+        out = {"seg": F.interpolate(seg, size=size, mode="bilinear", align_corners=False)}
+        if self.training if scribble_head is None else scribble_head:
+            scrib = self.scrib_head(feat.detach())
+            out["scrib"] = F.interpolate(scrib, size=size, mode="bilinear", align_corners=False)
+        return out
+
+    def _key_mask(self, target: Optional[Tensor], size) -> Optional[Tensor]:
+        if self.key_mask is None or target is None:
+            return None
+        t = F.interpolate(target[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
+        return t < self.num_classes if self.key_mask == "labeled" else t == self.num_classes
+
+
+def build_model(num_classes: int, **options) -> BLPSeg:
+    return BLPSeg(num_classes, **options)
