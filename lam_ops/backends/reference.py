@@ -58,6 +58,8 @@ class ReferenceBackend(Backend):
     name = "reference"
 
     def unavailable(self, device):
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            return "no CUDA device is available"
         return None
 
     def forward(self, x, f, sigma, radius, key_mask):
