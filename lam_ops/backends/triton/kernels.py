@@ -10,8 +10,6 @@ The backward is one gather pass, not the query-side + key-side pair of flash att
 logit f_i . f_j - |s_i - s_j|^2 / (2 sigma^2) is symmetric and so is the clipped window, so a
 program that meets a pixel pair (p, q) once computes both A(q, p) (p as query) and A(p, q) (p as
 key) from one f_p . f_q tile, and accumulates every gradient of p with no atomics.
-
-This file is loaded twice (see ops.py): compiled for CUDA tensors and under the interpreter.
 """
 
 import triton

@@ -7,11 +7,6 @@ autograd formula and the fake kernels are the shared ones of ../autograd.py.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-from pathlib import Path
-from types import SimpleNamespace
 from typing import Optional
 
 import torch
@@ -23,6 +18,9 @@ from ..base import Backend
 try:
     import triton
     from torch.library import triton_op, wrap_triton
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from . import kernels
 
     _IMPORT_ERROR = None
 except ImportError as e:
@@ -32,13 +30,6 @@ except ImportError as e:
 MAX_CHANNELS = 256
 # Fixed tiles under the interpreter (autotuning there would only time Python); tl.dot needs >= 16.
 INTERPRETER_TILES = dict(TH=4, TW=4, TKH=4, TKW=4)
-DELTA_TILES = dict(TH=8, TW=32)
-INTERPRETER_DELTA_TILES = dict(TH=4, TW=4)
-
-
-def interpreting() -> bool:
-    """TRITON_INTERPRET as triton reads it, but at call time (os.environ is traceable by dynamo)."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 def _tile_configs(shapes, warps):
@@ -54,53 +45,25 @@ def _tuned(kernel, shapes, warps):
     return triton.autotune(_tile_configs(shapes, warps), key=["C", "D", "R"])(kernel)
 
 
-_KERNELS: dict[bool, SimpleNamespace] = {}
-
-
-def kernels(interpret: bool) -> SimpleNamespace:
-    """The kernels of kernels.py compiled (interpret=False) or interpreted.
-
-    triton decides between the two when @triton.jit runs, from TRITON_INTERPRET, and a kernel
-    calls its helpers through its module's globals. So kernels.py is executed once per mode, as
-    its own module with TRITON_INTERPRET set accordingly: CPU tests under the interpreter and CUDA
-    tensors in one process each get a consistent set, whatever the variable said at import.
-    """
-    if interpret not in _KERNELS:
-        name = f"{__package__}.kernels_{'interpreted' if interpret else 'compiled'}"
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("kernels.py"))
-        module = importlib.util.module_from_spec(spec)
-        saved = os.environ.get("TRITON_INTERPRET")
-        os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
-        try:
-            spec.loader.exec_module(module)
-        finally:
-            if saved is None:
-                del os.environ["TRITON_INTERPRET"]
-            else:
-                os.environ["TRITON_INTERPRET"] = saved
-        sys.modules[name] = module
-        if interpret:
-            k = SimpleNamespace(forward=module.lam_forward_kernel, backward=module.lam_backward_kernel,
-                                tiles=INTERPRETER_TILES, delta_tiles=INTERPRETER_DELTA_TILES)
-        else:
-            k = SimpleNamespace(
-                # Tiles of 64-256 query pixels against key tiles of 64-128; the backward holds
-                # more per pixel (dx and df accumulators), hence its smaller tiles.
-                forward=_tuned(module.lam_forward_kernel,
-                               [(8, 8, 8, 8), (4, 16, 4, 16), (8, 16, 8, 8), (16, 8, 8, 16), (16, 16, 8, 8), (8, 8, 4, 16)],
-                               (4, 8)),
-                backward=_tuned(module.lam_backward_kernel,
-                                [(4, 4, 8, 8), (4, 8, 8, 8), (8, 8, 8, 8), (4, 16, 4, 16), (8, 8, 4, 16)],
-                                (4, 8)),
-                tiles={}, delta_tiles=DELTA_TILES)
-        k.delta = module.lam_delta_kernel
-        k.interpret = interpret
-        _KERNELS[interpret] = k
-    return _KERNELS[interpret]
-
-
-def _kernels_for(t: Tensor) -> SimpleNamespace:
-    return kernels(t.device.type == "cpu" or interpreting())
+if _IMPORT_ERROR is None:
+    # triton reads TRITON_INTERPRET when a function is decorated with @triton.jit, its own
+    # tl.sum / tl.max / tl.cdiv included (at `import triton`): the mode is fixed per process.
+    INTERPRETED = isinstance(kernels.lam_forward_kernel, InterpretedFunction)
+    if INTERPRETED:
+        FORWARD, BACKWARD = kernels.lam_forward_kernel, kernels.lam_backward_kernel
+        TILES, DELTA_TILES = INTERPRETER_TILES, dict(TH=4, TW=4)
+    else:
+        # Query tiles of 16-256 pixels against key tiles of 64-128; the backward holds more per
+        # pixel (dx and df accumulators), hence its smaller query tiles.
+        FORWARD = _tuned(
+            kernels.lam_forward_kernel,
+            [(8, 8, 8, 8), (4, 16, 4, 16), (8, 16, 8, 8), (16, 8, 8, 16), (16, 16, 8, 8), (8, 8, 4, 16)],
+            (4, 8),
+        )
+        BACKWARD = _tuned(
+            kernels.lam_backward_kernel, [(4, 4, 8, 8), (4, 8, 8, 8), (8, 8, 8, 8), (4, 16, 4, 16), (8, 8, 4, 16)], (4, 8)
+        )
+        TILES, DELTA_TILES = {}, dict(TH=8, TW=32)
 
 
 def _block(n: int) -> int:
@@ -124,12 +87,9 @@ def _mask_args(key_mask: Optional[Tensor], x: Tensor):
     return dict(mask=key_mask, smb=smb, smh=smh, smw=smw, HAS_MASK=True)
 
 
-def _dot_args(dtype: torch.dtype, interpret: bool) -> dict:
+def _dot_args(dtype: torch.dtype) -> dict:
     # float32 must not drop to TF32 (the contract's float32 tolerance); halves ignore it.
-    return dict(
-        PRECISION="ieee" if dtype in (torch.float32, torch.float64) else "tf32",
-        UPCAST=interpret and dtype == torch.bfloat16,
-    )
+    return dict(PRECISION="ieee" if dtype in (torch.float32, torch.float64) else "tf32", UPCAST=INTERPRETED and dtype == torch.bfloat16)
 
 
 def _strides(prefix: str, t: Tensor) -> dict:
@@ -150,11 +110,10 @@ def triton_forward(x: Tensor, f: Tensor, sigma: Tensor, radius: Optional[int], k
     lse = torch.empty((B, H, W), dtype=lse_dtype(x.dtype), device=x.device)
     if B * H * W == 0:
         return out, lse
-    k = _kernels_for(x)
-    wrap_triton(k.forward)[_grid(B, H, W)](
+    wrap_triton(FORWARD)[_grid(B, H, W)](
         x=x, f=f, sigma=sigma.to(lse.dtype), out=out, lse=lse, H=H, W=W, C=C, D=D, R=_kernel_radius(radius, H, W),
         **_strides("x", x), **_strides("f", f), **_mask_args(key_mask, x),
-        BLOCK_C=_block(C), BLOCK_D=_block(D), **_dot_args(x.dtype, k.interpret), **k.tiles,
+        BLOCK_C=_block(C), BLOCK_D=_block(D), **_dot_args(x.dtype), **TILES,
     )
     return out, lse
 
@@ -169,21 +128,20 @@ def triton_backward(
     df = torch.empty((B, D, H, W), dtype=f.dtype, device=f.device)
     if B * H * W == 0:
         return dx, df, torch.zeros_like(sigma)
-    k = _kernels_for(x)
     sig = sigma.to(lse.dtype)
     delta = torch.empty_like(lse)
-    wrap_triton(k.delta)[_grid(B, H, W)](
+    wrap_triton(kernels.lam_delta_kernel)[_grid(B, H, W)](
         g=grad_out, out=out.contiguous(), delta=delta, H=H, W=W, C=C, **_strides("g", grad_out),
-        BLOCK_C=_block(C), **k.delta_tiles,
+        BLOCK_C=_block(C), **DELTA_TILES,
     )
     # dsig[b, j] = sum_i dS(i, j) |s_i - s_j|^2: per-pixel partials, summed below in a fixed order
     # (no float atomics, so the backward is bitwise reproducible).
     dsig = torch.empty_like(lse)
-    wrap_triton(k.backward)[_grid(B, H, W)](
+    wrap_triton(BACKWARD)[_grid(B, H, W)](
         g=grad_out, x=x, f=f, sigma=sig, lse=lse.contiguous(), delta=delta, dx=dx, df=df, dsig=dsig,
         H=H, W=W, C=C, D=D, R=_kernel_radius(radius, H, W),
         **_strides("g", grad_out), **_strides("x", x), **_strides("f", f), **_mask_args(key_mask, x),
-        BLOCK_C=_block(C), BLOCK_D=_block(D), **_dot_args(x.dtype, k.interpret), **k.tiles,
+        BLOCK_C=_block(C), BLOCK_D=_block(D), **_dot_args(x.dtype), **TILES,
     )
     dsigma = dsig.sum() / (sig * sig * sig)
     return dx, df, dsigma.to(sigma.dtype)
@@ -205,9 +163,12 @@ class TritonBackend(Backend):
         if _IMPORT_ERROR is not None:
             return f"triton is not installed ({_IMPORT_ERROR})"
         if device.type == "cpu":
-            if interpreting():
+            if INTERPRETED:
                 return None
-            return "runs on CUDA tensors; CPU tensors only under the Triton interpreter (TRITON_INTERPRET=1)"
+            return (
+                "runs on CUDA tensors; CPU tensors only under the Triton interpreter "
+                "(TRITON_INTERPRET=1 in the environment before lam_ops is imported)"
+            )
         if device.type != "cuda":
             return f"runs on CUDA tensors, got {device.type}"
         if not torch.cuda.is_available():
