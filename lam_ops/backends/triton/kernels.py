@@ -51,6 +51,14 @@ def _load_channels(ptr, ys, xs, inside, n, s_c, s_h, s_w, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _store_channels(ptr, val, ys, xs, inside, n, H, W, BLOCK: tl.constexpr):
+    """Stores a (pixels, BLOCK) tile into a contiguous (n, H, W) channel stack."""
+    c = tl.arange(0, BLOCK)
+    offs = c[None, :] * (H * W) + (ys * W + xs)[:, None]
+    tl.store(ptr + offs, val.to(ptr.dtype.element_ty), mask=inside[:, None] & (c[None, :] < n))
+
+
+@triton.jit
 def _load_pixels(ptr, ys, xs, inside, s_h, s_w, other):
     return tl.load(ptr + ys * s_h + xs * s_w, mask=inside, other=other)
 
@@ -137,11 +145,8 @@ def lam_forward_kernel(
     seen = l > 0
     l = tl.where(seen, l, 1.0)
     acc = acc / l[:, None]
-    n = H * W
-    c = tl.arange(0, BLOCK_C)
-    pix = yq * W + xq
-    tl.store(out + b * C * n + c[None, :] * n + pix[:, None], acc.to(out.dtype.element_ty), mask=q_in[:, None] & (c[None, :] < C))
-    tl.store(lse + b * n + pix, tl.where(seen, m + tl.log(l), float("-inf")), mask=q_in)
+    _store_channels(out + b * C * H * W, acc, yq, xq, q_in, C, H, W, BLOCK_C)
+    tl.store(lse + b * H * W + yq * W + xq, tl.where(seen, m + tl.log(l), float("-inf")), mask=q_in)
 
 
 @triton.jit
@@ -157,6 +162,22 @@ def lam_delta_kernel(
     gt = _load_channels(g + b * sgb, ys, xs, inside, C, sgc, sgh, sgw, BLOCK_C).to(delta.dtype.element_ty)
     ot = _load_channels(out + b * C * n, ys, xs, inside, C, n, W, 1, BLOCK_C).to(delta.dtype.element_ty)
     tl.store(delta + b * n + ys * W + xs, tl.sum(gt * ot, 1), mask=inside)
+
+
+@triton.jit
+def _backward_operands(
+    g, x, f, mask, lse, delta, ys, xs, inside, C, D, W,
+    sgc, sgh, sgw, sxc, sxh, sxw, sfc, sfh, sfw, smh, smw, HAS_MASK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """What the backward reads of a tile: admissible as a key, f, x, g, L and Delta."""
+    ok = _admissible(mask, ys, xs, inside, smh, smw, HAS_MASK)
+    ft = _load_channels(f, ys, xs, inside, D, sfc, sfh, sfw, BLOCK_D)
+    xt = _load_channels(x, ys, xs, inside, C, sxc, sxh, sxw, BLOCK_C)
+    gt = _load_channels(g, ys, xs, inside, C, sgc, sgh, sgw, BLOCK_C).to(xt.dtype)
+    # L = +inf for a query with no admissible key (and outside the image): its A is 0, not NaN.
+    lse_t = _load_pixels(lse, ys, xs, inside, W, 1, float("inf"))
+    lse_t = tl.where(lse_t == float("-inf"), float("inf"), lse_t)
+    return ok, ft, xt, gt, lse_t, _load_pixels(delta, ys, xs, inside, W, 1, 0.0)
 
 
 @triton.jit
@@ -183,14 +204,10 @@ def lam_backward_kernel(
     n = H * W
     lse += b * n
     delta += b * n
-    p_ok = _admissible(mask, yp, xp, p_in, smh, smw, HAS_MASK)
-    fp = _load_channels(f, yp, xp, p_in, D, sfc, sfh, sfw, BLOCK_D)
-    xp_ = _load_channels(x, yp, xp, p_in, C, sxc, sxh, sxw, BLOCK_C)
-    gp = _load_channels(g, yp, xp, p_in, C, sgc, sgh, sgw, BLOCK_C).to(xp_.dtype)
-    # L = +inf for a query with no admissible key (and outside the image): its A is 0, not NaN.
-    lse_p = _load_pixels(lse, yp, xp, p_in, W, 1, float("inf"))
-    lse_p = tl.where(lse_p == float("-inf"), float("inf"), lse_p)
-    delta_p = _load_pixels(delta, yp, xp, p_in, W, 1, 0.0)
+    p_ok, fp, xp_, gp, lse_p, delta_p = _backward_operands(
+        g, x, f, mask, lse, delta, yp, xp, p_in, C, D, W,
+        sgc, sgh, sgw, sxc, sxh, sxw, sfc, sfh, sfw, smh, smw, HAS_MASK, BLOCK_C, BLOCK_D,
+    )
     coef = _sigma_coef(sigma)
 
     dx_acc = tl.zeros([TH * TW, BLOCK_C], coef.dtype)
@@ -201,13 +218,10 @@ def lam_backward_kernel(
         for kx in range(xlo, xhi, TKW):
             yq, xq = _pixels(ky, kx, TKH, TKW)
             q_in = (yq < yhi) & (xq < xhi)
-            q_ok = _admissible(mask, yq, xq, q_in, smh, smw, HAS_MASK)
-            fq = _load_channels(f, yq, xq, q_in, D, sfc, sfh, sfw, BLOCK_D)
-            xq_ = _load_channels(x, yq, xq, q_in, C, sxc, sxh, sxw, BLOCK_C)
-            gq = _load_channels(g, yq, xq, q_in, C, sgc, sgh, sgw, BLOCK_C).to(xq_.dtype)
-            lse_q = _load_pixels(lse, yq, xq, q_in, W, 1, float("inf"))
-            lse_q = tl.where(lse_q == float("-inf"), float("inf"), lse_q)
-            delta_q = _load_pixels(delta, yq, xq, q_in, W, 1, 0.0)
+            q_ok, fq, xq_, gq, lse_q, delta_q = _backward_operands(
+                g, x, f, mask, lse, delta, yq, xq, q_in, C, D, W,
+                sgc, sgh, sgw, sxc, sxh, sxw, sfc, sfh, sfw, smh, smw, HAS_MASK, BLOCK_C, BLOCK_D,
+            )
 
             s, d2, in_window = _pair_logits(fp, fq, yp, xp, yq, xq, coef, R, PRECISION, UPCAST)
             pair = in_window & p_in[:, None] & q_in[None, :]
@@ -219,9 +233,6 @@ def lam_backward_kernel(
             df_acc += _dot((ds_q + ds_p).to(fq.dtype), fq, PRECISION, UPCAST).to(df_acc.dtype)
             dsig_acc += tl.sum(ds_q * d2.to(ds_q.dtype), 1)
 
-    c = tl.arange(0, BLOCK_C)
-    d = tl.arange(0, BLOCK_D)
-    pix = yp * W + xp
-    tl.store(dx + b * C * n + c[None, :] * n + pix[:, None], dx_acc.to(dx.dtype.element_ty), mask=p_in[:, None] & (c[None, :] < C))
-    tl.store(df + b * D * n + d[None, :] * n + pix[:, None], df_acc.to(df.dtype.element_ty), mask=p_in[:, None] & (d[None, :] < D))
-    tl.store(dsig + b * n + pix, dsig_acc, mask=p_in)
+    _store_channels(dx + b * C * n, dx_acc, yp, xp, p_in, C, H, W, BLOCK_C)
+    _store_channels(df + b * D * n, df_acc, yp, xp, p_in, D, H, W, BLOCK_D)
+    tl.store(dsig + b * n + yp * W + xp, dsig_acc, mask=p_in)

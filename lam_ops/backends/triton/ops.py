@@ -49,6 +49,7 @@ if _IMPORT_ERROR is None:
     # triton reads TRITON_INTERPRET when a function is decorated with @triton.jit, its own
     # tl.sum / tl.max / tl.cdiv included (at `import triton`): the mode is fixed per process.
     INTERPRETED = isinstance(kernels.lam_forward_kernel, InterpretedFunction)
+    DELTA = kernels.lam_delta_kernel
     if INTERPRETED:
         FORWARD, BACKWARD = kernels.lam_forward_kernel, kernels.lam_backward_kernel
         TILES, DELTA_TILES = INTERPRETER_TILES, dict(TH=4, TW=4)
@@ -130,7 +131,7 @@ def triton_backward(
         return dx, df, torch.zeros_like(sigma)
     sig = sigma.to(lse.dtype)
     delta = torch.empty_like(lse)
-    wrap_triton(kernels.lam_delta_kernel)[_grid(B, H, W)](
+    wrap_triton(DELTA)[_grid(B, H, W)](
         g=grad_out, out=out.contiguous(), delta=delta, H=H, W=W, C=C, **_strides("g", grad_out),
         BLOCK_C=_block(C), **DELTA_TILES,
     )
