@@ -32,17 +32,10 @@ MAX_CHANNELS = 256
 INTERPRETER_TILES = dict(TH=4, TW=4, TKH=4, TKW=4)
 
 
-def _tile_configs(shapes, warps):
-    return [
-        triton.Config(dict(TH=th, TW=tw, TKH=kh, TKW=kw), num_warps=w, num_stages=s)
-        for (th, tw, kh, kw) in shapes
-        for w in warps
-        for s in (1, 2)
-    ]
-
-
-def _tuned(kernel, shapes, warps):
-    return triton.autotune(_tile_configs(shapes, warps), key=["C", "D", "R"])(kernel)
+def _tuned(kernel, configs):
+    """Autotuned over (TH, TW, TKH, TKW, num_warps, num_stages), per (C, D, R) and dtype."""
+    configs = [triton.Config(dict(TH=th, TW=tw, TKH=kh, TKW=kw), num_warps=w, num_stages=s) for th, tw, kh, kw, w, s in configs]
+    return triton.autotune(configs, key=["C", "D", "R"])(kernel)
 
 
 if _IMPORT_ERROR is None:
@@ -54,15 +47,16 @@ if _IMPORT_ERROR is None:
         FORWARD, BACKWARD = kernels.lam_forward_kernel, kernels.lam_backward_kernel
         TILES, DELTA_TILES = INTERPRETER_TILES, dict(TH=4, TW=4)
     else:
-        # Query tiles of 16-256 pixels against key tiles of 64-128; the backward holds more per
-        # pixel (dx and df accumulators), hence its smaller query tiles.
+        # A few configurations only: each one is compiled on first use, and float32 with D = 256
+        # takes tens of seconds. Chosen by compiling for sm_80 / sm_90 (registers, spills, shared
+        # memory), not yet by timing on a GPU. The backward holds more per pixel (dx and df
+        # accumulators), hence its smaller query tiles.
         FORWARD = _tuned(
             kernels.lam_forward_kernel,
-            [(8, 8, 8, 8), (4, 16, 4, 16), (8, 16, 8, 8), (16, 8, 8, 16), (16, 16, 8, 8), (8, 8, 4, 16)],
-            (4, 8),
+            [(8, 8, 8, 8, 4, 2), (8, 8, 8, 8, 8, 2), (4, 16, 4, 16, 4, 2), (8, 16, 8, 8, 8, 2), (8, 8, 4, 16, 8, 1)],
         )
         BACKWARD = _tuned(
-            kernels.lam_backward_kernel, [(4, 4, 8, 8), (4, 8, 8, 8), (8, 8, 8, 8), (4, 16, 4, 16), (8, 8, 4, 16)], (4, 8)
+            kernels.lam_backward_kernel, [(4, 4, 8, 8, 4, 1), (4, 4, 8, 8, 8, 2), (4, 8, 8, 8, 4, 2), (8, 8, 8, 8, 8, 2)]
         )
         TILES, DELTA_TILES = {}, dict(TH=8, TW=32)
 
@@ -157,7 +151,7 @@ if _IMPORT_ERROR is None:
 
 class TritonBackend(Backend):
     name = "triton"
-    dtypes = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+    dtypes = (torch.float32, torch.float16, torch.bfloat16)
 
     def unavailable(self, device):
         device = torch.device(device)
@@ -178,8 +172,12 @@ class TritonBackend(Backend):
 
     def unsupported(self, x, f, sigma, radius, key_mask):
         why = self.unavailable(x.device)
-        if why is None and x.dtype not in self.dtypes:
+        if why is None and x.dtype not in self.dtypes and not (INTERPRETED and x.dtype == torch.float64):
             why = f"supports x of dtype {', '.join(str(d) for d in self.dtypes)}, got {x.dtype}"
+            if x.dtype == torch.float64:
+                # Seen compiling for sm_90: an assertion in MMAv2 ("fp64 don't support largeK")
+                # aborts the process, and D = 256 tiles outgrow shared memory.
+                why += " (float64 only under the interpreter: triton 3.8 cannot compile float64 tl.dot for these tiles)"
         if why is None and max(x.shape[1], f.shape[1]) > MAX_CHANNELS:
             why = (
                 f"x's C = {x.shape[1]} and f's D = {f.shape[1]} must be <= {MAX_CHANNELS} "
