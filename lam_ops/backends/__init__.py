@@ -5,7 +5,8 @@ from __future__ import annotations
 from .base import Backend
 from .compiled import CppBackend, CudaBackend
 from .reference import ReferenceBackend
+from .triton import TritonBackend
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (CudaBackend(), CppBackend(), ReferenceBackend())}
+BACKENDS: dict[str, Backend] = {b.name: b for b in (TritonBackend(), CudaBackend(), CppBackend(), ReferenceBackend())}
 
 __all__ = ["Backend", "BACKENDS"]

@@ -1,0 +1,238 @@
+"""Triton kernels of the LAM operator (notation of LAM_SPEC.md: j a query pixel, i a key).
+
+A program owns a tile of TH x TW pixels of one image and visits, one TKH x TKW tile at a time,
+the pixels in the union of their windows (every pixel for radius < 0, the Python radius=None).
+f_q . f_k and A x are tl.dot products on these tiles; the distance term, the window, the border
+and the key mask are applied in registers. Channel counts are padded to powers of two in
+registers by masked loads, never in memory, and inputs are read through their strides.
+
+The backward is one gather pass, not the query-side + key-side pair of flash attention: the
+logit f_i . f_j - |s_i - s_j|^2 / (2 sigma^2) is symmetric and so is the clipped window, so a
+program that meets a pixel pair (p, q) once computes both A(q, p) (p as query) and A(p, q) (p as
+key) from one f_p . f_q tile, and accumulates every gradient of p with no atomics.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _tile_origin(H, W, TH: tl.constexpr, TW: tl.constexpr):
+    """(batch, first row, first column) of this program's pixel tile."""
+    t = tl.program_id(0)
+    n_tx = tl.cdiv(W, TW)
+    return tl.program_id(1).to(tl.int64), (t // n_tx) * TH, (t % n_tx) * TW
+
+
+@triton.jit
+def _pixels(y0, x0, TH: tl.constexpr, TW: tl.constexpr):
+    """Rows and columns of the TH * TW pixels of the tile at (y0, x0), row-major."""
+    p = tl.arange(0, TH * TW)
+    return y0 + p // TW, x0 + p % TW
+
+
+@triton.jit
+def _neighbour_range(y0, x0, H, W, R, TH: tl.constexpr, TW: tl.constexpr):
+    """Rows [ylo, yhi) and columns [xlo, xhi) of the union of the windows of a tile, clipped."""
+    whole = R < 0
+    ylo = tl.where(whole, 0, tl.maximum(y0 - R, 0))
+    yhi = tl.where(whole, H, tl.minimum(y0 + TH + R, H))
+    xlo = tl.where(whole, 0, tl.maximum(x0 - R, 0))
+    xhi = tl.where(whole, W, tl.minimum(x0 + TW + R, W))
+    return ylo, yhi, xlo, xhi
+
+
+@triton.jit
+def _load_channels(ptr, ys, xs, inside, n, s_c, s_h, s_w, BLOCK: tl.constexpr):
+    """(pixels, BLOCK) tile of an (n, H, W) channel stack; 0 outside the image and past n."""
+    c = tl.arange(0, BLOCK)
+    offs = c[None, :] * s_c + ys[:, None] * s_h + xs[:, None] * s_w
+    return tl.load(ptr + offs, mask=inside[:, None] & (c[None, :] < n), other=0.0)
+
+
+@triton.jit
+def _store_channels(ptr, val, ys, xs, inside, n, H, W, BLOCK: tl.constexpr):
+    """Stores a (pixels, BLOCK) tile into a contiguous (n, H, W) channel stack."""
+    c = tl.arange(0, BLOCK)
+    offs = c[None, :] * (H * W) + (ys * W + xs)[:, None]
+    tl.store(ptr + offs, val.to(ptr.dtype.element_ty), mask=inside[:, None] & (c[None, :] < n))
+
+
+@triton.jit
+def _load_pixels(ptr, ys, xs, inside, s_h, s_w, other):
+    return tl.load(ptr + ys * s_h + xs * s_w, mask=inside, other=other)
+
+
+@triton.jit
+def _admissible(mask, ys, xs, inside, s_h, s_w, HAS_MASK: tl.constexpr):
+    """Pixels that may be aggregated from: in the image and, with a key mask, set in it."""
+    if HAS_MASK:
+        return inside & (_load_pixels(mask, ys, xs, inside, s_h, s_w, 0) != 0)
+    return inside
+
+
+@triton.jit
+def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """a @ b accumulated in float32 (float64 for float64 tiles)."""
+    if UPCAST:
+        # triton 3.8's interpreter multiplies bfloat16 tiles as their raw bits: multiply them in
+        # float32 instead, which is what a GPU's bf16 MMA does (exact products, float32 sums).
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def _pair_logits(fa, fb, ya, xa, yb, xb, coef, R, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """logit(a, b) = f_a . f_b + coef |s_a - s_b|^2 for all pairs (rows a, columns b), the squared
+    distances, and whether b lies in a's window (iff a lies in b's)."""
+    dy = ya[:, None] - yb[None, :]
+    dx = xa[:, None] - xb[None, :]
+    d2 = dy * dy + dx * dx
+    in_window = (R < 0) | ((tl.abs(dy) <= R) & (tl.abs(dx) <= R))
+    s = _dot(fa, tl.trans(fb), PRECISION, UPCAST)
+    return s + coef * d2.to(s.dtype), d2, in_window
+
+
+@triton.jit
+def _sigma_coef(sigma):
+    """-1 / (2 sigma^2), read on the device (no host sync); sigma comes in the accumulation type."""
+    s = tl.load(sigma)
+    return -0.5 / (s * s)
+
+
+@triton.jit
+def lam_forward_kernel(
+    x, f, sigma, mask, out, lse,
+    H, W, C, D, R,
+    sxb, sxc, sxh, sxw, sfb, sfc, sfh, sfw, smb, smh, smw,
+    HAS_MASK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    TH: tl.constexpr, TW: tl.constexpr, TKH: tl.constexpr, TKW: tl.constexpr,
+):
+    b, y0, x0 = _tile_origin(H, W, TH, TW)
+    yq, xq = _pixels(y0, x0, TH, TW)
+    q_in = (yq < H) & (xq < W)
+    x += b * sxb
+    f += b * sfb
+    mask += b * smb
+    fq = _load_channels(f, yq, xq, q_in, D, sfc, sfh, sfw, BLOCK_D)
+    coef = _sigma_coef(sigma)
+
+    # Online softmax (flash attention): running max m, normaliser l, and acc = sum_i e^(s_i - m) x_i.
+    m = tl.full([TH * TW], float("-inf"), coef.dtype)
+    l = tl.zeros([TH * TW], coef.dtype)
+    acc = tl.zeros([TH * TW, BLOCK_C], coef.dtype)
+    ylo, yhi, xlo, xhi = _neighbour_range(y0, x0, H, W, R, TH, TW)
+    for ky in range(ylo, yhi, TKH):
+        for kx in range(xlo, xhi, TKW):
+            yk, xk = _pixels(ky, kx, TKH, TKW)
+            k_in = (yk < yhi) & (xk < xhi)
+            k_ok = _admissible(mask, yk, xk, k_in, smh, smw, HAS_MASK)
+            fk = _load_channels(f, yk, xk, k_in, D, sfc, sfh, sfw, BLOCK_D)
+            s, d2, in_window = _pair_logits(fq, fk, yq, xq, yk, xk, coef, R, PRECISION, UPCAST)
+            s = tl.where(in_window & k_ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, 1))
+            # While a query has seen no admissible key its max is -inf: shift by 0 instead (no NaN).
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m - m_ref)
+            p = tl.exp(s - m_ref[:, None])
+            l = l * alpha + tl.sum(p, 1)
+            xk_ = _load_channels(x, yk, xk, k_in, C, sxc, sxh, sxw, BLOCK_C)
+            acc = acc * alpha[:, None] + _dot(p.to(xk_.dtype), xk_, PRECISION, UPCAST).to(acc.dtype)
+            m = m_new
+
+    # A query with no admissible key: out = 0, lse = -inf.
+    seen = l > 0
+    l = tl.where(seen, l, 1.0)
+    acc = acc / l[:, None]
+    _store_channels(out + b * C * H * W, acc, yq, xq, q_in, C, H, W, BLOCK_C)
+    tl.store(lse + b * H * W + yq * W + xq, tl.where(seen, m + tl.log(l), float("-inf")), mask=q_in)
+
+
+@triton.jit
+def lam_delta_kernel(
+    g, out, delta, H, W, C, sgb, sgc, sgh, sgw,
+    BLOCK_C: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+):
+    """Delta_j = g_j . out_j (out is contiguous, delta has lse's dtype)."""
+    b, y0, x0 = _tile_origin(H, W, TH, TW)
+    ys, xs = _pixels(y0, x0, TH, TW)
+    inside = (ys < H) & (xs < W)
+    n = H * W
+    gt = _load_channels(g + b * sgb, ys, xs, inside, C, sgc, sgh, sgw, BLOCK_C).to(delta.dtype.element_ty)
+    ot = _load_channels(out + b * C * n, ys, xs, inside, C, n, W, 1, BLOCK_C).to(delta.dtype.element_ty)
+    tl.store(delta + b * n + ys * W + xs, tl.sum(gt * ot, 1), mask=inside)
+
+
+@triton.jit
+def _backward_operands(
+    g, x, f, mask, lse, delta, ys, xs, inside, C, D, W,
+    sgc, sgh, sgw, sxc, sxh, sxw, sfc, sfh, sfw, smh, smw, HAS_MASK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """What the backward reads of a tile: admissible as a key, f, x, g, L and Delta."""
+    ok = _admissible(mask, ys, xs, inside, smh, smw, HAS_MASK)
+    ft = _load_channels(f, ys, xs, inside, D, sfc, sfh, sfw, BLOCK_D)
+    xt = _load_channels(x, ys, xs, inside, C, sxc, sxh, sxw, BLOCK_C)
+    gt = _load_channels(g, ys, xs, inside, C, sgc, sgh, sgw, BLOCK_C).to(xt.dtype)
+    # L = +inf for a query with no admissible key (and outside the image): its A is 0, not NaN.
+    lse_t = _load_pixels(lse, ys, xs, inside, W, 1, float("inf"))
+    lse_t = tl.where(lse_t == float("-inf"), float("inf"), lse_t)
+    return ok, ft, xt, gt, lse_t, _load_pixels(delta, ys, xs, inside, W, 1, 0.0)
+
+
+@triton.jit
+def lam_backward_kernel(
+    g, x, f, sigma, mask, lse, delta, dx, df, dsig,
+    H, W, C, D, R,
+    sgb, sgc, sgh, sgw, sxb, sxc, sxh, sxw, sfb, sfc, sfh, sfw, smb, smh, smw,
+    HAS_MASK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    TH: tl.constexpr, TW: tl.constexpr, TKH: tl.constexpr, TKW: tl.constexpr,
+):
+    """dx, df and the per-pixel partial sums of dsigma (dsig[b, j] = sum_i dS(i, j) d2(i, j)) of
+    the program's pixel tile P, gathered over the neighbour tiles Q:
+        p as query: A(q, p) = exp(logit - L_p),  dS(q, p) = A(q, p) (g_p . x_q - Delta_p)
+        p as key:   A(p, q) = exp(logit - L_q),  dS(p, q) = A(p, q) (g_q . x_p - Delta_q)
+        dx_p = sum_q A(p, q) g_q,   df_p = sum_q (dS(q, p) + dS(p, q)) f_q
+    """
+    b, y0, x0 = _tile_origin(H, W, TH, TW)
+    yp, xp = _pixels(y0, x0, TH, TW)
+    p_in = (yp < H) & (xp < W)
+    g += b * sgb
+    x += b * sxb
+    f += b * sfb
+    mask += b * smb
+    n = H * W
+    lse += b * n
+    delta += b * n
+    p_ok, fp, xp_, gp, lse_p, delta_p = _backward_operands(
+        g, x, f, mask, lse, delta, yp, xp, p_in, C, D, W,
+        sgc, sgh, sgw, sxc, sxh, sxw, sfc, sfh, sfw, smh, smw, HAS_MASK, BLOCK_C, BLOCK_D,
+    )
+    coef = _sigma_coef(sigma)
+
+    dx_acc = tl.zeros([TH * TW, BLOCK_C], coef.dtype)
+    df_acc = tl.zeros([TH * TW, BLOCK_D], coef.dtype)
+    dsig_acc = tl.zeros([TH * TW], coef.dtype)
+    ylo, yhi, xlo, xhi = _neighbour_range(y0, x0, H, W, R, TH, TW)
+    for ky in range(ylo, yhi, TKH):
+        for kx in range(xlo, xhi, TKW):
+            yq, xq = _pixels(ky, kx, TKH, TKW)
+            q_in = (yq < yhi) & (xq < xhi)
+            q_ok, fq, xq_, gq, lse_q, delta_q = _backward_operands(
+                g, x, f, mask, lse, delta, yq, xq, q_in, C, D, W,
+                sgc, sgh, sgw, sxc, sxh, sxw, sfc, sfh, sfw, smh, smw, HAS_MASK, BLOCK_C, BLOCK_D,
+            )
+
+            s, d2, in_window = _pair_logits(fp, fq, yp, xp, yq, xq, coef, R, PRECISION, UPCAST)
+            pair = in_window & p_in[:, None] & q_in[None, :]
+            a_q = tl.where(pair & q_ok[None, :], tl.exp(s - lse_p[:, None]), 0.0)  # A(q, p)
+            a_p = tl.where(pair & p_ok[:, None], tl.exp(s - lse_q[None, :]), 0.0)  # A(p, q)
+            ds_q = a_q * (_dot(gp, tl.trans(xq_), PRECISION, UPCAST) - delta_p[:, None])
+            ds_p = a_p * (_dot(xp_, tl.trans(gq), PRECISION, UPCAST) - delta_q[None, :])
+            dx_acc += _dot(a_p.to(gq.dtype), gq, PRECISION, UPCAST).to(dx_acc.dtype)
+            df_acc += _dot((ds_q + ds_p).to(fq.dtype), fq, PRECISION, UPCAST).to(df_acc.dtype)
+            dsig_acc += tl.sum(ds_q * d2.to(ds_q.dtype), 1)
+
+    _store_channels(dx + b * C * n, dx_acc, yp, xp, p_in, C, H, W, BLOCK_C)
+    _store_channels(df + b * D * n, df_acc, yp, xp, p_in, D, H, W, BLOCK_D)
+    tl.store(dsig + b * n + yp * W + xp, dsig_acc, mask=p_in)
