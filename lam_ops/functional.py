@@ -70,7 +70,7 @@ def _describe(t) -> str:
 def select_backend(name: str, x: Tensor, f: Tensor, sigma: Tensor, radius, key_mask):
     if name == "auto":
         for backend in BACKENDS.values():
-            if backend.unsupported(x, f, sigma, radius, key_mask) is None:
+            if backend.picked_by_auto(x.device) and backend.unsupported(x, f, sigma, radius, key_mask) is None:
                 return backend
         raise AssertionError("unreachable: the reference backend runs every input")
     if name not in BACKENDS:

@@ -262,3 +262,10 @@ def test_capability_check_says_why():
 
 def test_auto_picks_triton_on_a_gpu(cuda):
     assert lam_ops.available_backends("cuda")[0] == "triton"
+
+
+def test_auto_never_picks_the_interpreter():
+    from lam_ops.functional import select_backend
+
+    x = torch.randn(1, 2, 3, 3)
+    assert select_backend("auto", x, x, torch.tensor(1.0), 1, None).name in ("cpp", "reference")

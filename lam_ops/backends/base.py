@@ -20,6 +20,10 @@ class Backend:
         """Why this backend cannot run these (already validated) inputs, or None."""
         return self.unavailable(x.device)
 
+    def picked_by_auto(self, device: torch.device) -> bool:
+        """Whether backend="auto" may choose this backend on `device` when it can run the input."""
+        return True
+
     def forward(self, x: Tensor, f: Tensor, sigma: Tensor, radius: Optional[int], key_mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """(out, lse): out differentiable in x, f and sigma; lse (B, H, W) float32 (float64 for
         float64 inputs), -inf for a query with no admissible key."""

@@ -170,6 +170,10 @@ class TritonBackend(Backend):
             return "no CUDA device is available"
         return None
 
+    def picked_by_auto(self, device):
+        # The interpreter is for tests and debugging: far slower than the cpp kernels on CPU tensors.
+        return torch.device(device).type == "cuda"
+
     def unsupported(self, x, f, sigma, radius, key_mask):
         why = self.unavailable(x.device)
         if why is None and x.dtype not in self.dtypes and not (INTERPRETED and x.dtype == torch.float64):
