@@ -6,8 +6,8 @@ pick instead (benchmarks/peers.py), forward and forward+backward, in one run.
     python benchmarks/bench_lam.py --full     # every paper shape
     python benchmarks/bench_lam.py --quick --out /tmp/smoke   # CI smoke run, tiny shapes
 
-Writes bench_lam.json, bench_lam.md and PNG plots to --out (default benchmarks/results/).
-See benchmarks/README.md for what each column means and how it is measured.
+Writes bench_lam.json, bench_lam.md and PNG plots to --out (default benchmarks/results/); the
+markdown's header says what each column means, measure.py how time and memory are measured.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import torch
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the memory profiler's start-up chatter
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script from anywhere
 
@@ -97,6 +98,15 @@ def window_pairs(c: Config) -> int:
     return c.B * c.window_positions() * c.H * c.W
 
 
+def padded_dense_pairs(c: Config) -> int:
+    ry, rx = c.half_window()
+    return c.B * ((c.H + 2 * ry) * (c.W + 2 * rx)) ** 2
+
+
+# what each peer computes, to predict its time (the rest visit every padded window position)
+PEER_PAIRS = {"dense": dense_pairs, "flex": Config.admissible_pairs, "natten": padded_dense_pairs}
+
+
 def implementations(device: torch.device, names: Optional[list[str]]) -> list[Impl]:
     impls = []
     for name in lam_ops.available_backends(device):
@@ -108,9 +118,11 @@ def implementations(device: torch.device, names: Optional[list[str]]) -> list[Im
             peers.PEERS["dense"].memory_estimate if dense else None,
         ))
     for p in peers.PEERS.values():
+        if p.unavailable() is not None:
+            continue
         impls.append(Impl(
             p.name, "peer", p.fn, p.trainable, p.summary,
-            dense_pairs if p.name == "dense" else (Config.admissible_pairs if p.name == "flex" else window_pairs),
+            PEER_PAIRS.get(p.name, window_pairs),
             p.memory_estimate, compiled=p.name == "flex",
         ))
     if names:
@@ -170,19 +182,18 @@ class Runner:
         if reason is not None:
             return {**row, "status": reason}
         fn = self.call(impl, c, mode, inputs)
+        first = []
         try:
-            row["first_call_s"] = measure.time_call(fn, self.device)
-            if impl.compiled:  # the first call compiled: one more before profiling memory
-                measure.time_call(fn, self.device)
+            if impl.compiled:  # compile first: the memory of compiling is not the operator's
+                row["first_call_s"] = measure.time_call(fn, self.device)
+            row["peak_rss_mb"] = measure.rss_peak_mb(lambda: first.append(measure.time_call(fn, self.device)))
+            row.setdefault("first_call_s", first[0])
             row["peak_mb"] = measure.allocator_peak_mb(fn, self.device)
-            times = []
-            rss = None
+            # The call after compiling, and one slower than the row budget (its own warm-up's
+            # worth), are samples too.
+            times = first if impl.compiled or first[0] >= self.args.row_seconds else []
             while len(times) < self.args.repeat and (not times or sum(times) < self.args.row_seconds):
-                if not times and self.device.type == "cpu":
-                    rss = measure.rss_peak_mb(lambda: times.append(measure.time_call(fn, self.device)))
-                else:
-                    times.append(measure.time_call(fn, self.device))
-            row["peak_rss_mb"] = rss
+                times.append(measure.time_call(fn, self.device))
         except NotImplementedError as e:  # e.g. FlexAttention's backward on CPU
             msg = f"unsupported: {str(e).splitlines()[0]}"
             self.unsupported[(impl.name, mode)] = msg
@@ -232,7 +243,7 @@ def parse_args(argv=None):
     p.add_argument("--repeat", type=int, default=5, help="timed calls per row (after the warm-up call)")
     p.add_argument("--row-seconds", type=float, default=10.0, help="stop repeating a row once its timed calls took this long (at least one timed call)")
     p.add_argument("--time-limit", type=float, default=60.0, help="skip a row whose single call is predicted (from the same implementation's rate earlier in the run) to take longer")
-    p.add_argument("--mem-budget-gb", type=float, default=6.0, help="skip a row whose estimated peak memory exceeds this")
+    p.add_argument("--mem-budget-gb", type=float, default=8.0, help="skip a row whose estimated peak memory exceeds this")
     p.add_argument("--out", type=Path, default=RESULTS, help="output folder for bench_lam.json, bench_lam.md and the PNG plots")
     p.add_argument("--note", default="", help="a remark printed in the markdown (e.g. 'machine shared with other jobs')")
     args = p.parse_args(argv)
@@ -263,6 +274,7 @@ def main(argv=None) -> int:
         "matmul_gflops": measure.matmul_gflops(device),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "impls": {i.name: {"kind": i.kind, "summary": i.summary} for i in impls},
+        "not_run": {p.name: p.unavailable() for p in peers.PEERS.values() if p.unavailable() is not None},
         "note": args.note,
     }
     runner = Runner(args, device)

@@ -191,8 +191,63 @@ def flex(x, f, sigma, radius=None, key_mask=None):
 
     q = f.flatten(2).transpose(1, 2)[:, None].contiguous()  # (B, 1, HW, D)
     v = x.flatten(2).transpose(1, 2)[:, None].contiguous()  # (B, 1, HW, C)
-    out = _compiled_flex_attention()(q, q, v, score_mod=score_mod, block_mask=block_mask, scale=1.0)
+    # One compilation per shape and window: a benchmark needs more than dynamo's default 8, after
+    # which torch would silently fall back to the unfused flex_attention.
+    with torch._dynamo.config.patch(recompile_limit=256):
+        out = _compiled_flex_attention()(q, q, v, score_mod=score_mod, block_mask=block_mask, scale=1.0)
     return out[:, 0].transpose(1, 2).reshape(B, C, H, W)
+
+
+# ---------------------------------------------------------------------------------------- NATTEN
+def natten_peer(x, f, sigma, radius=None, key_mask=None):
+    """NATTEN's na2d (neighbourhood attention). Natively it has no additive bias (so neither the
+    Gaussian term nor a trainable sigma), no key mask, and it shifts border windows to stay
+    full-size. All three are folded into the inputs here so that it computes the LAM exactly:
+    q_j = [f_j, s_j / sigma, 1] and k_i = [f_i, s_i / sigma, -|s_i|^2 / (2 sigma^2)] give
+    q_j . k_i = logit(i, j) + |s_j|^2 / (2 sigma^2), a per-query constant the softmax cancels; the
+    image is padded by the radius with keys whose last channel is -1e9 (so no window is shifted),
+    and masked keys get -1e9 too (queries with no admissible key are zeroed afterwards)."""
+    import natten
+
+    B, C, H, W = x.shape
+    D = f.shape[1]
+    ry, rx = _half_window(H, W, radius)
+    sigma = _sigma(sigma, x).to(x.dtype)
+    ys = torch.arange(H, dtype=x.dtype, device=x.device) - (H - 1) / 2  # centred: smaller constants
+    xs = torch.arange(W, dtype=x.dtype, device=x.device) - (W - 1) / 2
+    pos = torch.stack(torch.meshgrid(ys, xs, indexing="ij")).expand(B, 2, H, W) / sigma
+    bias = -(pos * pos).sum(1, keepdim=True) / 2
+    if key_mask is not None:
+        bias = bias.masked_fill(~key_mask[:, None], -1e9)
+    if min(ry, rx) < 1:
+        raise ValueError(f"NATTEN needs a window of at least 3 x 3 pixels, got radius {radius} on {H}x{W}")
+    # NATTEN needs one head dim for q, k and v, a power of two >= 8: zero channels change nothing
+    dim = max(8, 1 << (max(D + 3, C) - 1).bit_length())
+    q = torch.cat([f, pos, torch.ones_like(bias), f.new_zeros(B, dim - D - 3, H, W)], 1)
+    k = torch.cat([f, pos, bias, f.new_zeros(B, dim - D - 3, H, W)], 1)
+    v = torch.cat([x, x.new_zeros(B, dim - C, H, W)], 1)
+    pad = (rx, rx, ry, ry)
+    k = F.pad(k, pad)
+    k[:, D + 2].masked_fill_(F.pad(torch.ones(H, W, dtype=torch.bool, device=x.device), pad) == 0, -1e9)
+    q, k, v = (F.pad(t, pad) if t is not k else t for t in (q, k, v))
+    layout = lambda t: t.permute(0, 2, 3, 1)[:, :, :, None]  # (B, H, W, heads=1, dim)
+    # On CPU NATTEN has only its flex-fna backend, uncompiled (it refuses torch.compile there).
+    backend = None if x.is_cuda else "flex-fna"
+    out = natten.na2d(layout(q).contiguous(), layout(k).contiguous(), layout(v).contiguous(),
+                      kernel_size=(2 * ry + 1, 2 * rx + 1), scale=1.0, backend=backend)
+    out = out[:, ry : ry + H, rx : rx + W, 0, :C].permute(0, 3, 1, 2)
+    if key_mask is not None:
+        seen = F.max_pool2d(key_mask[:, None].to(x.dtype), (2 * ry + 1, 2 * rx + 1), 1, (ry, rx)) > 0
+        out = out * seen
+    return out
+
+
+def natten_unavailable() -> Optional[str]:
+    try:
+        import natten  # noqa: F401
+    except ImportError as e:
+        return f"not installed ({e}); `pip install natten` builds it (without CUDA kernels on a CPU-only machine)"
+    return None
 
 
 # ---------------------------------------------------------------------------------------- registry
@@ -205,11 +260,13 @@ class Peer:
     # Bytes of the largest intermediates of one forward+backward (B, C, D, H, W, K = window
     # positions), used to skip configurations over the memory budget before running them.
     memory_estimate: Callable[[int, int, int, int, int, int], float]
+    unavailable: Callable[[], Optional[str]] = lambda: None  # why it cannot run here, or None
 
 
-def _window_positions(H, W, radius):
-    ry, rx = _half_window(H, W, radius)
-    return (2 * ry + 1) * (2 * rx + 1)
+def _natten_memory(B, C, D, H, W, K):
+    # uncompiled FlexAttention (its CPU path) materialises the scores of the padded image
+    side = int(round(K**0.5))
+    return 4 * 4 * B * ((H + side - 1) * (W + side - 1)) ** 2
 
 
 PEERS = {
@@ -223,5 +280,7 @@ PEERS = {
              lambda B, C, D, H, W, K: 4 * 3 * B * K * H * W),
         Peer("flex", flex, False, "compiled FlexAttention, score_mod bias + 2D block mask",
              lambda B, C, D, H, W, K: 4 * 4 * B * H * W * (D + C)),
+        Peer("natten", natten_peer, False, "NATTEN na2d, bias, clipping and key mask folded into extra channels and padding",
+             _natten_memory, natten_unavailable),
     )
 }

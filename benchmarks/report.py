@@ -69,6 +69,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "",
         "Implementations: " + "; ".join(f"`{n}`: {v['summary']}" for n, v in meta["impls"].items()) + ".",
     ]
+    lines += [f"Not run: `{n}`: {why}." for n, why in meta.get("not_run", {}).items()]
     by_section = defaultdict(lambda: defaultdict(list))
     for r in rows:
         by_section[r["section"]][(r["config"], r["mode"])].append(r)
@@ -100,6 +101,8 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     ok = [r for r in rows if r["status"] == "ok"]
+    names = sorted({r["impl"] for r in rows})
+    color = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(names)}  # one colour per impl in every panel
     modes = sorted({r["mode"] for r in rows}, key=len)
     written = []
 
@@ -113,22 +116,22 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
         for impl, pts in sorted(series.items()):
             pts.sort()
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
-                        yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]], marker="o", capsize=3, label=impl)
+                        yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]], marker="o", capsize=3, label=impl,
+                        color=color[impl])
         title = f"{mode}"
         if sweep:
             s = sweep[0]
             title += f": B={s['B']}, C={s['C']}, D={s['D']}, r={s['radius']}"
-        ax.set(xlabel="image size (H = W)", ylabel="median time per call (s)", yscale="log", title=title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    written.append(out / "time_vs_size.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+        sizes = sorted({r["H"] for r in sweep})
+        ax.set(xlabel="image size (H = W)", ylabel="median time per call (s; bars: min to max)", xscale="log",
+               yscale="log", title=title)
+        ax.set_xticks(sizes, [str(v) for v in sizes])
+        ax.minorticks_off()
+    written.append(_save(fig, out / "time_vs_size.png"))
 
     paper = [r for r in ok if r["section"] == "paper"]
     Ds = sorted({r["D"] for r in paper}) or [None]
-    radii = ["6", "12", "18", "None"]
+    radii = [str(r) for r in sorted({r["radius"] for r in paper}, key=lambda r: (r is None, r or 0))]
     fig, axes = plt.subplots(len(modes), len(Ds), figsize=(5.5 * len(Ds), 4 * len(modes)), squeeze=False)
     for (i, mode), (j, D) in ((a, b) for a in enumerate(modes) for b in enumerate(Ds)):
         ax = axes[i][j]
@@ -136,19 +139,44 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
         if sel:  # the smallest batch and class count present: one line per implementation
             B, C = min((r["B"], r["C"]) for r in sel)
             sel = [r for r in sel if (r["B"], r["C"]) == (B, C)]
-            ax.set_title(f"{mode}: B={B}, C={C}, D={D}, 96x96")
+            ax.set_title(f"{mode}: B={B}, C={C}, D={D}, {sel[0]['H']}x{sel[0]['W']}")
         series = defaultdict(dict)
         for r in sel:
             series[r["impl"]][str(r["radius"])] = r["peak_mb"]
         for impl, pts in sorted(series.items()):
             xs = [k for k in radii if k in pts]
-            ax.plot([radii.index(k) for k in xs], [max(pts[k], 1e-3) for k in xs], marker="o", label=impl)
+            ax.plot([radii.index(k) for k in xs], [max(pts[k], 1e-3) for k in xs], marker="o", label=impl, color=color[impl])
         ax.set_xticks(range(len(radii)), radii)
         ax.set(xlabel="radius", ylabel="peak extra memory (MB, torch allocator)", yscale="log")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    written.append(out / "memory_vs_radius.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    written.append(_save(fig, out / "memory_vs_radius.png"))
     return written
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    for ax in fig.axes:
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> None:
+    """Rewrites the markdown and plots of a bench_lam.json (e.g. after changing this module)."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("json", type=Path, help="a bench_lam.json; the markdown and PNGs are written next to it")
+    args = p.parse_args(argv)
+    result = json.loads(args.json.read_text())
+    args.json.with_suffix(".md").write_text(markdown(result["rows"], result["meta"]))
+    plots(result["rows"], args.json.parent)
+
+
+if __name__ == "__main__":
+    main()

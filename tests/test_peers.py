@@ -48,7 +48,10 @@ def test_offset_loop_gradcheck():
         assert torch.autograd.gradcheck(fn, (x, f, sigma))
 
 
-@pytest.mark.parametrize("name", list(peers.PEERS))
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.skipif(p.unavailable() is not None, reason=f"{n}: {p.unavailable()}"))
+    for n, p in peers.PEERS.items()
+])
 def test_python_float_sigma(name):
     case = Case(1, 3, 4, 6, 7, 2)
     x, f, _, _ = make_inputs(case, requires_grad=False)
@@ -79,3 +82,17 @@ def test_flex_gradients_match_reference_on_cuda(case):
     dx, df, dsigma = torch.autograd.grad(out, (x, f, sigma), g.to(out).cuda())
     got = {k: v.cpu() for k, v in dict(out=out, dx=dx, df=df, dsigma=dsigma).items()}
     assert_close_to_reference(got, case, torch.float32)
+
+
+NATTEN_MISSING = peers.natten_unavailable()
+# NATTEN needs a window of at least 3 x 3 pixels: the edge cases with r >= 1 on images >= 2 x 2.
+NATTEN_CASES = [c for c in FLEX_CASES if (c.radius is None or c.radius >= 1) and min(c.H, c.W) >= 2]
+
+
+@pytest.mark.skipif(NATTEN_MISSING is not None, reason=f"natten: {NATTEN_MISSING}")
+@pytest.mark.parametrize("case", NATTEN_CASES + [Case(2, 21, 16, 11, 13, 4, "random")], ids=str)
+def test_natten_forward_matches_reference(case):
+    x, f, sigma, key_mask = make_inputs(case, torch.float32, requires_grad=False)
+    out = peers.natten_peer(x, f, sigma, case.radius, key_mask)
+    want = run_with_grads(case, "reference", torch.float64)["out"]
+    torch.testing.assert_close(out.double(), want, **TOLERANCES[torch.float32])
