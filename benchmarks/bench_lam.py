@@ -5,6 +5,7 @@ pick instead (benchmarks/peers.py), forward and forward+backward, in one run.
     python benchmarks/bench_lam.py            # the default grid (a subset of the paper's shapes)
     python benchmarks/bench_lam.py --full     # every paper shape
     python benchmarks/bench_lam.py --quick --out /tmp/smoke   # CI smoke run, tiny shapes
+    python benchmarks/report.py benchmarks/results/bench_lam.json   # re-render markdown and plots
 
 Writes bench_lam.json, bench_lam.md and PNG plots to --out (default benchmarks/results/); the
 markdown's header says what each column means, measure.py how time and memory are measured.
@@ -230,6 +231,12 @@ def git_commit() -> Optional[str]:
         return None
 
 
+def write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--full", action="store_true", help="every paper shape: B in {2,10} x C in {21,60} x D in {16,256} x r in {6,12,18,None} at 96x96 (default: the B=2, C=21 slice)")
@@ -279,6 +286,7 @@ def main(argv=None) -> int:
     }
     runner = Runner(args, device)
     rows = []
+    args.out.mkdir(parents=True, exist_ok=True)
     total = len(jobs) * len(args.modes) * len(impls)
     with tqdm(total=total, desc="bench_lam", unit="row", disable=None) as bar:
         for (section, c), mode in itertools.product(jobs, args.modes):
@@ -287,10 +295,11 @@ def main(argv=None) -> int:
                 bar.set_postfix_str(f"{c} {mode} {impl.name}")
                 rows.append({"section": section, **runner.measure(impl, c, mode, inputs)})
                 bar.update()
+            # the rows so far, should the run be stopped
+            write_json(args.out / "bench_lam.json", {"meta": meta, "rows": rows, "complete": False})
     meta["matmul_gflops_end"] = measure.matmul_gflops(device)
     report.add_comparisons(rows, meta)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_lam.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_json(args.out / "bench_lam.json", {"meta": meta, "rows": rows, "complete": True})
     (args.out / "bench_lam.md").write_text(report.markdown(rows, meta))
     report.plots(rows, args.out)
     print(f"wrote {args.out}/bench_lam.json, bench_lam.md and plots")

@@ -53,7 +53,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         + (f"; GPU {m['gpu']}" if "gpu" in m else ""),
         f"- torch {m['torch']}, Python {m['python']}, device {m['device']}",
         f"- float32 matmul rate (2048^3, measured in this run): {meta['matmul_gflops']:.1f} GFLOP/s at the start, "
-        f"{meta['matmul_gflops_end']:.1f} at the end",
+        + (f"{meta['matmul_gflops_end']:.1f} at the end" if "matmul_gflops_end" in meta else "run stopped before the end"),
         f"- command arguments: `{_args_text(meta['args'])}`",
     ]
     if meta.get("note"):
@@ -174,6 +174,7 @@ def main(argv=None) -> None:
     p.add_argument("json", type=Path, help="a bench_lam.json; the markdown and PNGs are written next to it")
     args = p.parse_args(argv)
     result = json.loads(args.json.read_text())
+    add_comparisons(result["rows"], result["meta"])  # a stopped run's file has none yet
     args.json.with_suffix(".md").write_text(markdown(result["rows"], result["meta"]))
     plots(result["rows"], args.json.parent)
 

@@ -32,6 +32,7 @@ def test_quick_run_writes_complete_results(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "bench_lam.json").read_text())
     meta, rows = result["meta"], result["rows"]
+    assert result["complete"]
     for key in ("date", "machine", "matmul_gflops", "matmul_gflops_end"):
         assert meta[key], key
     assert meta["machine"]["torch"] == torch.__version__
