@@ -28,5 +28,9 @@ demo: install
 	$(VENV)/bin/blpseg eval --checkpoint $(DEMO_RUN)/last.pt eval.flip=true
 	@echo "run files: $(DEMO_RUN)/ (last.pt, config.yaml, train.csv, val.csv, eval.json, eval_boundary_precision.png, tensorboard/: tensorboard --logdir $(DEMO_RUN))"
 
+# The LAM operator benchmark (benchmarks/README section of README.md); results in benchmarks/results/.
+bench: install
+	$(PY) benchmarks/bench_lam.py
+
 clean:
 	rm -rf build *.egg-info lam_ops/_C*.so $(VENV)
