@@ -89,6 +89,7 @@ class Impl:
     visited_pairs: Callable[[Config], int]
     memory_estimate: Optional[Callable[..., float]] = None  # bytes from (B, C, D, H, W, K), for the budget
     compiled: bool = False  # first call compiles: warm up before measuring memory
+    no_backward_on: tuple = ()  # device types
 
 
 def dense_pairs(c: Config) -> int:
@@ -124,7 +125,7 @@ def implementations(device: torch.device, names: Optional[list[str]]) -> list[Im
         impls.append(Impl(
             p.name, "peer", p.fn, p.trainable, p.summary,
             PEER_PAIRS.get(p.name, window_pairs),
-            p.memory_estimate, compiled=p.name == "flex",
+            p.memory_estimate, compiled=p.name == "flex", no_backward_on=p.no_backward_on,
         ))
     if names:
         unknown = set(names) - {i.name for i in impls}
@@ -165,6 +166,8 @@ class Runner:
     def skip_reason(self, impl: Impl, c: Config, mode: str) -> Optional[str]:
         if (impl.name, mode) in self.unsupported:
             return self.unsupported[(impl.name, mode)]
+        if mode == "fwd+bwd" and self.device.type in impl.no_backward_on:
+            return f"unsupported: no backward on {self.device.type} (torch {torch.__version__.split('+')[0]} FlexAttention has none)"
         if impl.memory_estimate is not None:
             need = impl.memory_estimate(c.B, c.C, c.D, c.H, c.W, c.window_positions()) / 2**30
             if need > self.args.mem_budget_gb:
@@ -209,10 +212,10 @@ class Runner:
         return row
 
 
-def paper_grid(full: bool) -> list[Config]:
+def paper_grid(full: bool, dims: list[int]) -> list[Config]:
     """The paper's shapes (96x96 = a 384 crop at stride 4); the default is the B=2, C=21 slice."""
     Bs, Cs = ((2, 10), (21, 60)) if full else ((2,), (21,))
-    return [Config(B, C, D, 96, 96, r) for B, C, D, r in itertools.product(Bs, Cs, (16, 256), (6, 12, 18, None))]
+    return [Config(B, C, D, 96, 96, r) for B, C, D, r in itertools.product(Bs, Cs, dims, (6, 12, 18, None))]
 
 
 def size_sweep(sizes: list[int], radius: int) -> list[Config]:
@@ -241,6 +244,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--full", action="store_true", help="every paper shape: B in {2,10} x C in {21,60} x D in {16,256} x r in {6,12,18,None} at 96x96 (default: the B=2, C=21 slice)")
     p.add_argument("--quick", action="store_true", help="CI smoke run: tiny shapes, 2 repetitions")
+    p.add_argument("--dims", type=int, nargs="+", default=[16, 256], help="guidance feature dims D of the paper shapes")
     p.add_argument("--sizes", type=int, nargs="*", default=[32, 48, 64, 96, 128, 192], help="image sizes of the sweep (B=2, C=21, D=16, square images); none to skip it")
     p.add_argument("--sweep-radius", type=int, default=12, help="window radius of the image-size sweep")
     p.add_argument("--impls", nargs="*", help="only these backends/peers (default: every available one)")
@@ -270,7 +274,7 @@ def main(argv=None) -> int:
     if args.quick:
         grid, sweep = quick_grid()
     else:
-        grid, sweep = paper_grid(args.full), size_sweep(args.sizes, args.sweep_radius)
+        grid, sweep = paper_grid(args.full, args.dims), size_sweep(args.sizes, args.sweep_radius)
     # Cheapest first, so that the time-limit prediction has a rate before the costly shapes.
     jobs = [("paper", c) for c in sorted(grid, key=lambda c: (c.B, c.C, c.D, c.window_positions()))]
     jobs += [("sweep", c) for c in sweep]

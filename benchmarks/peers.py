@@ -261,6 +261,9 @@ class Peer:
     # positions), used to skip configurations over the memory budget before running them.
     memory_estimate: Callable[[int, int, int, int, int, int], float]
     unavailable: Callable[[], Optional[str]] = lambda: None  # why it cannot run here, or None
+    # Device types where it has no backward. Declared rather than probed: a failed compiled
+    # FlexAttention backward leaves torch.compile falling back to the unfused forward afterwards.
+    no_backward_on: tuple = ()
 
 
 def _natten_memory(B, C, D, H, W, K):
@@ -279,8 +282,8 @@ PEERS = {
         Peer("offset_loop", offset_loop, True, "loop over window offsets, hand-written backward saving A",
              lambda B, C, D, H, W, K: 4 * 3 * B * K * H * W),
         Peer("flex", flex, False, "compiled FlexAttention, score_mod bias + 2D block mask",
-             lambda B, C, D, H, W, K: 4 * 4 * B * H * W * (D + C)),
+             lambda B, C, D, H, W, K: 4 * 4 * B * H * W * (D + C), no_backward_on=("cpu",)),
         Peer("natten", natten_peer, False, "NATTEN na2d, bias, clipping and key mask folded into extra channels and padding",
-             _natten_memory, natten_unavailable),
+             _natten_memory, natten_unavailable, no_backward_on=("cpu",)),
     )
 }

@@ -96,3 +96,14 @@ def test_natten_forward_matches_reference(case):
     out = peers.natten_peer(x, f, sigma, case.radius, key_mask)
     want = run_with_grads(case, "reference", torch.float64)["out"]
     torch.testing.assert_close(out.double(), want, **TOLERANCES[torch.float32])
+
+
+def test_flex_backward_is_still_refused_on_cpu():
+    # bench_lam declares flex and natten forward-only on CPU (peers.Peer.no_backward_on) rather
+    # than probing, because a failed compiled backward leaves torch.compile on the unfused path.
+    from torch.nn.attention.flex_attention import flex_attention
+
+    assert all("cpu" in peers.PEERS[n].no_backward_on for n in ("flex", "natten"))
+    q = torch.randn(1, 1, 8, 4, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="backward on CPU"):
+        flex_attention(q, q, q).sum().backward()
