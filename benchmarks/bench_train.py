@@ -69,9 +69,9 @@ SHAPES = {
 
 
 def implementations(device: torch.device) -> list[bench_lam.Impl]:
-    """bench_lam's lam_ops backends and peers that have a backward (FlexAttention has none on
-    every device, so it cannot train)."""
-    return [i for i in bench_lam.implementations(device, None) if i.trainable]
+    """bench_lam's lam_ops backends and the peers that have a backward on `device` (FlexAttention
+    and NATTEN have none on the CPU)."""
+    return [i for i in bench_lam.implementations(device, None) if i.trainable or device.type not in i.no_backward_on]
 
 
 @contextlib.contextmanager
@@ -123,9 +123,14 @@ def build_step(name: str, impls: dict, shape: Shape, device: torch.device, amp: 
     return step, state_mb
 
 
-def limit_memory(budget_gb: float) -> None:
-    """Caps this process's address space at what it maps now plus the budget: an allocation past
-    it fails (torch raises) instead of pushing a shared machine into swap or the OOM killer."""
+def limit_memory(budget_gb: float, device: torch.device) -> None:
+    """Caps this process's memory at the budget: an allocation past it fails (torch raises) instead
+    of pushing a shared machine into swap or the OOM killer. CPU: the address space it maps now plus
+    the budget. CUDA: torch's caching allocator (CUDA maps far more address space than it uses)."""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget_gb * 2**30 / total), device)
+        return
     mapped_kb = measure._status_kb("VmSize") or 0
     limit = mapped_kb * 1024 + int(budget_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -137,7 +142,7 @@ def run_row(name: str, args) -> dict:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     impls = {i.name: i for i in implementations(device)}
-    limit_memory(args.mem_budget_gb)
+    limit_memory(args.mem_budget_gb, device)
     row = {}
     try:
         step, row["params_and_adamw_mb"] = build_step(name, impls, SHAPES[args.shape], device, not args.no_amp)
@@ -190,8 +195,10 @@ def mem_total_gb() -> float:
         return next(int(line.split()[1]) for line in fh if line.startswith("MemTotal:")) / 2**20
 
 
-def default_budget_gb() -> float:
-    """70% of the memory available now: the machine may be shared."""
+def default_budget_gb(device: torch.device) -> float:
+    """70% of the memory available now (the machine may be shared); on CUDA 90% of the GPU's."""
+    if device.type == "cuda":
+        return round(0.9 * torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
     with open("/proc/meminfo") as fh:
         available = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:")) / 2**20
     return round(0.7 * available, 1)
@@ -219,7 +226,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"(logits {s['size'] // 4}x{s['size'] // 4}); bfloat16 autocast {'off' if meta['args']['no_amp'] else 'on'} "
         "(the LAM runs in float32 on the CPU)",
         f"- memory: {meta['mem_total_gb']:.1f} GB in this machine; each configuration ran in a subprocess "
-        f"limited to {meta['args']['mem_budget_gb']:g} GB of address space beyond its start",
+        f"limited to {meta['args']['mem_budget_gb']:g} GB "
+        + ("of GPU memory" if meta["machine"]["device"].startswith("cuda") else "of address space beyond its start"),
     ])
     lines += [
         "",
@@ -248,14 +256,15 @@ def parse_args(argv=None):
                    help="; ".join(f"{k}: {v}" for k, v in SHAPES.items()))
     p.add_argument("--quick", action="store_true", help="CI smoke run: --shape quick, 2 timed steps")
     p.add_argument("--impls", nargs="*", help=f"only these backends/peers (and {NO_LAM!r}); default: every trainable one")
-    p.add_argument("--no-amp", action="store_true", help="float32 instead of bfloat16 autocast (training's default)")
+    p.add_argument("--no-amp", action="store_true", help="float32 instead of the bfloat16 autocast training uses")
     p.add_argument("--device", default="cpu", help="torch device to run on")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     p.add_argument("--repeat", type=int, default=2,
                    help="timed steps per configuration, after a warm-up step and a profiled step (the paper "
                    "shape takes ~80 s a step on 2 shared CPU cores: ~4 steps x 3 configurations ~ 16 min)")
     p.add_argument("--mem-budget-gb", type=float, default=None,
-                   help="address-space limit of each configuration's subprocess (default: 70%% of the memory available at start)")
+                   help="memory limit of each configuration's subprocess: address space on the CPU (default: 70%% of the "
+                   "memory available at start), the caching allocator's on CUDA (default: 90%% of the GPU's)")
     p.add_argument("--row-timeout", type=float, default=1200.0, help="seconds before a configuration's subprocess is stopped")
     p.add_argument("--out", type=Path, default=bench_lam.RESULTS, help="output folder for bench_train.json and bench_train.md")
     p.add_argument("--note", default="", help="a remark printed in the markdown (e.g. 'machine shared with other jobs')")
@@ -264,7 +273,7 @@ def parse_args(argv=None):
     if args.quick:
         args.shape, args.repeat = "quick", min(args.repeat, 2)
     if args.mem_budget_gb is None:
-        args.mem_budget_gb = default_budget_gb()
+        args.mem_budget_gb = default_budget_gb(torch.device(args.device))
     return args
 
 
