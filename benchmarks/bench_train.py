@@ -220,6 +220,8 @@ def _cells(r: dict) -> list[str]:
 def markdown(rows: list[dict], meta: dict) -> str:
     s = meta["shape"]
     fits = [r["impl"] for r in rows if r["status"] == "ok"]
+    over = [r["impl"] for r in rows if r["status"].startswith(("skipped", "out of memory"))]
+    unknown = [r["impl"] for r in rows if r["impl"] not in fits + over]  # timed out, crashed
     lines = report.header("BLPSeg training step benchmark (bench_train.py)", meta, [
         f"- shape `{meta['args']['shape']}`: B={s['batch']}, {s['size']}x{s['size']} crops, {s['backbone']}, "
         f"decoder width {s['channels']}, K={s['num_classes']}, LAM r={s['radius']}, D={s['embed_dim']} "
@@ -244,7 +246,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "",
         f"**Fit in this machine's memory** ({meta['mem_total_gb']:.0f} GB, budget {meta['args']['mem_budget_gb']:g} GB): "
         + (", ".join(f"`{n}`" for n in fits) or "none")
-        + "; **did not**: " + (", ".join(f"`{r['impl']}`" for r in rows if r["status"] != "ok") or "none")
+        + "; **did not**: " + (", ".join(f"`{n}`" for n in over) or "none")
+        + ("; **not determined**: " + ", ".join(f"`{n}`" for n in unknown) if unknown else "")
         + " (the status column says why).",
     ]
     return "\n".join(lines) + "\n"
