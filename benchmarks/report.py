@@ -43,21 +43,29 @@ def _cells(r: dict) -> list[str]:
     ]
 
 
-def markdown(rows: list[dict], meta: dict) -> str:
+def header(title: str, meta: dict, facts: list[str] = ()) -> list[str]:
+    """A benchmark markdown's title and run facts: date, commit, machine, torch, `facts`, arguments, note."""
     m = meta["machine"]
     lines = [
-        "# LAM operator benchmark (bench_lam.py)",
+        f"# {title}",
         "",
         f"- date: {meta['date']}; lam_ops commit: {meta['lam_ops_commit']}",
         f"- machine: {m['cpu']}, {m['cpu_count']} logical CPUs, {m['torch_threads']} torch threads; {m['platform']}"
         + (f"; GPU {m['gpu']}" if "gpu" in m else ""),
         f"- torch {m['torch']}, Python {m['python']}, device {m['device']}",
-        f"- float32 matmul rate (2048^3, measured in this run): {meta['matmul_gflops']:.1f} GFLOP/s at the start, "
-        + (f"{meta['matmul_gflops_end']:.1f} at the end" if "matmul_gflops_end" in meta else "run stopped before the end"),
+        *facts,
         f"- command arguments: `{_args_text(meta['args'])}`",
     ]
     if meta.get("note"):
         lines.append(f"- note: {meta['note']}")
+    return lines
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = header("LAM operator benchmark (bench_lam.py)", meta, [
+        f"- float32 matmul rate (2048^3, measured in this run): {meta['matmul_gflops']:.1f} GFLOP/s at the start, "
+        + (f"{meta['matmul_gflops_end']:.1f} at the end" if "matmul_gflops_end" in meta else "run stopped before the end"),
+    ])
     lines += [
         "",
         "Times are wall-clock per call (forward = inference, inputs not requiring grad; fwd+bwd = forward "
