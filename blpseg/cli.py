@@ -25,32 +25,15 @@ def _train(args) -> int:
     return 0
 
 
-def _load_model(checkpoint: str, overrides):
-    import torch
-
-    from .config import apply_overrides, class_names
-    from .engine.checkpoint import load_checkpoint
-    from .engine.distributed import set_threads
-    from .models import build_model
-
-    state = load_checkpoint(checkpoint)
-    cfg = apply_overrides(state["config"], overrides)
-    set_threads(cfg.get("threads"))
-    names = class_names(cfg)
-    model = build_model(len(names), **{**cfg["model"], "pretrained": None})
-    model.load_state_dict(state["model"])
-    device = torch.device("cuda" if cfg.get("device", "auto") != "cpu" and torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), cfg, names, device
-
-
 def _eval(args) -> int:
     from .data.folder import build_dataset
     from .data.transforms import EvalTransform
+    from .engine.checkpoint import load_model
     from .engine.distributed import Dist
     from .engine.evaluate import evaluate, format_table
     from .engine.plots import plot_boundary_precision
 
-    model, cfg, names, device = _load_model(args.checkpoint, args.overrides)
+    model, cfg, names, device = load_model(args.checkpoint, args.overrides)
     data = cfg["data"]
     dataset = build_dataset(data, data["val"], len(names), EvalTransform())
     result = evaluate(model, dataset, len(names), cfg.get("eval", {}), Dist(device=device))
@@ -72,11 +55,12 @@ def _analysis_setup(args):
     """(model or None, config, class names, device) from --checkpoint or --config, with the data
     set generated first if it is the synthetic one and missing."""
     from .config import class_names, load_config
+    from .engine.checkpoint import load_model
     from .engine.distributed import Dist
     from .engine.train import prepare_data
 
     if args.checkpoint:
-        model, cfg, names, device = _load_model(args.checkpoint, args.overrides)
+        model, cfg, names, device = load_model(args.checkpoint, args.overrides)
     else:
         cfg = load_config(args.config, args.overrides)
         model, names, device = None, class_names(cfg), "cpu"
@@ -147,10 +131,11 @@ def _plot_precision(args) -> int:
 
 def _predict(args) -> int:
     from .data.io import read_image, write_label
+    from .engine.checkpoint import load_model
     from .data.transforms import normalize
     from .engine.inference import predict_probs
 
-    model, cfg, _, device = _load_model(args.checkpoint, args.overrides)
+    model, cfg, _, device = load_model(args.checkpoint, args.overrides)
     ev = cfg.get("eval", {})
     for path in args.images:
         x = normalize(read_image(path))[None].to(device)
