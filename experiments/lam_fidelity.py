@@ -31,14 +31,18 @@ def images(num_synthetic: int, size: int):
         yield f"synthetic_{size}_{i}", make_scene(size, np.random.default_rng([1234, i]))[0]
 
 
-def plot(rows, path):
+def _radii(text):
+    return [None if v == "global" else int(v) for v in text.split(",")]
+
+
+def plot(rows, scales, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=120)
-    for s in SCALES:
+    for s in scales:
         mine = [r for r in rows if r["scale"] == s and r["radius"] != "global"]
         radii = sorted({r["radius"] for r in mine})
         for ax, key in zip(axes, ("rel_l2", "label_flips")):
@@ -60,6 +64,8 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join("results", "lam_fidelity"))
     p.add_argument("--num-synthetic", type=int, default=3)
     p.add_argument("--size", type=int, default=256, help="side of the synthetic scenes")
+    p.add_argument("--radii", type=_radii, default=RADII, help="comma-separated, 'global' for None")
+    p.add_argument("--scales", type=lambda t: [float(v) for v in t.split(",")], default=SCALES, help="comma-separated")
     args = p.parse_args(argv)
     model, cfg, _, device = load_model(args.checkpoint, ["device=cpu"])
     rows = []
@@ -67,16 +73,16 @@ def main(argv=None):
         x, f, sigma = lam_inputs(model, normalize(rgb)[None].to(device))
         norms = f.norm(dim=1)
         print(f"{name}: logit grid {tuple(x.shape[-2:])}, |f| median {norms.median():.2f}, sigma {float(sigma):.2f}", flush=True)
-        rows += [{"image": name, **r} for r in window_errors(x, f, sigma, RADII, SCALES)]
+        rows += [{"image": name, **r} for r in window_errors(x, f, sigma, args.radii, args.scales)]
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "fidelity.csv"), "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    plot(rows, os.path.join(args.out, "fidelity.png"))
+    plot(rows, args.scales, os.path.join(args.out, "fidelity.png"))
     print(f"{'scale':>6} {'radius':>7} {'rel_l2 (mean over images)':>26} {'label flips':>12}")
-    for s in SCALES:
-        for r in RADII:
+    for s in args.scales:
+        for r in args.radii:
             key = "global" if r is None else r
             mine = [q for q in rows if q["scale"] == s and q["radius"] == key]
             print(f"{s:>6} {key!s:>7} {np.mean([q['rel_l2'] for q in mine]):>26.2e} {np.mean([q['label_flips'] for q in mine]):>12.2e}")
