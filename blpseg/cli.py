@@ -86,7 +86,9 @@ def _analyze_bias(args) -> int:
     result = annotation_bias(_items(args, cfg, names), args.bins, model, device)
     os.makedirs(args.out, exist_ok=True)
     csv_path, png_path = os.path.join(args.out, "bias.csv"), os.path.join(args.out, "bias.png")
-    title = f"{cfg['data']['root']}" + (f", model {_run_name(args.checkpoint)}" if model is not None else "")
+    title = f"{cfg['data']['dataset']}, {args.split or cfg['data']['train']['split']} split" + (
+        f", model {_run_name(args.checkpoint)}" if model is not None else ""
+    )
     write_bias(result, csv_path, png_path, title)
     for name in ("masks", "scribbles", "p_scrib", "p_seg"):
         if name in result:

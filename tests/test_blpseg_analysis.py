@@ -196,6 +196,7 @@ def test_fidelity_script_writes_csv_and_png(synthetic_run, tmp_path):
     rows = read_csv(tmp_path / "fidelity.csv")
     assert [r["image"] for r in rows] == ["voc_photo"] * 2 + ["synthetic_64_0"] * 2
     assert (tmp_path / "fidelity.png").stat().st_size > 0
+    assert "(iteration 2)" in (tmp_path / "summary.txt").read_text()
 
 
 def test_lam_inputs_needs_a_lam():
