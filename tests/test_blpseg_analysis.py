@@ -229,3 +229,13 @@ def test_table_runs_resumes_and_summarises(tmp_path, monkeypatch, capsys):
     runpy.run_path(str(ROOT / "experiments" / "table1.py"), run_name="__main__")
     assert capsys.readouterr().out.count("table1: ") == 0
     assert (tmp_path / "table1" / "runs.csv").read_text() == before
+
+
+def test_run_folders_name_the_config_not_where_it_lives():
+    from blpseg.analysis.ablation import run_dir
+
+    cfg = load_config(str(ROOT / "configs" / "synthetic.yaml"))
+    moved = load_config(str(ROOT / "configs" / "synthetic.yaml"), ["data.root=/elsewhere", "out_dir=/x"])
+    assert run_dir("r", cfg) == run_dir("r", moved)
+    for change in ("seed=1", "model.sigma=4.0", "loss.seg=ce", "data.synthetic.size=32"):
+        assert run_dir("r", load_config(str(ROOT / "configs" / "synthetic.yaml"), [change])) != run_dir("r", cfg), change

@@ -1,9 +1,10 @@
 """The ablation tables' runner: every row of a table is a list of config overrides, trained once per
 seed with the same budget, then summarised (mean and sample std over seeds) as CSV and markdown.
 
-A run's folder is named by a hash of its whole config (seed included), so rows shared between
-tables (Table I's "+ LAM + BLP" is Table II's "BLP") train once, and a run whose val.json exists is
-skipped: rerunning a table resumes it (an interrupted run continues from its last.pt)."""
+A run's folder is named by a hash of its config (seed included; out_dir and data.root left out), so
+rows shared between tables (Table I's "+ LAM + BLP" is Table II's "BLP") train once, and a run whose
+val.json exists is skipped: rerunning a table resumes it (an interrupted run continues from its
+last.pt)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ DEFAULT_CONFIG = os.path.join("configs", "synthetic.yaml")
 
 
 def run_dir(results: str, cfg: dict) -> str:
-    key = json.dumps({k: v for k, v in cfg.items() if k != "out_dir"}, sort_keys=True)
+    # Where the run and its data live is not what it is: results move with the folder.
+    key = {k: v for k, v in cfg.items() if k != "out_dir"}
+    key["data"] = {k: v for k, v in key["data"].items() if k != "root"}
+    key = json.dumps(key, sort_keys=True)
     return os.path.join(results, "runs", hashlib.sha1(key.encode()).hexdigest()[:12])
 
 
