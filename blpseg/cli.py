@@ -68,14 +68,14 @@ def _analysis_setup(args):
     return model, cfg, names, device
 
 
-def _items(args, cfg, names):
+def _items(args, cfg, names, limit):
     from .analysis.bias import paired_items
 
     data = cfg["data"]
     split = args.split or data["train"]["split"]
     mask_dir = args.mask_dir or data["val"]["label_dir"]
     scribble_dir = args.scribble_dir or data["train"]["label_dir"]
-    return paired_items(cfg, len(names), split, mask_dir, scribble_dir, args.max_images)
+    return paired_items(cfg, len(names), split, mask_dir, scribble_dir, limit)
 
 
 def _analyze_bias(args) -> int:
@@ -83,7 +83,7 @@ def _analyze_bias(args) -> int:
     from .analysis.figures import write_bias
 
     model, cfg, names, device = _analysis_setup(args)
-    result = annotation_bias(_items(args, cfg, names), args.bins, model, device)
+    result = annotation_bias(_items(args, cfg, names, args.max_images), args.bins, model, device)
     os.makedirs(args.out, exist_ok=True)
     csv_path, png_path = os.path.join(args.out, "bias.csv"), os.path.join(args.out, "bias.png")
     title = f"{cfg['data']['dataset']}, {args.split or cfg['data']['train']['split']} split" + (
@@ -103,8 +103,7 @@ def _loss_maps(args) -> int:
 
     model, cfg, names, device = _analysis_setup(args)
     gamma = float(cfg["loss"].get("seg_options", {}).get("gamma", 2.0))
-    args.max_images = args.num
-    rows = [(item, loss_maps(model, item, gamma, device)) for item in _items(args, cfg, names)]
+    rows = [(item, loss_maps(model, item, gamma, device)) for item in _items(args, cfg, names, args.num)]
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "loss_maps.png")
     plot_loss_maps(rows, path)

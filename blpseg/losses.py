@@ -63,7 +63,7 @@ class BLPLoss(nn.Module):
 
     def forward(self, seg_logits: Tensor, scrib_logits: Tensor, target: Tensor) -> Tensor:
         nll, logp, labeled = _labeled_nll(seg_logits, target)
-        w = blp_weights(logp, scrib_logits, target, self.gamma) * labeled
+        w = blp_weights(logp, scrib_logits, target, self.gamma)
         return _normalize(w * nll, w, labeled, self.normalize)
 
 
