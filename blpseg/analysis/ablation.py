@@ -78,6 +78,10 @@ def _mean_std(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
 
 
+def _cell(mean: float, std: float) -> str:
+    return f"{mean:.2f}" if np.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+
+
 def write_table(folder: str, title: str, labels: list[str], records: list[dict]) -> str:
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "runs.csv"), "w", newline="") as fh:
@@ -95,8 +99,8 @@ def write_table(folder: str, title: str, labels: list[str], records: list[dict])
         w.writeheader()
         w.writerows(summary)
     lines = [f"### {title}", "", "| | seeds | mIoU (%) | boundary precision (%) |", "|---|---|---|---|"]
-    lines += [f"| {s['row']} | {s['seeds']} | {s['miou_mean']:.2f} ± {s['miou_std']:.2f} | "
-              f"{s['bp_mean']:.2f} ± {s['bp_std']:.2f} |" for s in summary]  # fmt: skip
+    lines += [f"| {s['row']} | {s['seeds']} | {_cell(s['miou_mean'], s['miou_std'])} | {_cell(s['bp_mean'], s['bp_std'])} |"
+              for s in summary]  # fmt: skip
     lines += ["", "Mean ± sample std over seeds on the synthetic val split; boundary precision: pixel",
               "precision within the first tenth of relative distance to the object boundary."]  # fmt: skip
     with open(os.path.join(folder, "table.md"), "w") as fh:
