@@ -1,4 +1,5 @@
-"""The `blpseg` command: train, eval, predict, make-synthetic, convert-scribbles, scribblize."""
+"""The `blpseg` command: train, eval, predict, make-synthetic, convert-scribbles, scribblize, and the
+analyses analyze-bias, loss-maps, plot-precision."""
 
 from __future__ import annotations
 
@@ -24,32 +25,15 @@ def _train(args) -> int:
     return 0
 
 
-def _load_model(checkpoint: str, overrides):
-    import torch
-
-    from .config import apply_overrides, class_names
-    from .engine.checkpoint import load_checkpoint
-    from .engine.distributed import set_threads
-    from .models import build_model
-
-    state = load_checkpoint(checkpoint)
-    cfg = apply_overrides(state["config"], overrides)
-    set_threads(cfg.get("threads"))
-    names = class_names(cfg)
-    model = build_model(len(names), **{**cfg["model"], "pretrained": None})
-    model.load_state_dict(state["model"])
-    device = torch.device("cuda" if cfg.get("device", "auto") != "cpu" and torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), cfg, names, device
-
-
 def _eval(args) -> int:
     from .data.folder import build_dataset
     from .data.transforms import EvalTransform
+    from .engine.checkpoint import load_model
     from .engine.distributed import Dist
     from .engine.evaluate import evaluate, format_table
     from .engine.plots import plot_boundary_precision
 
-    model, cfg, names, device = _load_model(args.checkpoint, args.overrides)
+    model, cfg, names, device = load_model(args.checkpoint, args.overrides)
     data = cfg["data"]
     dataset = build_dataset(data, data["val"], len(names), EvalTransform())
     result = evaluate(model, dataset, len(names), cfg.get("eval", {}), Dist(device=device))
@@ -58,17 +42,101 @@ def _eval(args) -> int:
     with open(out, "w") as fh:
         json.dump({"checkpoint": args.checkpoint, "eval": cfg.get("eval", {}), **result}, fh, indent=1)
     figure = os.path.splitext(out)[0] + "_boundary_precision.png"
-    plot_boundary_precision(result, figure)
+    plot_boundary_precision({_run_name(args.checkpoint): result}, figure)
     print(f"results: {out}, {figure}")
+    return 0
+
+
+def _run_name(checkpoint: str) -> str:
+    return os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))
+
+
+def _analysis_setup(args):
+    """(model or None, config, class names, device) from --checkpoint or --config, with the data
+    set generated first if it is the synthetic one and missing."""
+    from .config import class_names, load_config
+    from .engine.checkpoint import load_model
+    from .engine.distributed import Dist
+    from .engine.train import prepare_data
+
+    if args.checkpoint:
+        model, cfg, names, device = load_model(args.checkpoint, args.overrides)
+    else:
+        cfg = load_config(args.config, args.overrides)
+        model, names, device = None, class_names(cfg), "cpu"
+    prepare_data(cfg, Dist())
+    return model, cfg, names, device
+
+
+def _items(args, cfg, names, limit):
+    from .analysis.bias import paired_items
+
+    data = cfg["data"]
+    split = args.split or data["train"]["split"]
+    mask_dir = args.mask_dir or data["val"]["label_dir"]
+    scribble_dir = args.scribble_dir or data["train"]["label_dir"]
+    return paired_items(cfg, len(names), split, mask_dir, scribble_dir, limit)
+
+
+def _analyze_bias(args) -> int:
+    from .analysis.bias import annotation_bias
+    from .analysis.figures import write_bias
+
+    model, cfg, names, device = _analysis_setup(args)
+    result = annotation_bias(_items(args, cfg, names, args.max_images), args.bins, model, device)
+    os.makedirs(args.out, exist_ok=True)
+    csv_path, png_path = os.path.join(args.out, "bias.csv"), os.path.join(args.out, "bias.png")
+    title = f"{cfg['data']['dataset']}, {args.split or cfg['data']['train']['split']} split" + (
+        f", model {_run_name(args.checkpoint)}" if model is not None else ""
+    )
+    write_bias(result, csv_path, png_path, title)
+    for name in ("masks", "scribbles", "p_scrib", "p_seg"):
+        if name in result:
+            print(f"{name:<10} mean relative distance {result[name]['mean']:.3f}")
+    print(f"results: {csv_path}, {png_path}")
+    return 0
+
+
+def _loss_maps(args) -> int:
+    from .analysis.figures import plot_loss_maps
+    from .analysis.loss_maps import loss_maps
+
+    model, cfg, names, device = _analysis_setup(args)
+    gamma = float(cfg["loss"].get("seg_options", {}).get("gamma", 2.0))
+    rows = [(item, loss_maps(model, item, gamma, device)) for item in _items(args, cfg, names, args.num)]
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "loss_maps.png")
+    plot_loss_maps(rows, path)
+    print(f"results: {path}")
+    return 0
+
+
+def _plot_precision(args) -> int:
+    from .engine.plots import plot_boundary_precision
+
+    labels = args.labels or [_run_name(p) for p in args.results]
+    if len(labels) != len(args.results):
+        raise ValueError(f"--labels must give one label per result file: {len(args.results)} files, {len(labels)} labels")
+    results = {}
+    for label, path in zip(labels, args.results):
+        with open(path) as fh:
+            results[label] = json.load(fh)
+        if "boundary_precision" not in results[label]:
+            raise ValueError(f"{path} holds no boundary_precision (expected an eval.json or val.json)")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    csv_path = os.path.splitext(args.out)[0] + ".csv"
+    plot_boundary_precision(results, args.out, csv_path)
+    print(f"results: {args.out}, {csv_path}")
     return 0
 
 
 def _predict(args) -> int:
     from .data.io import read_image, write_label
+    from .engine.checkpoint import load_model
     from .data.transforms import normalize
     from .engine.inference import predict_probs
 
-    model, cfg, _, device = _load_model(args.checkpoint, args.overrides)
+    model, cfg, _, device = load_model(args.checkpoint, args.overrides)
     ev = cfg.get("eval", {})
     for path in args.images:
         x = normalize(read_image(path))[None].to(device)
@@ -153,6 +221,33 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--max-width", type=int, default=3)
     z.add_argument("--min-area", type=int, default=16, help="regions smaller than this get no scribble")
     z.set_defaults(func=_scribblize)
+
+    def analysis_args(a, checkpoint_required):
+        a.add_argument("--checkpoint", required=checkpoint_required, default=None, help="a checkpoint written by train (its config is used)")
+        if not checkpoint_required:
+            a.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config without --checkpoint (default {DEFAULT_CONFIG})")
+        a.add_argument("--split", default=None, help="image list (default: the config's train split, where the scribbles are)")
+        a.add_argument("--mask-dir", default=None, help="full masks (default: the config's val label_dir)")
+        a.add_argument("--scribble-dir", default=None, help="scribbles (default: the config's train label_dir)")
+        a.add_argument("--out", default="analysis", help="output folder (default analysis/)")
+        a.add_argument("overrides", **overrides)
+
+    b = sub.add_parser("analyze-bias", help="relative boundary distance of scribbles vs full masks (Fig. 1; Fig. 7a with --checkpoint)")
+    analysis_args(b, checkpoint_required=False)
+    b.add_argument("--bins", type=int, default=10)
+    b.add_argument("--max-images", type=int, default=None, help="use the first N images of the split")
+    b.set_defaults(func=_analyze_bias)
+
+    m = sub.add_parser("loss-maps", help="image + scribbles, p_scrib, p_seg and the BLP weight map (Fig. 8)")
+    analysis_args(m, checkpoint_required=True)
+    m.add_argument("--num", type=int, default=4, help="the first N images of the split (default 4)")
+    m.set_defaults(func=_loss_maps)
+
+    q = sub.add_parser("plot-precision", help="precision by relative boundary distance of several runs (Fig. 7b)")
+    q.add_argument("results", nargs="+", help="eval.json or val.json files")
+    q.add_argument("--labels", nargs="+", default=None, help="one per file (default: the run folders' names)")
+    q.add_argument("--out", default="boundary_precision.png", help="PNG; the CSV is written next to it")
+    q.set_defaults(func=_plot_precision)
     return p
 
 

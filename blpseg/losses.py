@@ -63,13 +63,20 @@ class BLPLoss(nn.Module):
 
     def forward(self, seg_logits: Tensor, scrib_logits: Tensor, target: Tensor) -> Tensor:
         nll, logp, labeled = _labeled_nll(seg_logits, target)
-        with torch.no_grad():
-            K = seg_logits.shape[1]
-            idx = torch.where(labeled, target, torch.zeros_like(target))[:, None]
-            p_scrib = F.softmax(scrib_logits.float(), dim=1)[:, :K].gather(1, idx)[:, 0]
-            p_seg = logp.gather(1, idx)[:, 0].exp()
-            w = (1 - p_scrib * p_seg).clamp_min(0) ** self.gamma * labeled
+        w = blp_weights(logp, scrib_logits, target, self.gamma)
         return _normalize(w * nll, w, labeled, self.normalize)
+
+
+@torch.no_grad()
+def blp_weights(seg_logp: Tensor, scrib_logits: Tensor, target: Tensor, gamma: float = 2.0) -> Tensor:
+    """(1 - p_scrib(y) * p_seg(y))^gamma per pixel from log p_seg (B, K, H, W), the scribble logits
+    (B, K+1, H, W) and y = target (B, H, W); pixels whose target is not a class (>= K) get 0."""
+    K = seg_logp.shape[1]
+    labeled = (target >= 0) & (target < K)
+    idx = torch.where(labeled, target, torch.zeros_like(target))[:, None]
+    p_scrib = F.softmax(scrib_logits.float(), dim=1)[:, :K].gather(1, idx)[:, 0]
+    p_seg = seg_logp.float().gather(1, idx)[:, 0].exp()
+    return (1 - p_scrib * p_seg).clamp_min(0) ** gamma * labeled
 
 
 class PartialCrossEntropy(nn.Module):

@@ -22,3 +22,20 @@ def load_checkpoint(path: str) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
+
+
+def load_model(checkpoint: str, overrides=()):
+    """The model of a training checkpoint in eval mode on the configured device (CUDA when
+    available unless device=cpu): (model, config with `overrides` applied, class names, device)."""
+    from ..config import apply_overrides, class_names
+    from ..models import build_model
+    from .distributed import set_threads
+
+    state = load_checkpoint(checkpoint)
+    cfg = apply_overrides(state["config"], overrides)
+    set_threads(cfg.get("threads"))
+    names = class_names(cfg)
+    model = build_model(len(names), **{**cfg["model"], "pretrained": None})
+    model.load_state_dict(state["model"])
+    device = torch.device("cuda" if cfg.get("device", "auto") != "cpu" and torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), cfg, names, device

@@ -27,16 +27,23 @@ def iou_from_confusion(cm: torch.Tensor) -> dict:
     return {"iou": iou.tolist(), "miou": float(iou.nanmean()), "pixel_acc": float(tp.sum() / cm.sum().clamp_min(1))}
 
 
-def relative_boundary_distance(target: np.ndarray, ignore_index: int = 255) -> np.ndarray:
-    """For every pixel, its distance to the nearest pixel of another label divided by the largest
-    such distance within its connected region: 0 at the boundary, 1 at the region's centre. NaN
-    on ignore pixels."""
-    rel = np.full(target.shape, np.nan)
+def relative_boundary_distance(target: np.ndarray, ignore_index: int = 255, per: str = "region") -> np.ndarray:
+    """For every pixel, its distance to the nearest pixel outside its connected region (the image
+    border counts as a boundary) divided by the largest such distance within its connected region
+    (per="region") or within all pixels of its class in the image (per="class", the paper's Fig. 1):
+    0 at the boundary, 1 at the deepest point. NaN on ignore pixels."""
+    if per not in ("region", "class"):
+        raise ValueError(f"per must be 'region' or 'class', got {per!r}")
+    dist = np.full(target.shape, np.nan)
     for _, box, region in connected_regions(target, ignore_index):
         # Pad with background so the image border counts as a boundary.
         d = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
-        rel[box][region] = d[region] / d.max()
-    return rel
+        dist[box][region] = d[region] / (d.max() if per == "region" else 1.0)
+    if per == "class":
+        for c in np.unique(target[target != ignore_index]):
+            on = target == c
+            dist[on] /= dist[on].max()
+    return dist
 
 
 class BoundaryPrecision:
