@@ -6,6 +6,7 @@ Targets are (B, H, W) int64: a class id 0..K-1 where scribbled, K where not scri
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 import torch
@@ -114,6 +115,14 @@ SEG_LOSSES = {"blp": BLPLoss, "ce": PartialCrossEntropy, "focal": FocalLoss}
 def build_seg_loss(name: str, **options) -> nn.Module:
     if name not in SEG_LOSSES:
         raise ValueError(f"loss.seg must be one of {tuple(SEG_LOSSES)}, got {name!r}")
+    accepted = set(inspect.signature(SEG_LOSSES[name]).parameters)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        # e.g. loss.seg=ce on a config whose seg_options were written for blp
+        raise ValueError(
+            f"loss.seg_options {unknown} do not apply to loss.seg={name!r} (it takes {sorted(accepted)}); "
+            f"override loss.seg_options too"
+        )
     return SEG_LOSSES[name](**options)
 
 

@@ -117,3 +117,11 @@ def test_pseudo_labels_keep_scribbles_and_use_present_classes():
     # classes given explicitly (from the whole image) override what the target shows
     present = torch.tensor([[True, False, True]])
     assert pseudo_labels(logits, target, threshold=0.9, present=present).tolist() == [[[0, K, 2, K, 255]]]
+
+
+def test_seg_options_that_do_not_apply_name_the_option():
+    from blpseg.losses import build_seg_loss
+
+    with pytest.raises(ValueError, match=r"loss.seg_options \['normalize'\] do not apply to loss.seg='ce'"):
+        build_seg_loss("ce", normalize="weights")
+    assert build_seg_loss("focal", gamma=2.0) is not None
