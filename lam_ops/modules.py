@@ -46,7 +46,10 @@ class LocalAggregation(nn.Module):
         sigma: the Gaussian bandwidth in units of the logits' grid (authors: 6 on the stride-4 grid).
         learnable_sigma: learn sigma (paper Table IV); it is kept > 0 by learning its logarithm.
         radius: window half size on the logits' grid; None is the authors' exact global operator.
-            The default 18 = 3 sigma keeps 99.7% of the distance kernel's mass along each axis.
+            The default 24 = 4 sigma: measured on a trained model's LAM inputs (results/lam_fidelity),
+            it gives the global operator's argmax on every pixel (relative L2 error 1.5e-5), where
+            3 sigma still flips 6e-5 of them: the feature term lets far pixels with similar features
+            outweigh the distance term, so 3 sigma of the Gaussian alone is not enough.
         similarity: "both" (features and position, the paper's LAM), "features" or "position"
             (paper Table III).
         backend: as in `local_aggregate`.
@@ -59,7 +62,7 @@ class LocalAggregation(nn.Module):
         patch_size: int = 4,
         sigma: float = 6.0,
         learnable_sigma: bool = False,
-        radius: Optional[int] = 18,
+        radius: Optional[int] = 24,
         similarity: str = "both",
         backend: str = "auto",
     ):
