@@ -78,6 +78,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "Implementations: " + "; ".join(f"`{n}`: {v['summary']}" for n, v in meta["impls"].items()) + ".",
     ]
     lines += [f"Not run: `{n}`: {why}." for n, why in meta.get("not_run", {}).items()]
+    lines += ["", "## At a glance", "", *at_a_glance(rows)]
     by_section = defaultdict(lambda: defaultdict(list))
     for r in rows:
         by_section[r["section"]][(r["config"], r["mode"])].append(r)
@@ -89,6 +90,40 @@ def markdown(rows: list[dict], meta: dict) -> str:
                       "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
             lines += ["| " + " | ".join(_cells(r)) + " |" for r in group]
     return "\n".join(lines) + "\n"
+
+
+def _ms_and_ratio(peer: dict | None, ours: dict) -> str:
+    if peer is None:
+        return ""
+    if peer["status"] != "ok":
+        return peer["status"].split(":")[0]
+    return f"{1e3 * peer['median_s']:.1f} ({peer['median_s'] / ours['median_s']:.1f}x)"
+
+
+def at_a_glance(rows: list[dict]) -> list[str]:
+    """One line per paper shape and mode: the fastest lam_ops backend against the authors' dense
+    formulation, the offset loop and the fastest peer (ratios > 1: lam_ops is faster)."""
+    groups = defaultdict(list)
+    for r in rows:
+        if r["section"] == "paper":
+            groups[(r["config"], r["mode"])].append(r)
+    lines = ["| shape | mode | fastest lam_ops | ms | peak MB | % matmul | dense ms (ratio) | offset_loop ms (ratio) | fastest peer ms (ratio) |",
+             "|" + "---|" * 9]
+    for (config, mode), group in groups.items():
+        ours = [r for r in group if r["kind"] == "lam_ops" and r["status"] == "ok" and r["impl"] != "reference"]
+        if not ours:
+            continue
+        best = min(ours, key=lambda r: r["median_s"])
+        by_impl = {r["impl"]: r for r in group}
+        peers = [r for r in group if r["kind"] == "peer" and r["status"] == "ok"]
+        fastest = min(peers, key=lambda r: r["median_s"]) if peers else None
+        lines.append(
+            f"| {config} | {mode} | {best['impl']} | {1e3 * best['median_s']:.1f} | {best['peak_mb']:.1f} | "
+            f"{100 * best['matmul_fraction']:.1f} | {_ms_and_ratio(by_impl.get('dense'), best)} | "
+            f"{_ms_and_ratio(by_impl.get('offset_loop'), best)} | "
+            + (f"{fastest['impl']} {_ms_and_ratio(fastest, best)}" if fastest else "") + " |"
+        )
+    return lines
 
 
 def _args_text(args: dict) -> str:
