@@ -10,7 +10,7 @@ import lam_ops
 from build_env import cuda_mode, cuda_toolkit
 from lam_cases import EDGE_CASES, TOLERANCES, Case, assert_matches_reference, make_inputs, run_with_grads
 from lam_ops.backends import BACKENDS
-from lam_ops.backends.compiled import _IMPORT_ERROR
+from lam_ops.backends.compiled import _IMPORT_ERROR, OPS
 
 _GPU_UNAVAILABLE = BACKENDS["cuda"].unavailable("cuda")
 requires_gpu = pytest.mark.skipif(_GPU_UNAVAILABLE is not None, reason=f"backend cuda cannot run: {_GPU_UNAVAILABLE}")
@@ -27,9 +27,9 @@ def test_extension_has_cuda_kernels_when_a_toolkit_is_found():
         pytest.skip(f"a CPU-only build is expected here (CUDA toolkit: {home}, LAM_OPS_CUDA={mode})")
     if _IMPORT_ERROR is not None:
         pytest.skip(f"lam_ops._C is not built: {_IMPORT_ERROR}")
-    ops = [name for name in torch._C._dispatch_get_all_op_names() if name.startswith("lam_ops::")]
-    assert ops, "lam_ops._C registered no operators"
-    missing = [name for name in ops if not torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA")]
+    registered = set(torch._C._dispatch_get_all_op_names())
+    assert set(OPS) <= registered, f"lam_ops._C did not register {sorted(set(OPS) - registered)}"
+    missing = [name for name in OPS if not torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA")]
     assert not missing, (
         f"lam_ops._C has no CUDA kernel for {missing}, although a CUDA toolkit is at {home} and "
         f"LAM_OPS_CUDA={mode}: rebuild (pip install -e .), or set LAM_OPS_CUDA=0 for a CPU-only build"

@@ -20,10 +20,13 @@ if _IMPORT_ERROR is None:
     register_backward_fake("lam_ops::backward")
 
 
+# The operators of the extension's schema (csrc/ops.cpp); other lam_ops:: operators (triton) are
+# defined in Python.
+OPS = ("lam_ops::forward", "lam_ops::backward")
+
 # Read once at import: torch.compile cannot trace the dispatcher query.
 _HAS_KERNEL = {
-    key: _IMPORT_ERROR is None
-    and all(torch._C._dispatch_has_kernel_for_dispatch_key(f"lam_ops::{op}", key) for op in ("forward", "backward"))
+    key: _IMPORT_ERROR is None and all(torch._C._dispatch_has_kernel_for_dispatch_key(op, key) for op in OPS)
     for key in ("CPU", "CUDA")
 }
 
