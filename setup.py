@@ -82,7 +82,7 @@ def extensions():
         ext = CUDAExtension(
             "lam_ops._C",
             sources,
-            extra_compile_args={"cxx": cxx + ["-DLAM_WITH_CUDA"], "nvcc": ["-O3"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
             **kwargs,
         )
     else:
