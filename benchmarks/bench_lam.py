@@ -7,7 +7,8 @@ pick instead (benchmarks/peers.py), forward and forward+backward, in one run.
     python benchmarks/bench_lam.py --quick --out /tmp/smoke   # CI smoke run, tiny shapes
     python benchmarks/report.py benchmarks/results/bench_lam.json   # re-render markdown and plots
 
-Writes bench_lam.json, bench_lam.md and PNG plots to --out (default benchmarks/results/); the
+Every row runs in its own process under a memory limit (--mem-budget-gb, see isolate.py): a row
+that runs out of memory, crashes or times out says so and the run goes on. Writes bench_lam.json, bench_lam.md and PNG plots to --out (default benchmarks/results/); the
 markdown's header says what each column means, measure.py how time and memory are measured.
 """
 
@@ -30,6 +31,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script from anywhere
 
+import isolate  # noqa: E402
 import measure  # noqa: E402
 import peers  # noqa: E402
 import report  # noqa: E402
@@ -146,22 +148,16 @@ def make_inputs(c: Config, mode: str, device: torch.device, seed: int = 0):
     return x.requires_grad_(train), f.requires_grad_(train), sigma.requires_grad_(train), grad
 
 
-def is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e)
-
-
 class Runner:
-    def __init__(self, args, device):
+    """Decides in this process which rows to skip (memory estimate, predicted time, an unsupported
+    mode) and measures the others each in a memory-limited child process (isolate.py)."""
+
+    def __init__(self, args, argv: list[str]):
         self.args = args
-        self.device = device
+        self.device = torch.device(args.device)
+        self.child_argv = [*argv, "--mem-budget-gb", str(args.mem_budget_gb)]
         self.rates: dict[tuple[str, str], float] = {}  # best visited-pair rate per (impl, mode)
         self.unsupported: dict[tuple[str, str], str] = {}  # per run: e.g. no backward on this device
-
-    def call(self, impl: Impl, c: Config, mode: str, inputs):
-        x, f, sigma, grad = inputs
-        if mode == "fwd":
-            return lambda: impl.fn(x, f, sigma, c.radius)
-        return lambda: torch.autograd.grad(impl.fn(x, f, sigma, c.radius), (x, f, sigma), grad)
 
     def skip_reason(self, impl: Impl, c: Config, mode: str) -> Optional[str]:
         if (impl.name, mode) in self.unsupported:
@@ -179,37 +175,57 @@ class Runner:
                 return f"skipped: estimated {predicted:.0f} s per call > time limit {self.args.time_limit:g} s"
         return None
 
-    def measure(self, impl: Impl, c: Config, mode: str, inputs) -> dict:
+    def measure(self, impl: Impl, c: Config, mode: str) -> dict:
         row = {"impl": impl.name, "kind": impl.kind, "mode": mode, **asdict(c), "config": str(c),
                "useful_gflop": c.useful_flops(mode) / 1e9}
         reason = self.skip_reason(impl, c, mode)
         if reason is not None:
             return {**row, "status": reason}
-        fn = self.call(impl, c, mode, inputs)
-        first = []
-        try:
-            if impl.compiled:  # compile first: the memory of compiling is not the operator's
-                row["first_call_s"] = measure.time_call(fn, self.device)
-            row["peak_rss_mb"] = measure.rss_peak_mb(lambda: first.append(measure.time_call(fn, self.device)))
-            row.setdefault("first_call_s", first[0])
-            row["peak_mb"] = measure.allocator_peak_mb(fn, self.device)
-            # The call after compiling, and one slower than the row budget (its own warm-up's
-            # worth), are samples too.
-            times = first if impl.compiled or first[0] >= self.args.row_seconds else []
-            while len(times) < self.args.repeat and (not times or sum(times) < self.args.row_seconds):
-                times.append(measure.time_call(fn, self.device))
-        except NotImplementedError as e:  # e.g. FlexAttention's backward on CPU
-            msg = f"unsupported: {str(e).splitlines()[0]}"
-            self.unsupported[(impl.name, mode)] = msg
-            return {**row, "status": msg}
-        except Exception as e:  # noqa: BLE001  a row that says what happened, not a lost run
-            what = "out of memory" if is_oom(e) else f"error: {type(e).__name__}"
-            return {**row, "status": f"{what}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
-        row.update(measure.summarize(times), status="ok")
-        row["gflops"] = c.useful_flops(mode) / row["median_s"] / 1e9
-        rate = impl.visited_pairs(c) * (c.C + c.D + 1) / row["min_s"]
-        self.rates[(impl.name, mode)] = max(rate, self.rates.get((impl.name, mode), 0.0))
+        spec = json.dumps({"impl": impl.name, "mode": mode, "config": asdict(c)})
+        row.update(isolate.run_child(str(Path(__file__).resolve()), self.child_argv, spec, self.args.row_timeout))
+        if row["status"].startswith("unsupported"):
+            self.unsupported[(impl.name, mode)] = row["status"]
+        if row["status"] == "ok":
+            row["gflops"] = c.useful_flops(mode) / row["median_s"] / 1e9
+            rate = impl.visited_pairs(c) * (c.C + c.D + 1) / row["min_s"]
+            self.rates[(impl.name, mode)] = max(rate, self.rates.get((impl.name, mode), 0.0))
         return row
+
+
+def call(impl: Impl, c: Config, mode: str, inputs) -> Callable[[], object]:
+    x, f, sigma, grad = inputs
+    if mode == "fwd":
+        return lambda: impl.fn(x, f, sigma, c.radius)
+    return lambda: torch.autograd.grad(impl.fn(x, f, sigma, c.radius), (x, f, sigma), grad)
+
+
+def run_row(spec: dict, args) -> dict:
+    """One row in the current (child) process, under the memory limit: a warm-up call (a compiled
+    implementation compiles first, untimed) under the RSS high-water mark, a call under the
+    allocator profiler (not timed), then timed calls until --repeat or --row-seconds."""
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    (impl,) = implementations(device, [spec["impl"]])
+    c, mode = Config(**spec["config"]), spec["mode"]
+    isolate.limit_memory(args.mem_budget_gb, device)
+    row, first = {}, []
+    try:
+        fn = call(impl, c, mode, make_inputs(c, mode, device))
+        if impl.compiled:  # compile first: the memory of compiling is not the operator's
+            row["first_call_s"] = measure.time_call(fn, device)
+        row["peak_rss_mb"] = measure.rss_peak_mb(lambda: first.append(measure.time_call(fn, device)))
+        row.setdefault("first_call_s", first[0])
+        row["peak_mb"] = measure.allocator_peak_mb(fn, device)
+        # The call after compiling, and one slower than the row budget (its own warm-up's worth),
+        # are samples too.
+        times = first if impl.compiled or first[0] >= args.row_seconds else []
+        while len(times) < args.repeat and (not times or sum(times) < args.row_seconds):
+            times.append(measure.time_call(fn, device))
+    except NotImplementedError as e:  # e.g. FlexAttention's backward on CPU
+        return {"status": f"unsupported: {str(e).splitlines()[0]}"}
+    except Exception as e:  # noqa: BLE001  a row that says what happened, not a lost run
+        return {"status": isolate.failure_status(e)}
+    return {**row, **measure.summarize(times), "status": "ok"}
 
 
 def paper_grid(full: bool, dims: list[int]) -> list[Config]:
@@ -254,18 +270,29 @@ def parse_args(argv=None):
     p.add_argument("--repeat", type=int, default=5, help="timed calls per row (after the warm-up call)")
     p.add_argument("--row-seconds", type=float, default=10.0, help="stop repeating a row once its timed calls took this long (at least one timed call)")
     p.add_argument("--time-limit", type=float, default=60.0, help="skip a row whose single call is predicted (from the same implementation's rate earlier in the run) to take longer")
-    p.add_argument("--mem-budget-gb", type=float, default=8.0, help="skip a row whose estimated peak memory exceeds this")
+    p.add_argument("--mem-budget-gb", type=float, default=None,
+                   help="skip a row whose estimated peak memory exceeds this, and limit each row's process to it: address "
+                   "space on the CPU (default: 70%% of the memory available at start), the caching allocator's on CUDA "
+                   "(default: 90%% of the GPU's)")
+    p.add_argument("--row-timeout", type=float, default=900.0, help="seconds before a row's process is stopped")
     p.add_argument("--out", type=Path, default=RESULTS, help="output folder for bench_lam.json, bench_lam.md and the PNG plots")
     p.add_argument("--note", default="", help="a remark printed in the markdown (e.g. 'machine shared with other jobs')")
+    p.add_argument("--row", help=argparse.SUPPRESS)  # internal: measure one row (JSON spec) and print its JSON
     args = p.parse_args(argv)
     if args.quick:
         args.repeat = min(args.repeat, 2)
         args.sizes = None  # the quick grid has its own
+    if args.mem_budget_gb is None:
+        args.mem_budget_gb = isolate.default_budget_gb(torch.device(args.device))
     return args
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.row is not None:
+        print(json.dumps(run_row(json.loads(args.row), args)))
+        return 0
     from tqdm import tqdm
 
     device = torch.device(args.device)
@@ -283,21 +310,20 @@ def main(argv=None) -> int:
         "machine": measure.machine_info(device),
         "lam_ops_commit": git_commit(),
         "matmul_gflops": measure.matmul_gflops(device),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "row"},
         "impls": {i.name: {"kind": i.kind, "summary": i.summary} for i in impls},
         "not_run": {p.name: p.unavailable() for p in peers.PEERS.values() if p.unavailable() is not None},
         "note": args.note,
     }
-    runner = Runner(args, device)
+    runner = Runner(args, argv)
     rows = []
     args.out.mkdir(parents=True, exist_ok=True)
     total = len(jobs) * len(args.modes) * len(impls)
     with tqdm(total=total, desc="bench_lam", unit="row", disable=None) as bar:
         for (section, c), mode in itertools.product(jobs, args.modes):
-            inputs = make_inputs(c, mode, device)
             for impl in impls:
                 bar.set_postfix_str(f"{c} {mode} {impl.name}")
-                rows.append({"section": section, **runner.measure(impl, c, mode, inputs)})
+                rows.append({"section": section, **runner.measure(impl, c, mode)})
                 bar.update()
             # the rows so far, should the run be stopped
             write_json(args.out / "bench_lam.json", {"meta": meta, "rows": rows, "complete": False})
@@ -307,7 +333,7 @@ def main(argv=None) -> int:
     (args.out / "bench_lam.md").write_text(report.markdown(rows, meta))
     report.plots(rows, args.out)
     print(f"wrote {args.out}/bench_lam.json, bench_lam.md and plots")
-    errors = [r for r in rows if r["status"].startswith("error")]
+    errors = [r for r in rows if r["status"].startswith(("error", "crashed"))]
     for r in errors:
         print(f"{r['impl']} {r['config']} {r['mode']}: {r['status']}", file=sys.stderr)
     return 1 if errors else 0

@@ -20,7 +20,6 @@ import datetime
 import json
 import os
 import resource
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script from anywhere
 
 import bench_lam  # noqa: E402
+import isolate  # noqa: E402
 import measure  # noqa: E402
 import report  # noqa: E402
 
@@ -123,26 +123,13 @@ def build_step(name: str, impls: dict, shape: Shape, device: torch.device, amp: 
     return step, state_mb
 
 
-def limit_memory(budget_gb: float, device: torch.device) -> None:
-    """Caps this process's memory at the budget: an allocation past it fails (torch raises) instead
-    of pushing a shared machine into swap or the OOM killer. CPU: the address space it maps now plus
-    the budget. CUDA: torch's caching allocator (CUDA maps far more address space than it uses)."""
-    if device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, budget_gb * 2**30 / total), device)
-        return
-    mapped_kb = measure._status_kb("VmSize") or 0
-    limit = mapped_kb * 1024 + int(budget_gb * 2**30)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-
 def run_row(name: str, args) -> dict:
     """One configuration, in the current process: warm-up step, a step under the RSS high-water
     mark (a timed sample), a step under the allocator profiler (not timed), then timed steps."""
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     impls = {i.name: i for i in implementations(device)}
-    limit_memory(args.mem_budget_gb, device)
+    isolate.limit_memory(args.mem_budget_gb, device)
     row = {}
     try:
         step, row["params_and_adamw_mb"] = build_step(name, impls, SHAPES[args.shape], device, not args.no_amp)
@@ -155,8 +142,7 @@ def run_row(name: str, args) -> dict:
                 times.append(measure.time_call(step, device))
         row.update(measure.summarize(times), status="ok")
     except Exception as e:  # noqa: BLE001  a row that says what happened
-        what = "out of memory" if bench_lam.is_oom(e) else f"error: {type(e).__name__}"
-        row["status"] = f"{what}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        row["status"] = isolate.failure_status(e)
     # the process's whole high-water mark (model, optimizer state, the first step's allocations)
     row["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return row
@@ -170,38 +156,6 @@ def skip_reason(impl: Optional[bench_lam.Impl], shape: Shape, budget_gb: float) 
     if need > budget_gb:
         return f"skipped: its LAM would need ~{need:.0f} GB > budget {budget_gb:.1f} GB"
     return None
-
-
-def run_in_subprocess(name: str, argv: list[str], timeout: float) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--row", name]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"status": f"timed out: over {timeout:g} s (--row-timeout)"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode == 0 and lines:
-        return json.loads(lines[-1])
-    tail = (proc.stderr.strip().splitlines() or [""])[-1][:200]
-    if proc.returncode < 0:
-        return {"status": f"crashed: signal {-proc.returncode} {tail}".strip()}
-    # torch's allocator, Python's, or OpenMP's threads (their stacks) over the address-space limit
-    oom = ("MemoryError", "can't allocate", "Thread creation failed")
-    what = "out of memory" if any(s in proc.stderr for s in oom) else "error"
-    return {"status": f"{what}: exit code {proc.returncode}: {tail}"}
-
-
-def mem_total_gb() -> float:
-    with open("/proc/meminfo") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("MemTotal:")) / 2**20
-
-
-def default_budget_gb(device: torch.device) -> float:
-    """70% of the memory available now (the machine may be shared); on CUDA 90% of the GPU's."""
-    if device.type == "cuda":
-        return round(0.9 * torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
-    with open("/proc/meminfo") as fh:
-        available = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:")) / 2**20
-    return round(0.7 * available, 1)
 
 
 COLUMNS = ("configuration", "median s", "min s", "max s", "steps", "first step s", "peak MB", "peak RSS MB",
@@ -276,7 +230,7 @@ def parse_args(argv=None):
     if args.quick:
         args.shape, args.repeat = "quick", min(args.repeat, 2)
     if args.mem_budget_gb is None:
-        args.mem_budget_gb = default_budget_gb(torch.device(args.device))
+        args.mem_budget_gb = isolate.default_budget_gb(torch.device(args.device))
     return args
 
 
@@ -300,7 +254,7 @@ def main(argv=None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": measure.machine_info(device),
         "lam_ops_commit": bench_lam.git_commit(),
-        "mem_total_gb": mem_total_gb(),
+        "mem_total_gb": isolate.mem_total_gb(),
         "shape": asdict(shape),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "row"},
         "impls": {n: impls[n].summary if n in impls else "BLPSeg without the LAM (Table III 'w/o')" for n in names},
@@ -313,7 +267,7 @@ def main(argv=None) -> int:
         row = {"impl": name, "kind": impl.kind if impl else "none"}
         reason = skip_reason(impl, shape, args.mem_budget_gb)
         print(f"bench_train: {name} ...", file=sys.stderr, flush=True)
-        row.update({"status": reason} if reason else run_in_subprocess(name, child_argv, args.row_timeout))
+        row.update({"status": reason} if reason else isolate.run_child(str(Path(__file__).resolve()), child_argv, name, args.row_timeout))
         print(f"bench_train: {name}: {row['status']}" + (f", {row['median_s']:.2f} s/step" if row["status"] == "ok" else ""),
               file=sys.stderr, flush=True)
         rows.append(row)
