@@ -1,8 +1,11 @@
 // ctest: the CPU operators of the CMake-built library against the contract (LAM_SPEC.md),
-// written as a naive loop (forward, lse) and central differences (every gradient), float64.
+// written as a naive loop (forward, lse) and central differences (every gradient), float64; and
+// the float exp the CPU kernels use.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
+#include "lam/math.h"
 #include "lam_ops_test.h"
 
 using namespace lam_test;
@@ -93,11 +96,30 @@ void check(const Case& k) {
   expect_close(name + " dsigma", dsigma, at::scalar_tensor(dsig_num, opts), 1e-7, 1e-6);
 }
 
+// lam::exp_poly, the kernels' float exp on the CPU: relative error against exp in double over the
+// softmax's range, exactly 0 below expf's normal range, NaN kept.
+void check_exp_poly() {
+  double worst = 0;
+  for (int i = 0; i <= 1000000; ++i) {
+    const float v = -87.0f * static_cast<float>(i) / 1000000.0f;
+    const double want = std::exp(static_cast<double>(v));
+    worst = std::max(worst, std::abs(lam::exp_poly(v) - want) / want);
+  }
+  const float inf = std::numeric_limits<float>::infinity();
+  const bool edges = lam::exp_poly(0.0f) == 1.0f && lam::exp_poly(-87.5f) == 0.0f && lam::exp_poly(-inf) == 0.0f &&
+                     std::isnan(lam::exp_poly(std::numeric_limits<float>::quiet_NaN()));
+  if (worst > 2e-7 || !edges) {
+    std::printf("FAIL exp_poly: worst relative error %g (want <= 2e-7), edge values %s\n", worst, edges ? "ok" : "wrong");
+    ++failures;
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   load_library(argc, argv);
   at::manual_seed(0);
+  check_exp_poly();
   check({1, 2, 3, 4, 5, 0, false});
   check({2, 3, 2, 4, 5, 1, true});
   check({1, 2, 3, 3, 4, std::nullopt, false});

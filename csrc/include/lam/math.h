@@ -2,11 +2,14 @@
 //
 // Everything here is __host__ __device__ and free of indexing and memory layout: kernels decide
 // how pixels are laid out and visited, this header decides what is computed for a pair (i, j).
-// The CPU build runs exactly these functions, so the CPU tests exercise the GPU's math.
+// The CPU build runs exactly these functions (exp aside, see exp_), so the CPU tests exercise the
+// GPU's math.
 // Notation follows ../../shared/LAM_SPEC.md: j is a query pixel, i a key in its window.
 #pragma once
 
 #include <math.h>
+#include <stdint.h>
+#include <string.h>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define LAM_HD __host__ __device__ __forceinline__
@@ -19,7 +22,39 @@ namespace lam {
 LAM_HD int imin(int a, int b) { return a < b ? a : b; }
 LAM_HD int imax(int a, int b) { return a > b ? a : b; }
 
-LAM_HD float exp_(float v) { return expf(v); }
+#if !defined(__CUDA_ARCH__) && !defined(__HIP_DEVICE_COMPILE__)
+// float exp on the CPU, for x <= 88: 2^n p(r), n = round(x / ln 2), with Cephes' expf range
+// reduction and polynomial (relative error 1.2e-7 against expf); 0 below expf's normal range (x <
+// -87). Unlike libm's expf, a loop of it vectorises (no call, no branch: kernels are built with
+// -fno-trapping-math so that the selects are if-converted); the pair loops spend most of their
+// time here. A NaN is clamped out of the arithmetic (its integer conversion would be undefined)
+// and added back at the end.
+inline float exp_poly(float x) {
+  const float lo = -87.0f, hi = 88.0f;
+  const float xc = x > lo ? (x < hi ? x : hi) : lo;
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;            // x - n ln 2 in two parts
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float two_n;
+  memcpy(&two_n, &bits, sizeof two_n);
+  return x < lo ? 0.0f : p * two_n + (x - x);
+}
+#endif
+
+LAM_HD float exp_(float v) {
+#if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__)
+  return expf(v);
+#else
+  return exp_poly(v);
+#endif
+}
 LAM_HD double exp_(double v) { return exp(v); }
 LAM_HD float log_(float v) { return logf(v); }
 LAM_HD double log_(double v) { return log(v); }
@@ -73,9 +108,8 @@ struct OnlineSoftmax {
     return scale;
   }
   LAM_HD T weight(T s) { const T p = exp_(s - m); l += p; return p; }
-
-  // One logit at a time: returns p and sets scale (the two steps above in one).
-  LAM_HD T push(T s, T& scale) { scale = rescale_to(s); return weight(s); }
+  // Or the sum of a block's weights exp(s - m), computed by the kernel.
+  LAM_HD void add(T block_sum) { l += block_sum; }
 
   // No admissible key (only through key_mask): lse = -inf, and the output is 0, not NaN.
   LAM_HD T lse() const { return l > static_cast<T>(0) ? m + log_(l) : neg_inf<T>(); }
