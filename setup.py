@@ -67,9 +67,11 @@ def extensions():
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     sources = ["csrc/ops.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    # -fno-trapping-math: the kernels do not read floating-point exception flags, and without it
-    # GCC keeps the pair loops' selects as branches and does not vectorise them.
-    cxx = ["-O3", "-fopenmp", "-fno-trapping-math"]
+    # The pair loops vectorise only with -fno-trapping-math (else GCC keeps their selects as
+    # branches; the kernels read no floating-point exception flags, and PyTorch builds with it too)
+    # and -fno-wrapv (Python's CFLAGS add -fwrapv, under which GCC cannot vectorise the loops'
+    # int index arithmetic; nothing here relies on signed overflow wrapping).
+    cxx = ["-O3", "-fopenmp", "-fno-trapping-math", "-fno-wrapv"]
     if os.environ.get("LAM_OPS_NATIVE") == "1":
         cxx.append("-march=native")
     kwargs = dict(

@@ -3,8 +3,10 @@
 // Work unit: a small rectangle of query pixels (a tile) against the rectangle of keys covering the
 // union of their windows, cut into key blocks of at most kKeyBlock pixels. Per block, the dot
 // products run as small GEMMs (BLAS, single-threaded inside at::parallel_for) on pixel-major copies
-// of the tile and the block; only the pair-wise math (window/border/key-mask, logits, exp) runs per
-// pair, over exactly the admissible pairs. Nothing of size (2r+1)^2 x HW or HW x HW is stored.
+// of the tile and the block; the pair-wise math (window/border/key-mask, logits, exp) runs in
+// vectorised loops over the block rows of each window (the forward's exp over whole rows, the
+// keys outside the window's columns at weight 0; the backward over exactly the window). Nothing
+// of size (2r+1)^2 x HW or HW x HW is stored.
 //
 // Forward: online softmax over the key blocks, saving the per-query log-sum-exp.
 // Backward: every pair (a, b) of a tile pixel a and a key pixel b in its window is visited once,
@@ -12,7 +14,8 @@
 // gradients, valid because b in window(a) iff a in window(b)). All of a's gradients are thus
 // gathered by a's tile: no atomics, and each tile's result does not depend on the scheduling.
 // dsigma is reduced from per-tile partials in tile order, so the whole backward is bitwise
-// reproducible, and independent of the thread count (BLAS runs single-threaded per call).
+// reproducible on a machine, and independent of the thread count (BLAS runs single-threaded per
+// call).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -114,10 +117,11 @@ Rect window_in(int y, int x, const Rect& block, const Tiling& tiling) {
 }
 
 // The pair loops below run over one row of a key block at a time, as plain loops over arrays so
-// that they vectorise (exp_ is branch-free on the CPU). With GCC on x86-64 Linux they are also
-// compiled for AVX2 + FMA and picked at load time by the CPU (function multiversioning): the
-// build stays portable and still uses the wider vectors where they exist. Sums are reduced in
-// vector lanes: reproducible on a machine, independent of the thread count.
+// that they vectorise: exp_ is branch-free on the CPU, and key-mask bits are held as T (1 or 0)
+// because GCC does not vectorise loads of bool next to float arithmetic. With GCC on x86-64 Linux
+// they are also compiled for AVX2 + FMA and picked at load time by the CPU (function
+// multiversioning): the build stays portable and still uses the wider vectors where they exist.
+// Sums are reduced in vector lanes: reproducible on a machine, independent of the thread count.
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && defined(__linux__)
 #define LAM_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
@@ -125,15 +129,16 @@ Rect window_in(int y, int x, const Rect& block, const Tiling& tiling) {
 #endif
 
 // Logits of query (y, x) over the n keys of one block row at vertical offset dy, whose first key
-// is at horizontal offset dx0: dot + coef d2 where the key is admissible and in the window's
-// columns, -inf elsewhere. Returns their max.
+// is at horizontal offset dx0, of which [lo, hi) are in the window's columns: dot + coef d2 there
+// where the key is admissible, -inf elsewhere. Returns their max.
 template <typename T>
-LAM_CPU_CLONES T row_logits(T* s, const bool* admissible, int n, int dy, int dx0, int radius, T coef) {
+LAM_CPU_CLONES T row_logits(T* s, const T* admissible, int n, int lo, int hi, int dy, int dx0, T coef) {
+  std::fill(s, s + lo, neg_inf<T>());
+  std::fill(s + hi, s + n, neg_inf<T>());
   T row_max = neg_inf<T>();
 #pragma omp simd reduction(max : row_max)
-  for (int k = 0; k < n; ++k) {
-    const int dx = dx0 + k;
-    const T v = (admissible[k] & in_window(dy, dx, radius)) ? logit(s[k], dist2(dy, dx), coef) : neg_inf<T>();
+  for (int k = lo; k < hi; ++k) {
+    const T v = admissible[k] != T(0) ? logit(s[k], dist2(dy, dx0 + k), coef) : neg_inf<T>();
     s[k] = v;
     row_max = v > row_max ? v : row_max;
   }
@@ -152,26 +157,21 @@ LAM_CPU_CLONES T softmax_weights(const T* s, T m, int64_t n, T* p) {
   return sum;
 }
 
-// A pixel of a backward tile: its log-sum-exp, Delta and key-mask bit.
-template <typename T>
-struct TilePixel {
-  T lse, delta;
-  bool is_key;
-};
-
-// The pairs of tile pixel a with the n keys b of one block row at vertical offset dy (the first at
-// horizontal offset dx0), all in a's window, each seen from both sides (pair_grad). Per key, the
-// row arrays hold f_a . f_b (s), key-mask bit, lse and Delta of b, g_a . x_b (gx) and x_a . g_b
-// (xg); writes A(a, b) to p and dS to ds, and returns the row's sum of dS(b, a) d2.
-template <typename T>
-LAM_CPU_CLONES T row_pair_grads(const TilePixel<T>& a, int n, int dy, int dx0, T coef, const T* s, const bool* key,
+// The pairs of tile pixel a (log-sum-exp lse_a, Delta delta_a, key-mask bit AKey: a template
+// parameter, as GCC does not vectorise a select on a loop-invariant bool) with the n keys b of one
+// block row at vertical offset dy (the first at horizontal offset dx0), all in a's window, each
+// seen from both sides (pair_grad). Per key, the row arrays hold f_a . f_b (s), key-mask bit, lse
+// and Delta of b, g_a . x_b (gx) and x_a . g_b (xg); writes A(a, b) to p and dS to ds, and
+// returns the row's sum of dS(b, a) d2.
+template <bool AKey, typename T>
+LAM_CPU_CLONES T row_pair_grads(T lse_a, T delta_a, int n, int dy, int dx0, T coef, const T* s, const T* key,
                                 const T* lse, const T* delta, const T* gx, const T* xg, T* p, T* ds) {
   T dsig = 0;
 #pragma omp simd reduction(+ : dsig)
   for (int k = 0; k < n; ++k) {
     const int d2 = dist2(dy, dx0 + k);
-    const PairGrad<T> pg = pair_grad(logit(s[k], d2, coef), a.is_key, key[k], a.lse, lse[k], gx[k], xg[k], a.delta,
-                                     delta[k]);
+    const PairGrad<T> pg = pair_grad(logit(s[k], d2, coef), AKey, key[k] != T(0), lse_a, lse[k], gx[k], xg[k],
+                                     delta_a, delta[k]);
     p[k] = pg.a;
     ds[k] = pg.ds;
     dsig += pg.ds_query * static_cast<T>(d2);
@@ -195,12 +195,14 @@ void gather(const T* img, int W, int64_t width, const Rect& r, T* dst) {
   for (int y = r.y0; y < r.y1; ++y, dst += row) std::memcpy(dst, img + (int64_t(y) * W + r.x0) * width, sizeof(T) * row);
 }
 
-// The key-mask bits of r's pixels (all set without a mask).
-inline void gather_mask(const bool* mask, int W, const Rect& r, bool* dst) {
-  if (mask)
-    gather(mask, W, 1, r, dst);
-  else
-    std::fill(dst, dst + r.size(), true);
+// The key-mask bits of r's pixels as T (1: admissible; all 1 without a mask).
+template <typename T>
+void gather_mask(const bool* mask, int W, const Rect& r, T* dst) {
+  if (!mask) {
+    std::fill(dst, dst + r.size(), T(1));
+    return;
+  }
+  for_each_pixel(r, [&](int64_t k, int y, int x) { dst[k] = mask[int64_t(y) * W + x] ? T(1) : T(0); });
 }
 
 // Writes a (r.size() x width) pixel-major tile buffer, times a per-pixel factor when given, into
@@ -222,10 +224,6 @@ class Scratch {
   T* take(int64_t n) {
     bufs_.push_back(at::empty({n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value)));
     return bufs_.back().template data_ptr<T>();
-  }
-  bool* take_mask(int64_t n) {
-    bufs_.push_back(at::empty({n}, at::TensorOptions().dtype(at::kBool)));
-    return bufs_.back().template data_ptr<bool>();
   }
 
  private:
@@ -252,7 +250,7 @@ struct ForwardTile {
   int64_t C, D;
   T coef;
   T *fq, *fk, *xk, *s, *p, *acc, *inv_l;
-  bool* mk;
+  T* mk;  // key-mask bits as T
   std::vector<OnlineSoftmax<T>> sm;
 
   ForwardTile(const Tiling& t, int64_t C_, int64_t D_, T coef_, Scratch<T>& scratch)
@@ -265,7 +263,7 @@ struct ForwardTile {
     p = scratch.take(Q * K);
     acc = scratch.take(Q * C);
     inv_l = scratch.take(Q);
-    mk = scratch.take_mask(K);
+    mk = scratch.take(K);
   }
 
   void run(const Image<T>& im, const Rect& tile, T* out, T* lse) {
@@ -296,10 +294,11 @@ struct ForwardTile {
       std::fill(pq, pq + K, T(0));
       // whole block rows of the window: logits outside its columns are -inf, their weight 0
       const Rect w = window_in(y, x, block, tiling);
+      const int lo = imin(w.x0 - block.x0, bw), hi = imax(lo, w.x1 - block.x0);
       T block_max = neg_inf<T>();
       for (int yk = w.y0; yk < w.y1; ++yk) {
         const int64_t row = int64_t(yk - block.y0) * bw;
-        block_max = std::max(block_max, row_logits(sq + row, mk + row, bw, yk - y, block.x0 - x, tiling.radius, coef));
+        block_max = std::max(block_max, row_logits(sq + row, mk + row, bw, lo, hi, yk - y, block.x0 - x, coef));
       }
       if (block_max == neg_inf<T>()) return;  // no admissible key here: the row of p stays 0
       const T scale = sm[q].rescale_to(block_max);
@@ -343,10 +342,10 @@ struct BackwardTile {
   T coef;
   // Tile (a): features, values, grad_out, mask, lse, Delta, and its gradients.
   T *fa, *xa, *ga, *la, *da, *dfa, *dxa;
-  bool* ma;
+  T* ma;  // key-mask bits as T
   // Key block (b): the same inputs.
   T *fb, *xb, *gb, *lb, *db;
-  bool* mb;
+  T* mb;
   // Tile x block: f_a . f_b, g_a . x_b, x_a . g_b; and the outputs dS (both sides) and A(a, b).
   T *s, *gx, *xg, *ds, *pab;
 
@@ -355,10 +354,10 @@ struct BackwardTile {
     const int64_t Q = t.max_tile(), K = t.max_block();
     fa = scratch.take(Q * D), xa = scratch.take(Q * C), ga = scratch.take(Q * C);
     la = scratch.take(Q), da = scratch.take(Q), dfa = scratch.take(Q * D), dxa = scratch.take(Q * C);
-    ma = scratch.take_mask(Q);
+    ma = scratch.take(Q);
     fb = scratch.take(K * D), xb = scratch.take(K * C), gb = scratch.take(K * C);
     lb = scratch.take(K), db = scratch.take(K);
-    mb = scratch.take_mask(K);
+    mb = scratch.take(K);
     s = scratch.take(Q * K), gx = scratch.take(Q * K), xg = scratch.take(Q * K);
     ds = scratch.take(Q * K), pab = scratch.take(Q * K);
   }
@@ -378,7 +377,7 @@ struct BackwardTile {
   }
 
  private:
-  void load(const Image<T>& im, const Rect& r, T* f, T* x, T* g, bool* m, T* l, T* d) {
+  void load(const Image<T>& im, const Rect& r, T* f, T* x, T* g, T* m, T* l, T* d) {
     gather(im.f, tiling.W, D, r, f);
     gather(im.x, tiling.W, C, r, x);
     gather(im.g, tiling.W, C, r, g);
@@ -399,13 +398,13 @@ struct BackwardTile {
     for_each_pixel(tile, [&](int64_t a, int y, int x) {
       std::fill(ds + a * K, ds + (a + 1) * K, T(0));
       std::fill(pab + a * K, pab + (a + 1) * K, T(0));
-      const TilePixel<T> pa{la[a], da[a], ma[a]};
+      const auto pairs = ma[a] != T(0) ? row_pair_grads<true, T> : row_pair_grads<false, T>;
       const Rect w = window_in(y, x, block, tiling);
       for (int yk = w.y0; yk < w.y1; ++yk) {
-        const int64_t b = a * K + int64_t(yk - block.y0) * bw + (w.x0 - block.x0);  // the row's first pair
-        const int64_t k = b - a * K;  // its key
-        dsig += row_pair_grads(pa, w.width(), yk - y, w.x0 - x, coef, s + b, mb + k, lb + k, db + k, gx + b, xg + b,
-                               pab + b, ds + b);
+        const int64_t k = int64_t(yk - block.y0) * bw + (w.x0 - block.x0);  // the row's first key
+        const int64_t b = a * K + k;                                          // and pair
+        dsig += pairs(la[a], da[a], w.width(), yk - y, w.x0 - x, coef, s + b, mb + k, lb + k, db + k, gx + b, xg + b,
+                      pab + b, ds + b);
       }
     });
     mm(Q, C, K, pab, gb, false, true, dxa);  // dx_a += sum_b A(a, b) g_b
