@@ -167,14 +167,28 @@ def test_resume_gives_the_same_next_steps(trained, data_root, tmp_path):
     with pytest.raises(Crash):
         train(cfg, on_step=crash_at_3)
     assert load_checkpoint(str(tmp_path / "last.pt"))["iteration"] == 2
+    assert [int(r["iteration"]) for r in read_csv(tmp_path / "train.csv")] == [1, 2, 3]  # 3: past the checkpoint
     train(cfg, resume=str(tmp_path / "last.pt"))
     a, b = read_csv(Path(cfg_a["out_dir"]) / "train.csv"), read_csv(tmp_path / "train.csv")
+    assert [int(r["iteration"]) for r in b] == [1, 2, 3, 4]  # the interrupted run's row 3 replaced, not repeated
     for ra, rb in zip(a[2:], b[-2:]):  # iterations 3 and 4
         assert ra["iteration"] == rb["iteration"] and float(ra["loss"]) == pytest.approx(float(rb["loss"]), rel=1e-5)
     final_a = load_checkpoint(str(Path(cfg_a["out_dir"]) / "last.pt"))["model"]
     final_b = load_checkpoint(str(tmp_path / "last.pt"))["model"]
     for k in final_a:
         torch.testing.assert_close(final_a[k], final_b[k], msg=k)
+
+
+def test_float16_amp_trains_with_a_checkpointed_loss_scaler(data_root, tmp_path):
+    cfg = tiny_config(data_root, tmp_path, "train.amp=float16")
+    train(cfg)
+    assert all(np.isfinite(float(r["loss"])) for r in read_csv(tmp_path / "train.csv"))
+    scaler = load_checkpoint(str(tmp_path / "last.pt"))["scaler"]
+    # an enabled scaler (a disabled one saves {}): 2^16 at first, halved at each overflowing step
+    assert scaler["scale"] in [2.0**k for k in range(17)], scaler
+    assert train_module.amp_dtype(True) is torch.bfloat16 and train_module.amp_dtype(False) is None
+    with pytest.raises(ValueError, match="train.amp: expected"):
+        train_module.amp_dtype("fp16")
 
 
 def test_nan_loss_stops_training_with_a_message(data_root, tmp_path, monkeypatch):

@@ -9,14 +9,16 @@ from torch.utils.tensorboard import SummaryWriter
 
 
 class MetricLogger:
-    def __init__(self, out_dir: str, enabled: bool = True, fresh: bool = True):
-        """fresh: a run from iteration 0 starts new CSV files (a resumed run appends)."""
+    def __init__(self, out_dir: str, enabled: bool = True, start: int = 0):
+        """start: the iteration training starts from. From 0 the CSV files start anew; a run resumed
+        from a checkpoint drops what the interrupted run logged after it (CSV rows and, through
+        purge_step, TensorBoard events), so that every iteration is logged once."""
         self.out_dir, self.enabled = out_dir, enabled
-        if enabled and fresh:
+        if enabled:
             for stream in ("train", "val"):
-                if os.path.exists(os.path.join(out_dir, f"{stream}.csv")):
-                    os.remove(os.path.join(out_dir, f"{stream}.csv"))
-        self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard")) if enabled else None
+                _drop_rows_after(os.path.join(out_dir, f"{stream}.csv"), start)
+        purge = start + 1 if start else None
+        self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=purge) if enabled else None
 
     def log(self, stream: str, step: int, values: dict) -> None:
         """Appends a row to <out_dir>/<stream>.csv and the scalars to TensorBoard as <stream>/<key>."""
@@ -38,3 +40,21 @@ class MetricLogger:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _drop_rows_after(path: str, iteration: int) -> None:
+    """Keeps the rows of a metrics CSV up to `iteration` (none for 0); write then rename."""
+    if not os.path.exists(path):
+        return
+    if iteration == 0:
+        os.remove(path)
+        return
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields, rows = reader.fieldnames, [r for r in reader if int(r["iteration"]) <= iteration]
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)

@@ -1,5 +1,5 @@
-"""The training loop: AdamW with poly decay, bfloat16 autocast, the BLP and scribble losses, the
-self-training switch, DDP, metrics, atomic checkpoints and resuming."""
+"""The training loop: AdamW with poly decay, bfloat16 or float16 autocast, the BLP and scribble
+losses, the self-training switch, DDP, metrics, atomic checkpoints and resuming."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import math
 import os
 import time
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -38,6 +39,21 @@ def prepare_data(cfg: dict, d: distributed.Dist) -> None:
             make_synthetic(data["root"], **data["synthetic"], seed=cfg.get("seed", 0))
         if d.world_size > 1:
             torch.distributed.barrier()
+
+
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def amp_dtype(value) -> Optional[torch.dtype]:
+    """train.amp: false, true (bfloat16: no loss scaling needed), or 'bfloat16' / 'float16'
+    (float16, as the authors' release trained, for GPUs without bfloat16: with a GradScaler)."""
+    if value is False or value is None:
+        return None
+    if value is True:
+        return torch.bfloat16
+    if value in AMP_DTYPES:
+        return AMP_DTYPES[value]
+    raise ValueError(f"train.amp: expected true, false, 'bfloat16' or 'float16', got {value!r}")
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -74,22 +90,25 @@ def _train(cfg, d, resume, on_step) -> dict:
     total = int(tc.get("iters") or tc["epochs"] * sampler.batches_per_epoch)
     power = tc.get("poly_power", 0.9)
     scheduler = LambdaLR(optimizer, lambda it: (1 - min(it, total) / total) ** power)
+    dtype = amp_dtype(tc.get("amp", True))
+    scaler = torch.amp.GradScaler(d.device.type, enabled=dtype == torch.float16)
     start = 0
     if resume:
         state = load_checkpoint(resume)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start = int(state["iteration"])
     net = distributed.wrap(model, d)
     seg_loss = build_seg_loss(lc.get("seg", "blp"), **lc.get("seg_options", {}))
     scrib_loss = ScribbleLoss(K, lc.get("unlabeled_weight", 0.02)).to(d.device)
     st_from, st_threshold = lc.get("self_training_from"), lc.get("pseudo_threshold", 0.9)
-    amp = bool(tc.get("amp", True))
     ckpt_path = os.path.join(out_dir, "last.pt")
     ckpt_every = int(tc.get("checkpoint_every") or sampler.batches_per_epoch)
     eval_every, log_every = int(tc.get("eval_every") or 0), int(tc.get("log_every", 10))
-    logger = MetricLogger(out_dir, d.is_main, fresh=start == 0)
+    logger = MetricLogger(out_dir, d.is_main, start=start)
     if d.is_main:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "config.yaml"), "w") as fh:
@@ -115,7 +134,7 @@ def _train(cfg, d, resume, on_step) -> dict:
         image = batch["image"].to(d.device, non_blocking=True)
         target = batch["target"].to(d.device, non_blocking=True)
         net.train()
-        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(d.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             out = net(image, target)
         seg_target = target
         if st_from is not None and it >= st_from:
@@ -131,9 +150,14 @@ def _train(cfg, d, resume, on_step) -> dict:
                 f"{values[1]}); the last good checkpoint is {ckpt_path}. Lower train.lr or check the data."
             )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        scaler.scale(loss).backward()  # scales only for float16
+        scaler.step(optimizer)
+        scaler.update()
+        with warnings.catch_warnings():
+            # a float16 step skipped for overflow looks to torch like a scheduler stepped before the
+            # optimizer; the poly schedule follows iterations either way
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            scheduler.step()
         bar.update(1)
         done = it + 1
         if done % log_every == 0 or done == total:
@@ -146,7 +170,8 @@ def _train(cfg, d, resume, on_step) -> dict:
             bar.set_postfix(loss=f"{row['loss']:.3f}")
         if d.is_main and (done % ckpt_every == 0 or done == total):
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "iteration": done, "config": cfg}  # fmt: skip
+                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "iteration": done,
+                     "config": cfg}  # fmt: skip
             save_checkpoint(state, ckpt_path)
         if val_set is not None and (done == total or (eval_every and done % eval_every == 0)):
             result = evaluate(model, val_set, K, cfg.get("eval", {}), d, progress=False)
