@@ -8,8 +8,9 @@ pick instead (benchmarks/peers.py), forward and forward+backward, in one run.
     python benchmarks/report.py benchmarks/results/bench_lam.json   # re-render markdown and plots
 
 Every row runs in its own process under a memory limit (--mem-budget-gb, see isolate.py): a row
-that runs out of memory, crashes or times out says so and the run goes on. Writes bench_lam.json, bench_lam.md and PNG plots to --out (default benchmarks/results/); the
-markdown's header says what each column means, measure.py how time and memory are measured.
+that runs out of memory, crashes or times out says so and the run goes on. Writes bench_lam.json,
+bench_lam.md and PNG plots to --out (default benchmarks/results/); the markdown's header says what
+each column means, measure.py how time and memory are measured.
 """
 
 from __future__ import annotations
