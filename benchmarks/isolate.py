@@ -61,15 +61,17 @@ def run_child(script: str, argv: list[str], spec: str, timeout: float) -> dict:
     return {"status": f"{what}: exit code {proc.returncode}: {tail}"}
 
 
-def mem_total_gb() -> float:
+def _meminfo_gb(field: str) -> float:
     with open("/proc/meminfo") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("MemTotal:")) / 2**20
+        return next(int(line.split()[1]) for line in fh if line.startswith(field + ":")) / 2**20
+
+
+def mem_total_gb() -> float:
+    return _meminfo_gb("MemTotal")
 
 
 def default_budget_gb(device: torch.device) -> float:
     """70% of the memory available now (the machine may be shared); on CUDA 90% of the GPU's."""
     if device.type == "cuda":
         return round(0.9 * torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
-    with open("/proc/meminfo") as fh:
-        available = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:")) / 2**20
-    return round(0.7 * available, 1)
+    return round(0.7 * _meminfo_gb("MemAvailable"), 1)
