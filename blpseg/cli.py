@@ -14,7 +14,12 @@ DEFAULT_CONFIG = os.path.join("configs", "synthetic.yaml")
 def _train(args) -> int:
     from .config import dump, load_config
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.resume and "=" in args.resume and not os.path.exists(args.resume):
+        # `--resume key=value`: argparse took the first override for the optional path
+        overrides.insert(0, args.resume)
+        args.resume = "last"
+    cfg = load_config(args.config, overrides)
     if args.print_config:
         print(dump(cfg), end="")
         return 0
@@ -77,7 +82,7 @@ def _analysis_setup(args):
     from .config import class_names, load_config
     from .engine.checkpoint import load_model
     from .engine.distributed import Dist
-    from .engine.train import prepare_data
+    from .data.prepare import prepare_data
 
     if args.checkpoint:
         model, cfg, names, device = load_model(args.checkpoint, args.overrides)
@@ -200,7 +205,7 @@ def _export_folder(args) -> int:
     from .config import class_names, load_config
     from .data.own import export_folder
     from .engine.distributed import Dist
-    from .engine.train import prepare_data
+    from .data.prepare import prepare_data
 
     cfg = load_config(args.config, args.overrides)
     prepare_data(cfg, Dist())

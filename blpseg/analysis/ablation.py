@@ -40,7 +40,8 @@ def run_table(name: str, title: str, rows: dict[str, list[str]], argv=None) -> s
     """Trains what is missing of `rows` (label -> overrides) and writes <results>/<name>/
     runs.csv, summary.csv and table.md; returns that folder."""
     from ..engine.distributed import Dist
-    from ..engine.train import prepare_data, train
+    from ..data.prepare import prepare_data
+    from ..engine.train import train
 
     p = argparse.ArgumentParser(prog=name, description=title)
     p.add_argument("--config", default=DEFAULT_CONFIG)

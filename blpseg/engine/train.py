@@ -19,7 +19,7 @@ from lam_ops import available_backends
 
 from ..config import RESUME_MAY_CHANGE, class_names, dump, fixed_differences, resolve
 from ..data.folder import build_split
-from ..data.synthetic import make_synthetic, synthetic_exists
+from ..data.prepare import prepare_data
 from ..data.transforms import EvalTransform, TrainTransform
 from ..losses import ScribbleLoss, build_seg_loss, pseudo_labels
 from ..models import build_model
@@ -28,16 +28,6 @@ from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoi
 from .evaluate import evaluate, format_table
 from .logger import MetricLogger
 from .sampler import ResumableSampler
-
-
-def prepare_data(cfg: dict, d: distributed.Dist) -> None:
-    """Generates the synthetic set on first use (data.synthetic holds its options)."""
-    data = cfg["data"]
-    if data["synthetic"] is not None and not synthetic_exists(data["root"]):
-        if d.is_main:
-            make_synthetic(data["root"], **data["synthetic"], seed=cfg["seed"])
-        if d.world_size > 1:
-            torch.distributed.barrier()
 
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
