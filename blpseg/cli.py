@@ -57,7 +57,8 @@ def _eval(args) -> int:
             "(its full masks are read from data.val.label_dir, default SegmentationClass: override it with "
             "data.val.label_dir=DIR)"
         )
-    which = args.split or "val"
+    # the VOC layout reads the (overridden) data.val section; a folder reads root/<split>.txt
+    which = args.split if data["format"] == "folder" and args.split else "val"
     dataset = build_split(data, which, len(names), EvalTransform())
     if dataset is None:
         raise ValueError(f"{data['root']} has no validation images (masks/ of images without scribbles, or val.txt)")
@@ -65,8 +66,8 @@ def _eval(args) -> int:
     print(format_table(result, names))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as fh:
-        json.dump({"checkpoint": args.checkpoint, "split": data["val"]["split"] if data["format"] == "voc" else which,
-                   "eval": cfg["eval"], **result}, fh, indent=1)  # fmt: skip
+        split = data["val"]["split"] if data["format"] == "voc" else which
+        json.dump({"checkpoint": args.checkpoint, "split": split, "eval": cfg["eval"], **result}, fh, indent=1)
     plot_boundary_precision({_run_name(args.checkpoint): result}, figure)
     print(f"results: {out}, {figure}")
     return 0

@@ -394,6 +394,7 @@ def test_folder_format_splits_by_what_each_image_has(tmp_path):
     from blpseg.data.own import folder_split, read_classes
 
     make_own(tmp_path)
+    (tmp_path / "images" / "a.json").write_text("{}")  # labelme saves its JSON beside the image
     assert read_classes(str(tmp_path)) == ("background", "cat")
     tr = folder_split(str(tmp_path), "train", 2, EvalTransform())
     va = folder_split(str(tmp_path), "val", 2, EvalTransform())

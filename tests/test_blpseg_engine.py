@@ -2,6 +2,7 @@
 two-process DDP on the CPU, and the command line."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -347,6 +348,9 @@ def test_a_run_without_val_can_be_evaluated_and_analysed(trained_without_val, tm
     assert "--split val" in capsys.readouterr().err
     assert cli.main(["eval", "--checkpoint", ckpt, "--out", out, "--split", "val"]) == 0
     assert "mIoU" in capsys.readouterr().out and os.path.isfile(out)
+    assert cli.main(["eval", "--checkpoint", ckpt, "--out", out, "--split", "train"]) == 0  # the train images' masks
+    with open(out) as fh:
+        assert json.load(fh)["split"] == "train"
     assert cli.main(["analyze-bias", "--checkpoint", ckpt, "--out", str(tmp_path / "a")]) == 1
     assert "--mask-dir" in capsys.readouterr().err
     assert cli.main(["analyze-bias", "--checkpoint", ckpt, "--mask-dir", "SegmentationClass", "--out", str(tmp_path / "a")]) == 0

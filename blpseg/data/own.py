@@ -1,7 +1,8 @@
 """The plain folder format for one's own data (README, "Training on your own data"):
 
     root/classes.txt        one class name per line; line i (from 0) is class id i, background first
-    root/images/<name>.*    images in any format and mode PIL reads (.jpg, .png, .tif...)
+    root/images/<name>.*    images in any format and mode PIL reads (.jpg, .png, .tif...); other
+                            files there (labelme's <name>.json) are not images and are passed over
     root/scribbles/<name>.png   scribbles: palette or greyscale PNG of class ids, 255 = not scribbled
     root/masks/<name>.png   optional full masks (255 = void), for validation
     root/train.txt, root/val.txt    optional: one name per line
@@ -18,6 +19,7 @@ import os
 import shutil
 from typing import Optional
 
+from PIL import Image
 from tqdm import tqdm
 
 from .folder import LabeledImages, read_split_list
@@ -47,8 +49,11 @@ def _images(root: str) -> dict[str, str]:
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"image folder not found: {folder}")
     out: dict[str, str] = {}
+    image_exts = Image.registered_extensions()  # labelme's .json files beside the images are not images
     for path in sorted(glob.glob(os.path.join(folder, "*"))):
-        name = os.path.splitext(os.path.basename(path))[0]
+        name, ext = os.path.splitext(os.path.basename(path))
+        if ext.lower() not in image_exts:
+            continue
         if name in out:
             raise ValueError(f"two images named {name!r}: {out[name]} and {path}; keep one per name")
         out[name] = path
