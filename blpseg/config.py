@@ -29,9 +29,9 @@ BASE_KEY = "base"
 _REQUIRED = object()
 
 
-def _f(default: Any = _REQUIRED, *, ge=None, gt=None, le=None, doc: str = ""):
+def _f(default: Any = _REQUIRED, *, ge=None, gt=None, le=None):
     """A field with a default (a dataclass instance or a list is copied per config) and a range."""
-    meta = {"ge": ge, "gt": gt, "le": le, "doc": doc}
+    meta = {"ge": ge, "gt": gt, "le": le}
     if default is _REQUIRED:
         return field(default=None, metadata={**meta, "required": True})
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
@@ -48,9 +48,9 @@ class SyntheticConfig:
 
 @dataclass
 class TrainSplit:
-    split: str = _f("train", doc="split list name (VOC layout) or, for data.format=folder, train.txt if present")
+    split: str = _f("train")  # split list name (VOC layout) or, for data.format=folder, train.txt if present
     label_dir: str = _f("ScribbleLabels")
-    scribbles: bool = _f(True, doc="255 means not scribbled (class K) rather than void")
+    scribbles: bool = _f(True)  # 255 means not scribbled (class K) rather than void
 
 
 @dataclass
@@ -62,15 +62,18 @@ class ValSplit:
 
 @dataclass
 class DataConfig:
-    format: Literal["voc", "folder"] = _f("voc", doc="voc: the VOC layout; folder: images/, scribbles/, masks/, classes.txt")
-    dataset: Optional[Literal["voc", "context", "synthetic"]] = _f(None, doc="class names of the VOC layout")
+    """image_dir, image_ext, list_dir and the label_dir and split of train / val name the VOC
+    layout's folders and lists; a data.format=folder root has fixed names (data/own.py)."""
+
+    format: Literal["voc", "folder"] = _f("voc")  # voc: the VOC layout; folder: images/, scribbles/, masks/, classes.txt
+    dataset: Optional[Literal["voc", "context", "synthetic"]] = _f(None)  # class names of the VOC layout
     root: str = _f()
     image_dir: str = _f("JPEGImages")
     image_ext: str = _f(".jpg")
     list_dir: str = _f(os.path.join("ImageSets", "Segmentation"))
-    synthetic: Optional[SyntheticConfig] = _f(None, doc="generate the synthetic set under root on first use")
+    synthetic: Optional[SyntheticConfig] = _f(None)  # generate the synthetic set under root on first use
     train: TrainSplit = _f(TrainSplit())
-    val: Optional[ValSplit] = _f(ValSplit(), doc="null: no evaluation during training")
+    val: Optional[ValSplit] = _f(ValSplit())  # null: no evaluation during training
     crop: int = _f(384, ge=1)
     scale: list[float] = _f([0.75, 1.25], gt=0)
     workers: int = _f(0, ge=0)
@@ -79,7 +82,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = _f("resnet101")
-    pretrained: Optional[str] = _f(None, doc="a local torchvision state_dict")
+    pretrained: Optional[str] = _f(None)  # a local torchvision state_dict
     channels: int = _f(256, ge=1)
     lam: bool = _f(True)
     similarity: Literal["both", "features", "position"] = _f("both")
@@ -94,31 +97,31 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     seg: Literal["blp", "ce", "focal"] = _f("blp")
-    seg_options: dict = _f({"gamma": 2.0, "normalize": "weights"}, doc="checked by losses.build_seg_loss")
+    seg_options: dict = _f({"gamma": 2.0, "normalize": "weights"})  # checked by losses.build_seg_loss
     unlabeled_weight: float = _f(0.02, ge=0)
-    self_training_from: Optional[int] = _f(None, ge=0, doc="iteration; null: no self-training")
+    self_training_from: Optional[int] = _f(None, ge=0)  # iteration; null: no self-training
     pseudo_threshold: float = _f(0.9, gt=0, le=1)
 
 
 @dataclass
 class TrainConfig:
     epochs: int = _f(40, ge=1)
-    iters: Optional[int] = _f(None, ge=1, doc="overrides epochs")
-    batch_size: int = _f(10, ge=1, doc="per process")
+    iters: Optional[int] = _f(None, ge=1)  # overrides epochs
+    batch_size: int = _f(10, ge=1)  # per process
     lr: float = _f(3.0e-5, gt=0)
     weight_decay: float = _f(0.01, ge=0)
     poly_power: float = _f(0.9, ge=0)
     amp: Union[bool, Literal["bfloat16", "float16"]] = _f(True)
     log_every: int = _f(10, ge=1)
-    checkpoint_every: Optional[int] = _f(None, ge=1, doc="null: every epoch")
-    eval_every: Optional[int] = _f(None, ge=1, doc="null: at the end only")
+    checkpoint_every: Optional[int] = _f(None, ge=1)  # null: every epoch
+    eval_every: Optional[int] = _f(None, ge=1)  # null: at the end only
 
 
 @dataclass
 class EvalConfig:
     scales: list[float] = _f([1.0], gt=0)
     flip: bool = _f(False)
-    crf: Union[bool, dict] = _f(False, doc="true or DenseCRF parameters")
+    crf: Union[bool, dict] = _f(False)  # true or DenseCRF parameters
     boundary_bins: int = _f(10, ge=1)
 
 
@@ -127,7 +130,7 @@ class Config:
     out_dir: str = _f("runs/blpseg")
     seed: int = _f(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = _f("auto")
-    threads: Optional[int] = _f(None, ge=1, doc="CPU threads per process; null: one per core")
+    threads: Optional[int] = _f(None, ge=1)  # CPU threads per process; null: one per core
     data: DataConfig = _f()
     model: ModelConfig = _f(ModelConfig())
     loss: LossConfig = _f(LossConfig())
