@@ -147,9 +147,11 @@ def _train(cfg, d, resume, on_step) -> dict:
         values = distributed.all_reduce_sum(torch.stack([loss_seg.detach(), loss_scrib.detach()]).float(), d)
         values = (values / d.world_size).tolist()
         if not all(map(math.isfinite, values)):
+            last = ckpt_path if os.path.isfile(ckpt_path) else resume
+            saved = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
             raise FloatingPointError(
                 f"training stopped at iteration {it}: the loss is not finite (seg {values[0]}, scribble "
-                f"{values[1]}); the last good checkpoint is {ckpt_path}. Lower train.lr or check the data."
+                f"{values[1]}); {saved}. Lower train.lr or check the data."
             )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()  # scales only for float16
