@@ -95,9 +95,28 @@ class ModelConfig:
 
 
 @dataclass
+class BLPOptions:
+    gamma: float = _f(2.0, ge=0)
+    normalize: Literal["weights", "pixels"] = _f("weights")
+
+
+@dataclass
+class FocalOptions:
+    gamma: float = _f(2.0, ge=0)
+
+
+@dataclass
+class NoOptions:
+    pass
+
+
+SEG_OPTIONS = {"blp": BLPOptions, "ce": NoOptions, "focal": FocalOptions}  # loss.seg -> its seg_options
+
+
+@dataclass
 class LossConfig:
     seg: Literal["blp", "ce", "focal"] = _f("blp")
-    seg_options: dict = _f({"gamma": 2.0, "normalize": "weights"})  # checked by losses.build_seg_loss
+    seg_options: dict = _f({"gamma": 2.0, "normalize": "weights"})  # checked against SEG_OPTIONS[seg]
     unlabeled_weight: float = _f(0.02, ge=0)
     self_training_from: Optional[int] = _f(None, ge=0)  # iteration; null: no self-training
     pseudo_threshold: float = _f(0.9, gt=0, le=1)
@@ -163,6 +182,16 @@ def resolve(raw: dict) -> dict:
         raise ValueError(f"data.scale: expected [low, high] with 0 < low <= high, got {data['scale']}")
     if not cfg["eval"]["scales"]:
         raise ValueError("eval.scales: expected at least one scale")
+    loss = cfg["loss"]
+    options = SEG_OPTIONS[loss["seg"]]
+    accepted = [f.name for f in dataclasses.fields(options)]
+    unknown = sorted(set(loss["seg_options"]) - set(accepted))
+    if unknown:  # e.g. loss.seg=ce on a config whose seg_options were written for blp
+        raise ValueError(
+            f"loss.seg_options {unknown} do not apply to loss.seg={loss['seg']!r} (it takes {accepted}); "
+            f"override loss.seg_options too"
+        )
+    loss["seg_options"] = dataclasses.asdict(_build(options, loss["seg_options"], "loss.seg_options."))
     if cfg["model"]["key_mask"] is not None and not cfg["model"]["lam"]:
         raise ValueError("model.key_mask needs the LAM (model.lam=true)")
     return cfg

@@ -32,6 +32,9 @@ SYNTHETIC = str(ROOT / "configs" / "synthetic.yaml")
         ("data.scale=[1.2, 0.8]", "data.scale: expected [low, high]"),
         ("eval.scales=[1, 0]", "eval.scales[1]: must be > 0"),
         ("data.train=3", "data.train: expected a section"),
+        ("loss.seg_options.gamma=abc", "loss.seg_options.gamma: expected a number, got 'abc'"),
+        ("loss.seg_options.normalize=area", "loss.seg_options.normalize: expected one of 'weights', 'pixels'"),
+        ("loss.seg=ce", "loss.seg_options ['gamma', 'normalize'] do not apply to loss.seg='ce'"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
