@@ -119,7 +119,9 @@ def _analyze_bias(args) -> int:
     result = annotation_bias(_items(args, cfg, names, args.max_images), args.bins, model, device)
     os.makedirs(args.out, exist_ok=True)
     csv_path, png_path = os.path.join(args.out, "bias.csv"), os.path.join(args.out, "bias.png")
-    title = f"{cfg['data']['dataset']}, {args.split or cfg['data']['train']['split']} split" + (
+    data = cfg["data"]
+    where = f"{data['dataset']}, {args.split or data['train']['split']} split" if data["format"] == "voc" else data["root"]
+    title = where + (
         f", model {_run_name(args.checkpoint)}" if model is not None else ""
     )
     write_bias(result, csv_path, png_path, title)

@@ -421,3 +421,14 @@ def test_folder_format_class_lists_are_checked(tmp_path):
     (tmp_path / "classes.txt").write_text("background\nbackground\n")
     with pytest.raises(ValueError, match="distinct"):
         read_classes(str(tmp_path))
+
+
+def test_folder_analysis_pairs_the_images_with_both_labels(tmp_path):
+    from blpseg.analysis.bias import annotation_bias, paired_items
+    from blpseg.config import resolve
+
+    make_own(tmp_path, train=("a", "b"), val=("b", "c"))  # b has a scribble and a mask
+    cfg = resolve({"data": {"format": "folder", "root": str(tmp_path)}})
+    items = list(paired_items(cfg, 2, None, None, None))
+    assert [i["name"] for i in items] == ["b"] and items[0]["scribbled"].sum() == 13
+    assert annotation_bias(items)["scribbles"]["mean"] > 0
