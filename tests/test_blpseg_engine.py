@@ -16,7 +16,7 @@ import yaml
 from blpseg import cli
 from blpseg.config import apply_overrides, load_config
 from blpseg.data.synthetic import make_synthetic
-from blpseg.engine import train as train_module
+from blpseg.engine import builders
 from blpseg.engine.checkpoint import load_checkpoint
 from blpseg.engine.inference import dense_crf, predict_probs
 from blpseg.engine.metrics import BoundaryPrecision, confusion_matrix, iou_from_confusion, relative_boundary_distance
@@ -187,9 +187,9 @@ def test_float16_amp_trains_with_a_checkpointed_loss_scaler(data_root, tmp_path)
     scaler = load_checkpoint(str(tmp_path / "last.pt"))["scaler"]
     # an enabled scaler (a disabled one saves {}): 2^16 at first, halved at each overflowing step
     assert scaler["scale"] in [2.0**k for k in range(17)], scaler
-    assert train_module.amp_dtype(True) is torch.bfloat16 and train_module.amp_dtype(False) is None
+    assert builders.amp_dtype(True) is torch.bfloat16 and builders.amp_dtype(False) is None
     with pytest.raises(ValueError, match="train.amp: expected"):
-        train_module.amp_dtype("fp16")
+        builders.amp_dtype("fp16")
 
 
 def test_nan_loss_stops_training_with_a_message(data_root, tmp_path, monkeypatch):
@@ -197,7 +197,7 @@ def test_nan_loss_stops_training_with_a_message(data_root, tmp_path, monkeypatch
         def forward(self, seg, scrib, target):
             return seg.sum() * float("nan")
 
-    monkeypatch.setattr(train_module, "build_seg_loss", lambda name, **kw: NanLoss())
+    monkeypatch.setattr(builders, "build_seg_loss", lambda name, **kw: NanLoss())
     with pytest.raises(FloatingPointError, match="iteration 0: the loss is not finite.*no checkpoint was written yet"):
         train(tiny_config(data_root, tmp_path))
     assert not (tmp_path / "last.pt").exists()
