@@ -16,7 +16,7 @@ from .builders import Losses, Optimization
 
 
 class NonFiniteLoss(FloatingPointError):
-    """A step's loss is NaN or infinite; raised before its backward, so nothing was updated."""
+    """A step's loss is NaN or infinite; raised before its backward, so no parameter was updated."""
 
 
 @dataclass
