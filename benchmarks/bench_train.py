@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Benchmark of one BLPSeg training step (forward, BLP + scribble losses, backward, AdamW step) with
-every available lam_ops backend, the trainable peers (benchmarks/peers.py) in the LAM's place, and
-without the LAM: time, peak memory, and which configurations fit in this machine's memory.
+"""Benchmark of one BLPSeg training step (the training loop's, blpseg/engine/step.py: forward, BLP +
+scribble losses, backward, AdamW step) with every available lam_ops backend, the trainable peers
+(benchmarks/peers.py) in the LAM's place, and without the LAM: time, peak memory, and which
+configurations fit in this machine's memory.
 
     python benchmarks/bench_train.py                  # the paper's shape: B=10, 384x384, ResNet-101, r=18, D=256
     python benchmarks/bench_train.py --quick --out /tmp/smoke   # CI smoke run: B=2, 64x64, ResNet-18, D=16
@@ -40,9 +41,10 @@ import lam_ops  # noqa: E402
 import lam_ops.modules  # noqa: E402
 # imported before a configuration limits its memory: scipy's OpenBLAS (via skimage) spins when its
 # start-up allocations fail
-from blpseg.engine.train import param_groups  # noqa: E402
-from blpseg.losses import BLPLoss, ScribbleLoss  # noqa: E402
-from blpseg.models import build_model  # noqa: E402
+from blpseg.config import resolve  # noqa: E402
+from blpseg.engine import distributed  # noqa: E402
+from blpseg.engine.builders import amp_dtype, build_losses, build_optimization, model_from_config  # noqa: E402
+from blpseg.engine.step import TrainStep  # noqa: E402
 
 NO_LAM = "no_lam"
 
@@ -100,24 +102,26 @@ def make_batch(shape: Shape, device: torch.device):
 
 
 def build_step(name: str, impls: dict, shape: Shape, device: torch.device, amp: bool):
+    """The training loop's step (blpseg/engine/step.py) with the training defaults of the config
+    schema (losses, AdamW, poly schedule) on `shape`'s model, on one fixed batch."""
     torch.manual_seed(0)
     impl = impls.get(name)
-    model = build_model(
-        shape.num_classes, backbone=shape.backbone, channels=shape.channels, lam=impl is not None,
-        radius=shape.radius, embed_dim=shape.embed_dim,
-        lam_backend=impl.name if impl is not None and impl.kind == "lam_ops" else "auto",
-    ).to(device).train()
-    optimizer = torch.optim.AdamW(param_groups(model, 1e-4), lr=1e-4)
-    seg_loss, scrib_loss = BLPLoss(), ScribbleLoss(shape.num_classes).to(device)
+    cfg = resolve({
+        "data": {"dataset": "voc", "root": "unused"},  # the batch is make_batch's
+        "model": {"backbone": shape.backbone, "channels": shape.channels, "lam": impl is not None,
+                  "radius": shape.radius, "embed_dim": shape.embed_dim,
+                  "lam_backend": impl.name if impl is not None and impl.kind == "lam_ops" else "auto"},
+        "train": {"amp": amp, "iters": 10**6},  # a poly schedule that stays near train.lr
+    })  # fmt: skip
+    model = model_from_config(cfg["model"], shape.num_classes, device)
+    losses = build_losses(cfg["loss"], shape.num_classes, device)
+    optimization = build_optimization(model, cfg["train"], cfg["train"]["iters"], device)
+    train_step = TrainStep(model, losses, optimization, amp_dtype(amp), distributed.Dist(device=device))
     image, target = make_batch(shape, device)
+    batch = {"image": image, "target": target}
 
-    def step():  # as blpseg/engine/train.py does it
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(image, target)
-        loss = seg_loss(out["seg"], out["scrib"], target) + scrib_loss(out["scrib"], target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def step():
+        train_step(batch, 0)
 
     state_mb = 3 * sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     return step, state_mb
@@ -187,7 +191,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
     ])
     lines += [
         "",
-        "One step = forward (autocast), BLP loss + scribble loss, backward, AdamW step, on random images and "
+        "One step = the training loop's (blpseg/engine/step.py): forward (autocast), BLP loss + scribble loss, "
+        "backward, AdamW and poly-schedule step, with the config's training defaults, on random images and "
         "scribble-like targets (3% of pixels labeled). Times are wall-clock per step after a warm-up step "
         "(first step s). Peak MB is the extra memory torch's allocator holds at the peak of one step after "
         "the warm-up (parameters and AdamW state not counted; gradients are); peak RSS MB is the growth of the "

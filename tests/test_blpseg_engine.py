@@ -14,11 +14,13 @@ import torch
 import yaml
 
 from blpseg import cli
-from blpseg.config import apply_overrides, load_config
+from blpseg.config import apply_overrides, class_names, load_config
 from blpseg.data.synthetic import make_synthetic
-from blpseg.engine import train as train_module
+from blpseg.engine import builders
 from blpseg.engine.checkpoint import load_checkpoint
+from blpseg.engine.distributed import Dist
 from blpseg.engine.inference import dense_crf, predict_probs
+from blpseg.engine.step import NonFiniteLoss, TrainStep
 from blpseg.engine.metrics import BoundaryPrecision, confusion_matrix, iou_from_confusion, relative_boundary_distance
 from blpseg.engine.train import train
 
@@ -187,9 +189,9 @@ def test_float16_amp_trains_with_a_checkpointed_loss_scaler(data_root, tmp_path)
     scaler = load_checkpoint(str(tmp_path / "last.pt"))["scaler"]
     # an enabled scaler (a disabled one saves {}): 2^16 at first, halved at each overflowing step
     assert scaler["scale"] in [2.0**k for k in range(17)], scaler
-    assert train_module.amp_dtype(True) is torch.bfloat16 and train_module.amp_dtype(False) is None
+    assert builders.amp_dtype(True) is torch.bfloat16 and builders.amp_dtype(False) is None
     with pytest.raises(ValueError, match="train.amp: expected"):
-        train_module.amp_dtype("fp16")
+        builders.amp_dtype("fp16")
 
 
 def test_nan_loss_stops_training_with_a_message(data_root, tmp_path, monkeypatch):
@@ -197,10 +199,43 @@ def test_nan_loss_stops_training_with_a_message(data_root, tmp_path, monkeypatch
         def forward(self, seg, scrib, target):
             return seg.sum() * float("nan")
 
-    monkeypatch.setattr(train_module, "build_seg_loss", lambda name, **kw: NanLoss())
+    monkeypatch.setattr(builders, "build_seg_loss", lambda name, **kw: NanLoss())
     with pytest.raises(FloatingPointError, match="iteration 0: the loss is not finite.*no checkpoint was written yet"):
         train(tiny_config(data_root, tmp_path))
     assert not (tmp_path / "last.pt").exists()
+
+
+def test_train_step_switches_to_pseudo_labels_and_stops_before_updating_on_nan(data_root, tmp_path):
+    """The step the loop and benchmarks/bench_train.py share: from loss.self_training_from on, the
+    segmentation loss is taken against pseudo labels; a non-finite loss stops it before the update."""
+    # an untrained model's probabilities are near 1/K: a low threshold makes pseudo labels of them
+    cfg, cpu = tiny_config(data_root, tmp_path, "loss.pseudo_threshold=0.01"), torch.device("cpu")
+    K = len(class_names(cfg))
+
+    def make_step():
+        torch.manual_seed(0)
+        model = builders.model_from_config(cfg["model"], K, cpu)
+        optimization = builders.build_optimization(model, cfg["train"], 4, cpu)
+        return TrainStep(model, builders.build_losses(cfg["loss"], K, cpu), optimization, torch.bfloat16, Dist())
+
+    g = torch.Generator().manual_seed(1)
+    target = torch.full((2, 32, 32), K)
+    target[:, 4:8, 4:20], target[:, 20:24, 8:28] = 0, 1  # two scribbled classes per image
+    batch = {"image": torch.randn(2, 3, 32, 32, generator=g), "target": target,
+             "classes": torch.tensor([[True, True] + [False] * (K - 2)] * 2)}  # fmt: skip
+    before, after = make_step(), make_step()
+    weights = [p.detach().clone() for p in before.net.parameters()]
+    seg_scrib, seg_pseudo = before(batch, 1), after(batch, 2)  # self_training_from=2
+    assert seg_scrib[1] == pytest.approx(seg_pseudo[1], rel=1e-6)  # the scribble head's loss: the same
+    assert seg_scrib[0] != pytest.approx(seg_pseudo[0], rel=1e-3)
+    assert any(not torch.equal(w, p) for w, p in zip(weights, before.net.parameters()))
+    assert before.optimization.scheduler.last_epoch == 1
+
+    weights = [p.detach().clone() for p in before.net.parameters()]
+    with pytest.raises(NonFiniteLoss, match="the loss is not finite"):
+        before({**batch, "image": torch.full((2, 3, 32, 32), float("nan"))}, 3)
+    assert all(torch.equal(w, p) for w, p in zip(weights, before.net.parameters()))
+    assert before.optimization.scheduler.last_epoch == 1
 
 
 def test_two_process_ddp_on_cpu(data_root, tmp_path):
