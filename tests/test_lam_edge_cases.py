@@ -282,3 +282,15 @@ def test_auto_logs_its_choice_and_warns_on_a_large_dense_fallback(monkeypatch, c
         warnings.simplefilter("error")
         local_aggregate(*_inputs(1, 1, 1, 8, 8), 1.5, 2)
 
+
+
+@needs_cpp
+def test_gradient_through_lse_is_not_dropped():
+    """The fused backward ignored lse's gradient (local_aggregate_with_lse is public): silently wrong."""
+    x, f = _inputs(1, 2, 3, 4, 5, torch.float64)
+    sigma = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+    key_mask = torch.rand(1, 4, 5, generator=torch.Generator().manual_seed(2)) < 0.6
+    fn = lambda x, f, s: local_aggregate_with_lse(x, f, s, 1, key_mask, backend="cpp")
+    assert torch.autograd.gradcheck(fn, (x.requires_grad_(), f.requires_grad_(), sigma))
+    lse_only = lambda x, f, s: fn(x, f, s)[1]
+    assert torch.autograd.gradcheck(lse_only, (x, f, sigma))
