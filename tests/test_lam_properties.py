@@ -170,8 +170,8 @@ def test_masked_and_outside_keys_never_reach_an_output(ex):
         b = local_aggregate_with_lse(poisoned_x, ex.f, ex.sigma, ex.radius, ex.key_mask, backend=backend)
         for name, u, v in zip(("out", "lse"), a, b):
             assert torch.equal(u.isnan(), v.isnan()), f"{backend} {name}: a masked key's NaN reached an output"
-            ok = ~u.isnan()
-            torch.testing.assert_close(u[ok], v[ok], atol=0, rtol=0)
+            ok = ~u.isnan()  # equal up to the order of the sums (cpp sums such blocks apart)
+            torch.testing.assert_close(u[ok], v[ok], **TOLERANCES[ex.x.dtype])
 
 
 @settings(max_examples=8)
