@@ -134,6 +134,11 @@ def _report_auto_choice(backend, dtype: torch.dtype, x, f, sigma, radius, key_ma
 
 
 def select_backend(name: str, x: Tensor, f: Tensor, sigma: Tensor, radius, key_mask):
+    """The backend that runs an already validated input."""
+    return _select(name, x, f, sigma, radius, key_mask)[0]
+
+
+def _select(name: str, x: Tensor, f: Tensor, sigma: Tensor, radius, key_mask):
     """(backend, dtype to compute in) for an already validated input."""
     if name == "auto":
         backend, dtype = _auto(x, f, sigma, radius, key_mask)
@@ -152,7 +157,7 @@ def local_aggregate_with_lse(x, f, sigma, radius=None, key_mask=None, backend="a
     """local_aggregate that also returns the per-query log-sum-exp, (B, H, W), float32 (float64
     for float64 inputs)."""
     sigma = _validate(x, f, sigma, radius, key_mask)
-    chosen, dtype = select_backend(backend, x, f, sigma, radius, key_mask)
+    chosen, dtype = _select(backend, x, f, sigma, radius, key_mask)
     if dtype == x.dtype:
         return chosen.forward(x, f, sigma, radius, key_mask)
     out, lse = chosen.forward(x.to(dtype), f.to(dtype), sigma, radius, key_mask)
