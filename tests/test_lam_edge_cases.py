@@ -56,12 +56,18 @@ def test_second_derivative_of_a_fused_backend_raises_and_names_reference():
         torch.autograd.grad(df.square().sum(), x)
 
 
+def _gradcheck_inputs():
+    """A small float64 case with a random key mask: (x, f, sigma) requiring grad, and the mask."""
+    x, f = _inputs(1, 2, 3, 4, 5, torch.float64)
+    sigma = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+    key_mask = torch.rand(1, 4, 5, generator=torch.Generator().manual_seed(2)) < 0.6
+    return (x.requires_grad_(), f.requires_grad_(), sigma), key_mask
+
+
 def test_reference_second_derivatives_are_right():
-    x, f = _inputs(1, 2, 3, 3, 4, torch.float64)
-    sigma = torch.tensor(1.2, dtype=torch.float64, requires_grad=True)
-    key_mask = torch.rand(1, 3, 4, generator=torch.Generator().manual_seed(1)) < 0.7
+    inputs, key_mask = _gradcheck_inputs()
     fn = lambda x, f, s: local_aggregate(x, f, s, 1, key_mask, backend="reference")
-    assert torch.autograd.gradgradcheck(fn, (x.requires_grad_(), f.requires_grad_(), sigma))
+    assert torch.autograd.gradgradcheck(fn, inputs)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -283,14 +289,10 @@ def test_auto_logs_its_choice_and_warns_on_a_large_dense_fallback(monkeypatch, c
         local_aggregate(*_inputs(1, 1, 1, 8, 8), 1.5, 2)
 
 
-
 @needs_cpp
 def test_gradient_through_lse_is_not_dropped():
     """The fused backward ignored lse's gradient (local_aggregate_with_lse is public): silently wrong."""
-    x, f = _inputs(1, 2, 3, 4, 5, torch.float64)
-    sigma = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
-    key_mask = torch.rand(1, 4, 5, generator=torch.Generator().manual_seed(2)) < 0.6
+    inputs, key_mask = _gradcheck_inputs()
     fn = lambda x, f, s: local_aggregate_with_lse(x, f, s, 1, key_mask, backend="cpp")
-    assert torch.autograd.gradcheck(fn, (x.requires_grad_(), f.requires_grad_(), sigma))
-    lse_only = lambda x, f, s: fn(x, f, s)[1]
-    assert torch.autograd.gradcheck(lse_only, (x, f, sigma))
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradcheck(lambda x, f, s: fn(x, f, s)[1], inputs)  # lse alone
