@@ -49,7 +49,9 @@ def register_lam_op(forward_name: str, backward_op) -> None:
         if grad_lse is None:
             dx, df, dsigma = backward_op(grad_out, x, f, sigma, ctx.radius, key_mask, out, lse)
         else:
-            dx, df, dsigma = _backward_with_lse_grad(backward_op, grad_out, grad_lse, x, f, sigma, ctx.radius, key_mask, out, lse)
+            dx, df, dsigma = _backward_with_lse_grad(
+                backward_op, grad_out, grad_lse, x, f, sigma, ctx.radius, key_mask, out, lse
+            )
         need = ctx.needs_input_grad
         return (dx if need[0] else None, df if need[1] else None, dsigma if need[2] else None, None, None)
 
