@@ -113,9 +113,13 @@ def test_no_host_synchronisation():
     x, f, sigma, key_mask = make_inputs(LARGER_CASES[0], torch.float32, "cuda", requires_grad=False)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
+    xg = x.detach().clone().requires_grad_()
     try:
         out, lse = torch.ops.lam_ops.forward(x, f, sigma, 3, key_mask)
         torch.ops.lam_ops.backward(torch.ones_like(out), x, f, sigma, 3, key_mask, out, lse)
+        # and through the public API: sigma as a tensor (checked on the device) and as a float
+        for s in (sigma, 1.5):
+            lam_ops.local_aggregate(xg, f, s, 3, key_mask, backend="cuda").sum().backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
