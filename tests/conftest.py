@@ -12,6 +12,6 @@ except ImportError:  # only the property tests need it; they import it themselve
     pass
 else:
     _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    settings.register_profile("ci", max_examples=60, derandomize=True, database=None, print_blob=True, **_common)
+    settings.register_profile("ci", max_examples=300, derandomize=True, database=None, print_blob=True, **_common)
     settings.register_profile("long", max_examples=3000, **_common)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -174,7 +174,7 @@ def test_masked_and_outside_keys_never_reach_an_output(ex):
             torch.testing.assert_close(u[ok], v[ok], **TOLERANCES[ex.x.dtype])
 
 
-@settings(max_examples=8)
+@settings(max_examples=20)
 @given(examples(dtypes=(torch.float64,), max_side=4, allow_nonfinite=False))
 def test_float64_gradcheck(ex):
     sigma = ex.sigma
