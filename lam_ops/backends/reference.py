@@ -3,6 +3,10 @@
 It builds the dense HW x HW logits of each image and masks them to the window, which makes it
 obviously correct for every radius (None included) and the oracle of the tests; it is also the
 fallback where no compiled kernel runs. Memory grows as (HW)^2: use it for small inputs.
+
+Non-finite inputs: its outputs (out, lse) follow the contract exactly; its gradients come from
+dense autograd, where a non-finite f of one pixel can reach other pixels' gradients as 0 * NaN
+(the `cpp` backward sums such pairs apart and does not).
 """
 
 from __future__ import annotations
