@@ -296,3 +296,17 @@ def test_gradient_through_lse_is_not_dropped():
     fn = lambda x, f, s: local_aggregate_with_lse(x, f, s, 1, key_mask, backend="cpp")
     assert torch.autograd.gradcheck(fn, inputs)
     assert torch.autograd.gradcheck(lambda x, f, s: fn(x, f, s)[1], inputs)  # lse alone
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_float32_sigma_with_float64_inputs_and_a_huge_dsigma(backend):
+    """Found by the property tests: cpp threw "value cannot be converted to type float without
+    overflow" when a float32 sigma's dsigma left float32's range (sigma = 1e-18: 1 / sigma^3)."""
+    x, f = _inputs(1, 2, 0, 3, 3, torch.float64)
+    key_mask = torch.tensor([[[True, False, True], [True, True, False], [False, False, True]]])
+    sigma = torch.tensor(1e-18, requires_grad=True)
+    x.requires_grad_()
+    out = local_aggregate(x, f, sigma, None, key_mask, backend=backend)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=out.dtype)
+    dx, dsigma = torch.autograd.grad(out, (x, sigma), g)
+    assert torch.isfinite(dx).all() and dsigma.dtype == torch.float32

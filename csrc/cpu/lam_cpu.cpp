@@ -561,7 +561,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gr
                                                            outt, l, static_cast<scalar_t>(sigma.item<double>()),
                                                            r, dx, df));
   });
-  return {dx, df, at::scalar_tensor(dsigma, sigma.options())};
+  // Converted as a tensor: a float32 sigma's dsigma out of float32 range becomes inf, where
+  // scalar_tensor(double, float32) would throw.
+  return {dx, df, at::scalar_tensor(dsigma, sigma.options().dtype(at::kDouble)).to(sigma.scalar_type())};
 }
 
 }  // namespace
