@@ -7,6 +7,9 @@ autograd formula and the fake kernels are the shared ones of ../autograd.py.
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 from typing import Optional
 
 import torch
@@ -30,10 +33,44 @@ except ImportError as e:
 MAX_CHANNELS = 256
 # Fixed tiles under the interpreter (autotuning there would only time Python); tl.dot needs >= 16.
 INTERPRETER_TILES = dict(TH=4, TW=4, TKH=4, TKW=4)
+# Grid: one program per tile of every image, on the first grid axis (at most 2^31 - 1 programs).
+MAX_PROGRAMS = 2**31 - 1
+AUTOTUNE_ENV = "LAM_OPS_TRITON_AUTOTUNE"
+
+# Configurations (TH, TW, TKH, TKW, num_warps, num_stages). The fixed rule below picks among the
+# first ones by the compiler's report on sm_80 and sm_90 (triton 3.8, C = 21, a key mask): no
+# register spills, shared memory within bounds (test_chosen_configurations_fit_the_gpus). Larger
+# tiles share each loaded key among more queries but spill: float32's exact (FMA, not TF32)
+# tl.dot holds whole f tiles in registers, so 8 x 8 tiles spill from D = 64 on, and the backward
+# (dx and df accumulators besides) spills at 8 x 8 keys for every dtype at D = 256.
+SMALL, SMALL_WIDE, HALF_FORWARD = (4, 4, 4, 4, 4, 1), (4, 4, 4, 4, 8, 1), (8, 8, 8, 8, 8, 2)
+# The opt-in autotuner also times the larger ones (which may spill: speed decides there).
+FORWARD_CONFIGS = [SMALL, SMALL_WIDE, HALF_FORWARD, (8, 8, 8, 8, 4, 2), (4, 16, 4, 16, 4, 2)]
+BACKWARD_CONFIGS = [SMALL, SMALL_WIDE, (4, 4, 8, 8, 8, 2), (4, 8, 8, 8, 4, 2)]
+DELTA_TILES = dict(TH=8, TW=32)
 
 
-def _tuned(kernel, configs):
-    """Autotuned over (TH, TW, TKH, TKW, num_warps, num_stages), per (C, D, R) and dtype."""
+def tile_config(kernel: str, dtype: torch.dtype, C: int, D: int, radius: int, arch: Optional[int]) -> dict:
+    """The launch configuration of `kernel` ("forward" or "backward") by a fixed rule of the
+    dtype, the channel counts, the kernel radius (-1: the whole image) and the GPU architecture
+    (compute capability major * 10 + minor; None under the interpreter). A rule, not timing, so
+    that results are bitwise reproducible across processes (LAM_SPEC.md: determinism). It comes
+    from the compiler's report, not yet from timing on a GPU, and today it is the same for every
+    radius and architecture (sm_80 and sm_90 gave the same verdicts): those arguments are where a
+    GPU's timings would refine it."""
+    if arch is None:
+        return dict(INTERPRETER_TILES)
+    if dtype == torch.float32 or dtype == torch.float64:
+        config = SMALL_WIDE if max(C, D) > 64 else SMALL
+    else:
+        config = HALF_FORWARD if kernel == "forward" else SMALL
+    th, tw, kh, kw, warps, stages = config
+    return dict(TH=th, TW=tw, TKH=kh, TKW=kw, num_warps=warps, num_stages=stages)
+
+
+def _autotuned(kernel, configs):
+    """Opt-in (LAM_OPS_TRITON_AUTOTUNE=1): the fastest of `configs`, timed in this process per
+    (C, D, R) and dtype. Not deterministic across processes: see the README."""
     configs = [triton.Config(dict(TH=th, TW=tw, TKH=kh, TKW=kw), num_warps=w, num_stages=s) for th, tw, kh, kw, w, s in configs]
     return triton.autotune(configs, key=["C", "D", "R"])(kernel)
 
@@ -42,23 +79,39 @@ if _IMPORT_ERROR is None:
     # triton reads TRITON_INTERPRET when a function is decorated with @triton.jit, its own
     # tl.sum / tl.max / tl.cdiv included (at `import triton`): the mode is fixed per process.
     INTERPRETED = isinstance(kernels.lam_forward_kernel, InterpretedFunction)
-    DELTA = kernels.lam_delta_kernel
+    AUTOTUNE = os.environ.get(AUTOTUNE_ENV, "0") == "1" and not INTERPRETED
+    FORWARD, BACKWARD, DELTA = kernels.lam_forward_kernel, kernels.lam_backward_kernel, kernels.lam_delta_kernel
+    if AUTOTUNE:
+        FORWARD, BACKWARD = _autotuned(FORWARD, FORWARD_CONFIGS), _autotuned(BACKWARD, BACKWARD_CONFIGS)
     if INTERPRETED:
-        FORWARD, BACKWARD = kernels.lam_forward_kernel, kernels.lam_backward_kernel
-        TILES, DELTA_TILES = INTERPRETER_TILES, dict(TH=4, TW=4)
-    else:
-        # A few configurations only: each one is compiled on first use, and float32 with D = 256
-        # takes tens of seconds. Chosen by compiling for sm_80 / sm_90 (registers, spills, shared
-        # memory), not yet by timing on a GPU. The backward holds more per pixel (dx and df
-        # accumulators), hence its smaller query tiles.
-        FORWARD = _tuned(
-            kernels.lam_forward_kernel,
-            [(8, 8, 8, 8, 4, 2), (8, 8, 8, 8, 8, 2), (4, 16, 4, 16, 4, 2), (8, 16, 8, 8, 8, 2), (8, 8, 4, 16, 8, 1)],
-        )
-        BACKWARD = _tuned(
-            kernels.lam_backward_kernel, [(4, 4, 8, 8, 4, 1), (4, 4, 8, 8, 8, 2), (4, 8, 8, 8, 4, 2), (8, 8, 8, 8, 8, 2)]
-        )
-        TILES, DELTA_TILES = {}, dict(TH=8, TW=32)
+        DELTA_TILES = dict(TH=4, TW=4)
+
+
+def launchable(kernel):
+    """kernel as launched from a triton_op: through wrap_triton, so that torch.compile traces it.
+    Version shim: torch 2.11's wrap_triton rejects the interpreter's kernels ("wrap_triton only
+    works on functions annotated with triton.jit or triton.autotune"), newer torch (2.14) returns
+    them unwrapped. Interpreted kernels cannot be traced anyway, so they are launched directly on
+    every torch version."""
+    return kernel if INTERPRETED else wrap_triton(kernel)
+
+
+def _arch(device: torch.device) -> Optional[int]:
+    if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return major * 10 + minor
+
+
+def _launch_config(kernel: str, x: Tensor, D: int, R: int) -> dict:
+    if AUTOTUNE and kernel != "delta":
+        return {}
+    return tile_config(kernel, x.dtype, x.shape[1], D, R, _arch(x.device))
+
+
+def _device_guard(t: Tensor):
+    """Launches (and the opt-in autotuner's timing runs) on t's GPU, not the current one."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 def _block(n: int) -> int:
@@ -70,8 +123,29 @@ def _kernel_radius(radius: Optional[int], H: int, W: int) -> int:
     return -1 if radius is None or radius >= max(H, W) - 1 else radius
 
 
+def needs_int64(*tensors: Tensor) -> bool:
+    """Whether an offset within one image of any of `tensors` (inputs through their strides, or a
+    contiguous output of the same shape) may reach 2^31: then the kernels use 64-bit offsets."""
+    for t in tensors:
+        per_image = math.prod(t.shape[1:])
+        reach = sum((n - 1) * abs(s) for n, s in zip(t.shape[1:], t.stride()[1:]) if n > 0)
+        if max(per_image, reach + 1) >= 2**31:
+            return True
+    return False
+
+
+def check_grid(B: int, H: int, W: int, tiles: dict) -> None:
+    """The one-dimensional grid of a launch must stay within CUDA's 2^31 - 1 blocks."""
+    programs = triton.cdiv(H, tiles["TH"]) * triton.cdiv(W, tiles["TW"]) * B
+    if programs > MAX_PROGRAMS:
+        raise ValueError(
+            f"lam_ops triton: x of batch {B} and {H} x {W} pixels needs {programs} programs of "
+            f"{tiles['TH']} x {tiles['TW']} pixels, over the GPU's grid limit of {MAX_PROGRAMS}; split the batch"
+        )
+
+
 def _grid(B: int, H: int, W: int):
-    return lambda meta: (triton.cdiv(H, meta["TH"]) * triton.cdiv(W, meta["TW"]), B)
+    return lambda meta: (triton.cdiv(H, meta["TH"]) * triton.cdiv(W, meta["TW"]) * B,)
 
 
 def _mask_args(key_mask: Optional[Tensor], x: Tensor):
@@ -103,13 +177,17 @@ def triton_forward(x: Tensor, f: Tensor, sigma: Tensor, radius: Optional[int], k
     D = f.shape[1]
     out = torch.empty((B, C, H, W), dtype=x.dtype, device=x.device)
     lse = torch.empty((B, H, W), dtype=lse_dtype(x.dtype), device=x.device)
-    if B * H * W == 0:
+    if B * H * W == 0:  # no program to launch; C = 0 or D = 0 run the kernel (the logits are distances)
         return out, lse
-    wrap_triton(FORWARD)[_grid(B, H, W)](
-        x=x, f=f, sigma=sigma.to(lse.dtype), out=out, lse=lse, H=H, W=W, C=C, D=D, R=_kernel_radius(radius, H, W),
-        **_strides("x", x), **_strides("f", f), **_mask_args(key_mask, x),
-        BLOCK_C=_block(C), BLOCK_D=_block(D), **_dot_args(x.dtype), **TILES,
-    )
+    R = _kernel_radius(radius, H, W)
+    config = _launch_config("forward", x, D, R)
+    check_grid(B, H, W, config or dict(TH=1, TW=1))  # autotuned: its smallest tile bounds the grid
+    with _device_guard(x):
+        launchable(FORWARD)[_grid(B, H, W)](
+            x=x, f=f, sigma=sigma.to(lse.dtype), out=out, lse=lse, H=H, W=W, C=C, D=D, R=R,
+            **_strides("x", x), **_strides("f", f), **_mask_args(key_mask, x),
+            BLOCK_C=_block(C), BLOCK_D=_block(D), I64=needs_int64(x, f), **_dot_args(x.dtype), **config,
+        )
     return out, lse
 
 
@@ -124,21 +202,29 @@ def triton_backward(
     if B * H * W == 0:
         return dx, df, torch.zeros_like(sigma)
     sig = sigma.to(lse.dtype)
+    R = _kernel_radius(radius, H, W)
+    config = _launch_config("backward", x, D, R)
+    check_grid(B, H, W, config or dict(TH=1, TW=1))
+    wide = needs_int64(x, f, grad_out)
     delta = torch.empty_like(lse)
-    wrap_triton(DELTA)[_grid(B, H, W)](
-        g=grad_out, out=out.contiguous(), delta=delta, H=H, W=W, C=C, **_strides("g", grad_out),
-        BLOCK_C=_block(C), **DELTA_TILES,
-    )
-    # dsig[b, j] = sum_i dS(i, j) |s_i - s_j|^2: per-pixel partials, summed below in a fixed order
-    # (no float atomics, so the backward is bitwise reproducible).
     dsig = torch.empty_like(lse)
-    wrap_triton(BACKWARD)[_grid(B, H, W)](
-        g=grad_out, x=x, f=f, sigma=sig, lse=lse.contiguous(), delta=delta, dx=dx, df=df, dsig=dsig,
-        H=H, W=W, C=C, D=D, R=_kernel_radius(radius, H, W),
-        **_strides("g", grad_out), **_strides("x", x), **_strides("f", f), **_mask_args(key_mask, x),
-        BLOCK_C=_block(C), BLOCK_D=_block(D), **_dot_args(x.dtype), **TILES,
-    )
-    dsigma = dsig.sum() / (sig * sig * sig)
+    with _device_guard(x):
+        launchable(DELTA)[_grid(B, H, W)](
+            g=grad_out, out=out.contiguous(), delta=delta, H=H, W=W, C=C, **_strides("g", grad_out),
+            BLOCK_C=_block(C), I64=wide, **DELTA_TILES,
+        )
+        # dsig[b, j] = sum_i dS(i, j) |s_i - s_j|^2: per-pixel partials, summed below in a fixed
+        # order (no float atomics, so the backward is bitwise reproducible).
+        launchable(BACKWARD)[_grid(B, H, W)](
+            g=grad_out, x=x, f=f, sigma=sig, lse=lse.contiguous(), delta=delta, dx=dx, df=df, dsig=dsig,
+            H=H, W=W, C=C, D=D, R=R,
+            **_strides("g", grad_out), **_strides("x", x), **_strides("f", f), **_mask_args(key_mask, x),
+            BLOCK_C=_block(C), BLOCK_D=_block(D), I64=wide, **_dot_args(x.dtype), **config,
+        )
+    total = dsig.sum()
+    # / sigma^3 may overflow to inf at a tiny sigma, where every distance weight and so the sum
+    # underflowed to 0: the derivative is 0 there, not 0 * inf.
+    dsigma = torch.where(total == 0, torch.zeros_like(total), total / (sig * sig * sig))
     return dx, df, dsigma.to(sigma.dtype)
 
 
