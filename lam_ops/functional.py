@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from typing import Optional, Union
 
 import torch
@@ -19,8 +21,31 @@ def available_backends(device: Union[str, torch.device] = "cpu") -> list[str]:
     return [name for name, b in BACKENDS.items() if b.unavailable(device) is None]
 
 
+def check_radius(radius) -> None:
+    """radius: an int >= 0 or None (a bool is not a radius, though Python counts it an int)."""
+    if radius is not None and (isinstance(radius, bool) or not isinstance(radius, int) or radius < 0):
+        raise ValueError(f"radius must be an int >= 0 or None, got {radius!r}")
+
+
+def check_sigma_value(sigma) -> None:
+    """sigma given as a Python number: finite and > 0, checked on the host (it is already there)."""
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+        raise ValueError(f"sigma must be a float or a 0-dim floating tensor, got {type(sigma).__name__}")
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be finite and > 0, got {sigma}")
+
+
+def check_backend_name(name) -> None:
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {name!r}")
+
+
 def _validate(x, f, sigma, radius, key_mask) -> Tensor:
-    """Checks every argument against the contract (LAM_SPEC.md) and returns sigma as a 0-dim tensor."""
+    """Checks every argument against the contract (LAM_SPEC.md) and returns sigma as a 0-dim tensor.
+
+    Nothing here reads a tensor's value on the host (a GPU sync, and a graph break under
+    torch.compile): a sigma tensor is checked on its device by an asynchronous assert, which raises
+    at once on the CPU and at the next synchronisation on a GPU, in eager mode and compiled alike."""
     if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
         raise ValueError(f"x must be a floating (B, C, H, W) tensor, got {_describe(x)}")
     if not isinstance(f, Tensor) or f.dim() != 4 or not f.is_floating_point():
@@ -32,8 +57,7 @@ def _validate(x, f, sigma, radius, key_mask) -> Tensor:
     B, _, H, W = x.shape
     if f.shape[0] != B or f.shape[2:] != x.shape[2:]:
         raise ValueError(f"f must be (B, D, H, W) = ({B}, D, {H}, {W}) like x, got {tuple(f.shape)}")
-    if radius is not None and (isinstance(radius, bool) or not isinstance(radius, int) or radius < 0):
-        raise ValueError(f"radius must be an int >= 0 or None, got {radius!r}")
+    check_radius(radius)
     if key_mask is not None:
         if not isinstance(key_mask, Tensor) or key_mask.dtype != torch.bool:
             raise ValueError(f"key_mask must be a bool tensor, got {_describe(key_mask)}")
@@ -46,19 +70,17 @@ def _validate(x, f, sigma, radius, key_mask) -> Tensor:
             raise ValueError(f"sigma must be a float or a 0-dim floating tensor, got {_describe(sigma)}")
         if sigma.device != x.device:
             raise ValueError(f"sigma must be on x's device {x.device}, got {sigma.device}")
-        # Reading the value syncs a GPU and cannot be traced: skip it inside torch.compile.
-        if not torch.compiler.is_compiling():
-            _check_sigma_value(float(sigma.detach()))
+        s = sigma.detach()
+        torch._assert_async(torch.isfinite(s) & (s > 0), SIGMA_ERROR)
         return sigma
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
-        raise ValueError(f"sigma must be a float or a 0-dim floating tensor, got {type(sigma).__name__}")
-    _check_sigma_value(float(sigma))
-    return torch.tensor(float(sigma), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32, device=x.device)
+    check_sigma_value(sigma)
+    # torch.full fills on the device (a kernel launch with the value as its argument), where
+    # torch.tensor(value, device=...) would copy from the host and wait for it.
+    return torch.full((), float(sigma), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32, device=x.device)
 
 
-def _check_sigma_value(value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"sigma must be finite and > 0, got {value}")
+# The device-side check's message (a RuntimeError; a Python-number sigma gets a ValueError).
+SIGMA_ERROR = "lam_ops: sigma must be finite and > 0"
 
 
 def _describe(t) -> str:
@@ -67,26 +89,74 @@ def _describe(t) -> str:
     return type(t).__name__
 
 
-def select_backend(name: str, x: Tensor, f: Tensor, sigma: Tensor, radius, key_mask):
-    if name == "auto":
+# backend="auto" warns when it falls back to `reference` on an input whose dense B x HW x HW logits
+# reach this many entries (64 MiB in float32, and autograd keeps several such tensors): below it
+# the reference is cheap enough to be a sensible fallback (tests, small crops).
+DENSE_WARN_ENTRIES = 1 << 24
+
+_HALF = (torch.float16, torch.bfloat16)
+_logger = logging.getLogger("lam_ops")
+_auto_choices_logged: set = set()
+
+
+def _auto(x: Tensor, f: Tensor, sigma: Tensor, radius, key_mask):
+    """(backend, dtype): the first backend of BACKENDS (fastest first) that runs the input, and the
+    dtype to compute in. Half inputs on a device without half kernels (the CPU) are computed in
+    float32 by a fused kernel rather than by the dense reference."""
+    for dtype in (x.dtype, torch.float32) if x.dtype in _HALF else (x.dtype,):
+        xc, fc = (x, f) if dtype == x.dtype else (x.to(dtype), f.to(dtype))
         for backend in BACKENDS.values():
-            if backend.picked_by_auto(x.device) and backend.unsupported(x, f, sigma, radius, key_mask) is None:
-                return backend
-        raise AssertionError("unreachable: the reference backend runs every input")
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {name!r}")
+            if backend.name == "reference" and dtype != x.dtype:
+                break  # the reference computes half inputs in float32 itself
+            if backend.picked_by_auto(x.device) and backend.unsupported(xc, fc, sigma, radius, key_mask) is None:
+                if backend.name != "reference":
+                    return backend, dtype
+                fallback = backend
+                break
+    return fallback, x.dtype
+
+
+def _report_auto_choice(backend, dtype: torch.dtype, x, f, sigma, radius, key_mask) -> None:
+    """Says what backend="auto" chose: a debug line per first (device, input dtype, backend), and a
+    warning when the dense reference runs an input large enough for its (HW)^2 cost to matter."""
+    key = (x.device, x.dtype, backend.name, dtype)
+    if key not in _auto_choices_logged:
+        _auto_choices_logged.add(key)
+        _logger.debug("backend='auto' chose %r for %s inputs on %s, computing in %s", backend.name, x.dtype, x.device, dtype)
+    B, _, H, W = x.shape
+    if backend.name == "reference" and B * (H * W) ** 2 >= DENSE_WARN_ENTRIES:
+        why = "; ".join(f"{b.name}: {b.unsupported(x, f, sigma, radius, key_mask)}" for b in BACKENDS.values() if b.name != "reference")
+        warnings.warn(
+            f"lam_ops: backend='auto' fell back to the dense 'reference' backend for a {tuple(x.shape)} {x.dtype} input "
+            f"on {x.device}: it stores B x HW x HW = {B * (H * W) ** 2:,} logits. No fused backend runs it ({why}).",
+            stacklevel=4,
+        )
+
+
+def select_backend(name: str, x: Tensor, f: Tensor, sigma: Tensor, radius, key_mask):
+    """(backend, dtype to compute in) for an already validated input."""
+    if name == "auto":
+        backend, dtype = _auto(x, f, sigma, radius, key_mask)
+        if not torch.compiler.is_compiling():  # traced once; logging state is not graph material
+            _report_auto_choice(backend, dtype, x, f, sigma, radius, key_mask)
+        return backend, dtype
+    check_backend_name(name)
     backend = BACKENDS[name]
     why = backend.unsupported(x, f, sigma, radius, key_mask)
     if why is not None:
         raise RuntimeError(f"backend {name!r} cannot run this input: {why}")
-    return backend
+    return backend, x.dtype
 
 
 def local_aggregate_with_lse(x, f, sigma, radius=None, key_mask=None, backend="auto") -> tuple[Tensor, Tensor]:
     """local_aggregate that also returns the per-query log-sum-exp, (B, H, W), float32 (float64
     for float64 inputs)."""
     sigma = _validate(x, f, sigma, radius, key_mask)
-    return select_backend(backend, x, f, sigma, radius, key_mask).forward(x, f, sigma, radius, key_mask)
+    chosen, dtype = select_backend(backend, x, f, sigma, radius, key_mask)
+    if dtype == x.dtype:
+        return chosen.forward(x, f, sigma, radius, key_mask)
+    out, lse = chosen.forward(x.to(dtype), f.to(dtype), sigma, radius, key_mask)
+    return out.to(x.dtype), lse
 
 
 def local_aggregate(
@@ -105,6 +175,8 @@ def local_aggregate(
     or 0-dim tensor (> 0; a gradient flows into a tensor that requires grad); radius: the square
     window's half size, None for the whole image; key_mask: optional bool (B, H, W), the pixels that
     may be aggregated from. backend: "auto" (the fastest that runs the input), "reference", "cpp",
-    "cuda" or "triton". See LAM_SPEC.md for the full contract.
+    "cuda" or "triton"; "auto" computes half inputs on the CPU in float32 with the fused kernel,
+    logs its choice (logger "lam_ops", debug) and warns when it falls back to the dense reference
+    on a large input. See LAM_SPEC.md for the full contract.
     """
     return local_aggregate_with_lse(x, f, sigma, radius, key_mask, backend)[0]

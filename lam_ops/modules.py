@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .functional import BACKEND_NAMES, local_aggregate
+from .functional import check_backend_name, check_radius, check_sigma_value, local_aggregate
 
 SIMILARITIES = ("both", "features", "position")
 
@@ -67,14 +67,11 @@ class LocalAggregation(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        if not (math.isfinite(sigma) and sigma > 0):
-            raise ValueError(f"sigma must be finite and > 0, got {sigma}")
-        if radius is not None and (not isinstance(radius, int) or radius < 0):
-            raise ValueError(f"radius must be an int >= 0 or None, got {radius!r}")
+        check_sigma_value(sigma)
+        check_radius(radius)
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
-        if backend not in BACKEND_NAMES:
-            raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
+        check_backend_name(backend)
         if similarity == "features" and learnable_sigma:
             raise ValueError("learnable_sigma needs the position term: similarity='features' has none")
         self.radius = radius
@@ -101,17 +98,12 @@ class LocalAggregation(nn.Module):
         return f
 
     def forward(self, logits: Tensor, image: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
-        f = self.guidance(image, logits.shape[-2:])
-        x = logits
-        if x.device.type == "cpu":
-            # Mixed precision on the CPU (bfloat16 autocast) would fall back to the dense reference:
-            # the fused CPU kernels run in float32.
-            x, f = x.float(), f.float()
-        else:
-            f = f.to(x.dtype)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            out = local_aggregate(x, f, self.sigma, self.radius, key_mask, self.backend)
-        return out.to(logits.dtype)
+        # Computed in the logits' dtype (a float64 model with float64 logits in float64; under
+        # autocast, f follows the logits). Half precision on the CPU is computed in float32 by
+        # backend="auto" (local_aggregate); sigma is used in the accumulation type whatever its dtype.
+        f = self.guidance(image, logits.shape[-2:]).to(logits.dtype)
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            return local_aggregate(logits, f, self.sigma, self.radius, key_mask, self.backend)
 
     def extra_repr(self) -> str:
         return f"radius={self.radius}, similarity={self.similarity!r}, backend={self.backend!r}"

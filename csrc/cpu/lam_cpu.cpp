@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "lam/checks.h"
@@ -90,8 +91,8 @@ struct Tiling {
   // Tiles per parallel chunk: about 1M multiply-adds of work, so that tiny problems (gradcheck)
   // run inline rather than paying for waking threads.
   int64_t grain(int64_t channels) const {
-    const Rect q = tile(0);
-    return std::max<int64_t>(1, (int64_t(1) << 20) / (q.size() * keys(q).size() * channels));
+    const Rect q = tile(0);  // not empty: callers return early on empty images
+    return std::max<int64_t>(1, (int64_t(1) << 20) / (q.size() * keys(q).size() * std::max<int64_t>(1, channels)));
   }
 
   // The union of the windows of the tile's pixels.
@@ -128,21 +129,39 @@ Rect window_in(int y, int x, const Rect& block, const Tiling& tiling) {
 #define LAM_CPU_CLONES
 #endif
 
+// The max of a row of logits, and how many of them are NaN (a max drops NaN; the contract wants a
+// NaN logit, from a non-finite f, to reach its query's output).
+template <typename T>
+struct RowMax {
+  T max, nans;
+};
+
 // Logits of query (y, x) over the n keys of one block row at vertical offset dy, whose first key
 // is at horizontal offset dx0, of which [lo, hi) are in the window's columns: dot + coef d2 there
-// where the key is admissible, -inf elsewhere. Returns their max.
+// where the key is admissible, -inf elsewhere (a select, so that a non-finite dot of a masked or
+// outside key is dropped, never multiplied by 0).
 template <typename T>
-LAM_CPU_CLONES T row_logits(T* s, const T* admissible, int n, int lo, int hi, int dy, int dx0, T coef) {
+LAM_CPU_CLONES RowMax<T> row_logits(T* s, const T* admissible, int n, int lo, int hi, int dy, int dx0, T coef) {
   std::fill(s, s + lo, neg_inf<T>());
   std::fill(s + hi, s + n, neg_inf<T>());
-  T row_max = neg_inf<T>();
-#pragma omp simd reduction(max : row_max)
+  T row_max = neg_inf<T>(), nans = 0;
+#pragma omp simd reduction(max : row_max) reduction(+ : nans)
   for (int k = lo; k < hi; ++k) {
     const T v = admissible[k] != T(0) ? logit(s[k], dist2(dy, dx0 + k), coef) : neg_inf<T>();
     s[k] = v;
     row_max = v > row_max ? v : row_max;
+    nans += v != v ? T(1) : T(0);
   }
-  return row_max;
+  return {row_max, nans};
+}
+
+// Whether n values are all finite: inf * 0 and NaN * 0 are NaN, and a sum of products vectorises.
+template <typename T>
+LAM_CPU_CLONES bool all_finite(const T* v, int64_t n) {
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t k = 0; k < n; ++k) sum += v[k] * T(0);
+  return sum == sum;
 }
 
 // p = exp(s - m) over n logits; returns sum p.
@@ -276,6 +295,8 @@ struct ForwardTile {
       inv_l[q] = sm[q].inv_l();
       lse[int64_t(y) * tiling.W + x] = sm[q].lse();
     });
+    for (int64_t q = 0; q < Q; ++q)  // no weight at all: 0, even where an admissible x was inf
+      if (inv_l[q] == T(0)) std::fill(acc + q * C, acc + (q + 1) * C, T(0));
     scatter(acc, C, tile, tiling.W, int64_t(tiling.H) * tiling.W, out, inv_l);
   }
 
@@ -295,19 +316,36 @@ struct ForwardTile {
       // whole block rows of the window: logits outside its columns are -inf, their weight 0
       const Rect w = window_in(y, x, block, tiling);
       const int lo = imin(w.x0 - block.x0, bw), hi = imax(lo, w.x1 - block.x0);
-      T block_max = neg_inf<T>();
+      T block_max = neg_inf<T>(), nans = 0;
       for (int yk = w.y0; yk < w.y1; ++yk) {
         const int64_t row = int64_t(yk - block.y0) * bw;
-        block_max = std::max(block_max, row_logits(sq + row, mk + row, bw, lo, hi, yk - y, block.x0 - x, coef));
+        const RowMax<T> r = row_logits(sq + row, mk + row, bw, lo, hi, yk - y, block.x0 - x, coef);
+        block_max = std::max(block_max, r.max);
+        nans += r.nans;
       }
-      if (block_max == neg_inf<T>()) return;  // no admissible key here: the row of p stays 0
+      if (block_max == neg_inf<T>()) {  // no admissible key with a weight here: the row of p stays 0
+        if (nans != T(0)) sm[q].add(std::numeric_limits<T>::quiet_NaN());  // all NaN: lse and out NaN
+        return;
+      }
       const T scale = sm[q].rescale_to(block_max);
       if (scale != T(1))
         for (int64_t c = 0; c < C; ++c) acc[q * C + c] *= scale;
       const int64_t first = int64_t(w.y0 - block.y0) * bw;
       sm[q].add(softmax_weights(sq + first, sm[q].m, int64_t(w.y1 - w.y0) * bw, pq + first));
     });
-    mm(Q, C, K, p, xk, false, true, acc);  // acc += p x
+    if (all_finite(xk, K * C)) {
+      mm(Q, C, K, p, xk, false, true, acc);  // acc += p x
+      return;
+    }
+    // A non-finite x in the block: the GEMM would add 0 * inf = NaN from keys outside a query's
+    // window or masked out, so those (rare) blocks sum over each query's admissible keys alone.
+    for_each_pixel(tile, [&](int64_t q, int y, int x) {
+      const Rect w = window_in(y, x, block, tiling);
+      for (int yk = w.y0; yk < w.y1; ++yk)
+        for (int k = (yk - block.y0) * bw + (w.x0 - block.x0), e = k + w.width(); k < e; ++k)
+          if (mk[k] != T(0))
+            for (int64_t c = 0; c < C; ++c) acc[q * C + c] += p[q * K + k] * xk[k * C + c];
+    });
   }
 };
 
@@ -407,8 +445,23 @@ struct BackwardTile {
                       pab + b, ds + b);
       }
     });
-    mm(Q, C, K, pab, gb, false, true, dxa);  // dx_a += sum_b A(a, b) g_b
-    mm(Q, D, K, ds, fb, false, true, dfa);  // df_a += sum_b dS f_b, both sides
+    if (all_finite(fb, K * D) && all_finite(gb, K * C)) {
+      mm(Q, C, K, pab, gb, false, true, dxa);  // dx_a += sum_b A(a, b) g_b
+      mm(Q, D, K, ds, fb, false, true, dfa);   // df_a += sum_b dS f_b, both sides
+      return dsig;
+    }
+    // A non-finite f or grad_out in the block: as in the forward, sum over the pairs that relate a
+    // and b alone (a admissible as b's key for dx; either one admissible for df).
+    for_each_pixel(tile, [&](int64_t a, int y, int x) {
+      const Rect w = window_in(y, x, block, tiling);
+      for (int yk = w.y0; yk < w.y1; ++yk)
+        for (int k = (yk - block.y0) * bw + (w.x0 - block.x0), e = k + w.width(); k < e; ++k) {
+          if (ma[a] != T(0))
+            for (int64_t c = 0; c < C; ++c) dxa[a * C + c] += pab[a * K + k] * gb[k * C + c];
+          if (ma[a] != T(0) || mb[k] != T(0))
+            for (int64_t d = 0; d < D; ++d) dfa[a * D + d] += ds[a * K + k] * fb[k * D + d];
+        }
+    });
     return dsig;
   }
 };
@@ -475,10 +528,11 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, const at::Te
                                                const std::optional<at::Tensor>& key_mask) {
   check_forward_args(x, f, sigma, radius, key_mask);
   check_dtype(x);
-  const at::Tensor xt = pixel_major(x), ft = pixel_major(f);
-  const at::Tensor km = key_mask.has_value() ? key_mask->contiguous() : at::Tensor();
   at::Tensor out = at::empty(x.sizes(), x.options());
   at::Tensor lse = at::empty({x.size(0), x.size(2), x.size(3)}, x.options().dtype(lse_dtype(x.scalar_type())));
+  if (lse.numel() == 0) return {out, lse};  // no pixel: nothing to compute (C = D = 0 still runs)
+  const at::Tensor xt = pixel_major(x), ft = pixel_major(f);
+  const at::Tensor km = key_mask.has_value() ? key_mask->contiguous() : at::Tensor();
   const int r = kernel_radius(radius, x.size(2), x.size(3));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lam_forward_cpu", [&] {
     forward_kernel<scalar_t>(xt, ft, km.defined() ? km.data_ptr<bool>() : nullptr,
@@ -492,9 +546,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gr
                                                             std::optional<int64_t> radius,
                                                             const std::optional<at::Tensor>& key_mask,
                                                             const at::Tensor& out, const at::Tensor& lse) {
-  check_forward_args(x, f, sigma, radius, key_mask);
+  check_backward_args(grad_out, x, f, sigma, radius, key_mask, out, lse);
   check_dtype(x);
-  TORCH_CHECK(grad_out.sizes() == x.sizes(), "lam_ops: grad_out must have x's shape");
+  if (lse.numel() == 0) return {at::zeros_like(x), at::zeros_like(f), at::zeros_like(sigma)};
   const at::Tensor xt = pixel_major(x), ft = pixel_major(f);
   const at::Tensor gt = pixel_major(grad_out.to(x.scalar_type())), outt = pixel_major(out);
   const at::Tensor l = lse.contiguous();

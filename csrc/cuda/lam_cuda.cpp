@@ -60,17 +60,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& g
                                                              std::optional<int64_t> radius,
                                                              const std::optional<at::Tensor>& key_mask,
                                                              const at::Tensor& out, const at::Tensor& lse) {
-  check_forward_args(x_, f_, sigma, radius, key_mask);
+  check_backward_args(grad_out, x_, f_, sigma, radius, key_mask, out, lse);
   check_sizes(x_);
   const at::ScalarType acc_type = lse_dtype(x_.scalar_type());
-  TORCH_CHECK(grad_out.sizes() == x_.sizes() && out.sizes() == x_.sizes(),
-              "lam_ops: grad_out and out must have x's shape ", x_.sizes(), ", got ", grad_out.sizes(), " and ",
-              out.sizes());
-  TORCH_CHECK(lse.dim() == 3 && lse.size(0) == x_.size(0) && lse.size(1) == x_.size(2) && lse.size(2) == x_.size(3) &&
-                  lse.scalar_type() == acc_type,
-              "lam_ops: lse must be (B, H, W) ", acc_type, ", got ", lse.sizes(), " ", lse.scalar_type());
-  TORCH_CHECK(grad_out.device() == x_.device() && out.device() == x_.device() && lse.device() == x_.device(),
-              "lam_ops: grad_out, out and lse must be on x's device ", x_.device());
   const c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor x = x_.contiguous(), f = f_.contiguous(), g = grad_out.contiguous().to(x.scalar_type());
   const at::Tensor l = lse.contiguous();

@@ -40,6 +40,28 @@ def register_lam_op(forward_name: str, backward_op) -> None:
         return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((B, H, W), dtype=lse_dtype(x.dtype))
 
 
+def register_first_order_only(backward_name: str, backends: dict[str, str]) -> None:
+    """Makes a fused backward operator raise when it is itself differentiated (a second derivative:
+    `create_graph=True`, then a gradient of that gradient), instead of the dispatcher's warning and
+    silent zeros. `backends` maps a device type to the backend name the error reports.
+
+    The error comes when a second derivative actually flows through the operator, as with
+    torch.autograd.function.once_differentiable: `create_graph=True` alone still gives correct
+    first derivatives (it is also used for penalties on other parameters)."""
+
+    def setup_context(ctx, inputs, output):
+        ctx.device_type = inputs[1].device.type
+
+    def backward(ctx, *grads):
+        name = backends.get(ctx.device_type, ctx.device_type)
+        raise RuntimeError(
+            f"lam_ops: backend {name!r} has no second derivatives: its backward ({backward_name}) is not "
+            'differentiable. Use backend="reference", which supports them through autograd.'
+        )
+
+    torch.library.register_autograd(backward_name, backward, setup_context=setup_context)
+
+
 def register_backward_fake(backward_name: str) -> None:
     @torch.library.register_fake(backward_name)
     def _backward_fake(grad_out, x, f, sigma, radius, key_mask, out, lse):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .autograd import register_backward_fake, register_lam_op
+from .autograd import register_backward_fake, register_first_order_only, register_lam_op
 from .base import Backend
 
 try:
@@ -18,6 +18,7 @@ except ImportError as e:  # a source checkout that was not built
 if _IMPORT_ERROR is None:
     register_lam_op("lam_ops::forward", torch.ops.lam_ops.backward)
     register_backward_fake("lam_ops::backward")
+    register_first_order_only("lam_ops::backward", {"cpu": "cpp", "cuda": "cuda"})
 
 
 # The operators of the extension's schema (csrc/ops.cpp); other lam_ops:: operators (triton) are

@@ -7,6 +7,11 @@
 
 namespace lam {
 
+// The saved log-sum-exp: float32, float64 for float64 inputs (gradcheck needs it).
+inline at::ScalarType lse_dtype(at::ScalarType x_dtype) {
+  return x_dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 inline void check_forward_args(const at::Tensor& x, const at::Tensor& f, const at::Tensor& sigma,
                                std::optional<int64_t> radius, const std::optional<at::Tensor>& key_mask) {
   TORCH_CHECK(x.dim() == 4, "lam_ops: x must be (B, C, H, W), got ", x.dim(), " dims");
@@ -30,9 +35,25 @@ inline void check_forward_args(const at::Tensor& x, const at::Tensor& f, const a
   }
 }
 
-// The saved log-sum-exp: float32, float64 for float64 inputs (gradcheck needs it).
-inline at::ScalarType lse_dtype(at::ScalarType x_dtype) {
-  return x_dtype == at::kDouble ? at::kDouble : at::kFloat;
+// The backward's extra arguments, checked by both devices: the kernels read out and lse at x's
+// shape, so a wrong one would be an out-of-bounds read.
+inline void check_backward_args(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& f,
+                                const at::Tensor& sigma, std::optional<int64_t> radius,
+                                const std::optional<at::Tensor>& key_mask, const at::Tensor& out,
+                                const at::Tensor& lse) {
+  check_forward_args(x, f, sigma, radius, key_mask);
+  TORCH_CHECK(grad_out.sizes() == x.sizes() && at::isFloatingType(grad_out.scalar_type()),
+              "lam_ops: grad_out must be a floating tensor of x's shape ", x.sizes(), ", got ", grad_out.sizes(), " ",
+              grad_out.scalar_type());
+  TORCH_CHECK(out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type(), "lam_ops: out must have x's shape ",
+              x.sizes(), " and dtype ", x.scalar_type(), ", got ", out.sizes(), " ", out.scalar_type());
+  const at::ScalarType acc_type = lse_dtype(x.scalar_type());
+  TORCH_CHECK(lse.dim() == 3 && lse.size(0) == x.size(0) && lse.size(1) == x.size(2) && lse.size(2) == x.size(3) &&
+                  lse.scalar_type() == acc_type,
+              "lam_ops: lse must be (B, H, W) = (", x.size(0), ", ", x.size(2), ", ", x.size(3), ") ", acc_type,
+              ", got ", lse.sizes(), " ", lse.scalar_type());
+  TORCH_CHECK(grad_out.device() == x.device() && out.device() == x.device() && lse.device() == x.device(),
+              "lam_ops: grad_out, out and lse must be on x's device ", x.device());
 }
 
 // Kernels take radius < 0 as the whole image; a radius covering the image is the same thing.

@@ -7,6 +7,7 @@
 // Notation follows ../../shared/LAM_SPEC.md: j is a query pixel, i a key in its window.
 #pragma once
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -61,6 +62,12 @@ LAM_HD double log_(double v) { return log(v); }
 
 template <typename T>
 LAM_HD T neg_inf() { return static_cast<T>(-INFINITY); }
+template <typename T>
+LAM_HD T max_finite();
+template <>
+LAM_HD float max_finite<float>() { return FLT_MAX; }
+template <>
+LAM_HD double max_finite<double>() { return DBL_MAX; }
 
 // Window of pixel (y, x): rows [y0, y1) and columns [x0, x1). Clipped at the border, never
 // shifted, so i in window(j) iff j in window(i): every gradient is a gather. radius < 0 is the
@@ -83,8 +90,16 @@ LAM_HD bool in_window(int dy, int dx, int radius) {
 }
 
 // logit(i, j) = f_i . f_j - |s_i - s_j|^2 / (2 sigma^2) = dot + coef * d2 with coef from dist_coef.
+// coef is clamped to the lowest finite value: for a tiny sigma, sigma^2 underflows to 0 and
+// -0.5 / 0 = -inf, and the own pixel's term would be -inf * 0 = NaN. Finite, coef * 0 is exactly 0
+// for every sigma, with no branch in the pair loops, while any other key's term is at most
+// -max_finite, so its weight is exactly 0 next to the own pixel's (the contract's sigma -> 0 limit).
+// For a huge sigma, sigma^2 = inf gives coef = -0: the distance term vanishes, as it should.
 template <typename T>
-LAM_HD T dist_coef(T sigma) { return static_cast<T>(-0.5) / (sigma * sigma); }
+LAM_HD T dist_coef(T sigma) {
+  const T coef = static_cast<T>(-0.5) / (sigma * sigma);
+  return coef < -max_finite<T>() ? -max_finite<T>() : coef;
+}
 
 template <typename T>
 LAM_HD T logit(T dot, int d2, T coef) { return dot + coef * static_cast<T>(d2); }
@@ -111,9 +126,11 @@ struct OnlineSoftmax {
   // Or the sum of a block's weights exp(s - m), computed by the kernel.
   LAM_HD void add(T block_sum) { l += block_sum; }
 
-  // No admissible key (only through key_mask): lse = -inf, and the output is 0, not NaN.
-  LAM_HD T lse() const { return l > static_cast<T>(0) ? m + log_(l) : neg_inf<T>(); }
-  LAM_HD T inv_l() const { return l > static_cast<T>(0) ? static_cast<T>(1) / l : static_cast<T>(0); }
+  // No admissible key (through key_mask), or all their weights underflowed: l = 0, lse = -inf and
+  // the output is 0, not NaN. A NaN logit makes l NaN, which reaches lse and the output (l == 0
+  // is false for NaN, where l > 0 would have hidden it).
+  LAM_HD T lse() const { return l == static_cast<T>(0) ? neg_inf<T>() : m + log_(l); }
+  LAM_HD T inv_l() const { return l == static_cast<T>(0) ? static_cast<T>(0) : static_cast<T>(1) / l; }
 };
 
 // Backward: A(i, j) recomputed from the saved log-sum-exp of query j.
@@ -145,8 +162,13 @@ LAM_HD PairGrad<T> pair_grad(T logit_pq, bool p_key, bool q_key, T lse_p, T lse_
 }
 
 // d logit / d sigma = |s_i - s_j|^2 / sigma^3: kernels sum dS * d2 over the pairs and multiply
-// once by this factor at the end.
+// once by this factor at the end. Clamped to a finite value: where 1 / sigma^3 overflows, sigma is
+// so small that every pair with d2 > 0 has weight exactly 0 (see dist_coef), so the sum is 0, and
+// 0 * inf would be NaN where the derivative's limit is 0.
 template <typename T>
-LAM_HD T dsigma_factor(T sigma) { return static_cast<T>(1) / (sigma * sigma * sigma); }
+LAM_HD T dsigma_factor(T sigma) {
+  const T factor = static_cast<T>(1) / (sigma * sigma * sigma);
+  return factor > max_finite<T>() ? max_finite<T>() : factor;
+}
 
 }  // namespace lam
