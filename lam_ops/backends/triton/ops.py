@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..autograd import lse_dtype, register_backward_fake, register_lam_op
+from ..autograd import lse_dtype, register_backward_fake, register_first_order_only, register_lam_op
 from ..base import Backend
 
 try:
@@ -233,6 +233,7 @@ if _IMPORT_ERROR is None:
     triton_backward = triton_op("lam_ops::triton_backward", triton_backward, mutates_args=(), schema=_BACKWARD_SCHEMA)
     register_lam_op("lam_ops::triton_forward", torch.ops.lam_ops.triton_backward)
     register_backward_fake("lam_ops::triton_backward")
+    register_first_order_only("lam_ops::triton_backward", {"cpu": "triton", "cuda": "triton"})
 
 
 class TritonBackend(Backend):
