@@ -1,7 +1,8 @@
 """Triton kernels of the LAM operator (notation of LAM_SPEC.md: j a query pixel, i a key).
 
 A program owns a tile of TH x TW pixels of one image and visits, one TKH x TKW tile at a time,
-the pixels in the union of their windows (every pixel for radius < 0, the Python radius=None).
+the pixels in the union of their windows (the host passes R = max(H, W) for radius=None, a window
+that holds the whole image from every pixel).
 f_q . f_k and A x are tl.dot products on these tiles; the distance term, the window, the border
 and the key mask are applied in registers. Channel counts are padded to powers of two in
 registers by masked loads, never in memory, and inputs are read through their strides.
@@ -26,8 +27,9 @@ import triton
 import triton.language as tl
 
 
-# Not specialised on (see the module docstring): the image size and the outer strides.
-_VARYING = ["H", "W", "sxb", "sxc", "sxh", "sfb", "sfc", "sfh", "sgb", "sgc", "sgh", "smb", "smh"]
+# Not specialised on (see the module docstring): the image size, R (max(H, W) for radius=None)
+# and the outer strides.
+_VARYING = ["H", "W", "R", "sxb", "sxc", "sxh", "sfb", "sfc", "sfh", "sgb", "sgc", "sgh", "smb", "smh"]
 
 
 def _jit(fn):
@@ -51,7 +53,7 @@ def _tile_origin(H, W, TH: tl.constexpr, TW: tl.constexpr):
 def _wide(i, I64: tl.constexpr):
     """i as the type of in-image offsets: int64 where an image's tensor may exceed 2^31 elements."""
     if I64:
-        return i.to(tl.int64)
+        i = i.to(tl.int64)
     return i
 
 
@@ -65,11 +67,11 @@ def _pixels(y0, x0, TH: tl.constexpr, TW: tl.constexpr):
 @triton.jit
 def _neighbour_range(y0, x0, H, W, R, TH: tl.constexpr, TW: tl.constexpr):
     """Rows [ylo, yhi) and columns [xlo, xhi) of the union of the windows of a tile, clipped."""
-    whole = R < 0
-    ylo = tl.where(whole, 0, tl.maximum(y0 - R, 0))
-    yhi = tl.where(whole, H, tl.minimum(y0 + TH + R, H))
-    xlo = tl.where(whole, 0, tl.maximum(x0 - R, 0))
-    xhi = tl.where(whole, W, tl.minimum(x0 + TW + R, W))
+    # Plain min / max of scalars: triton 3.6's interpreter cannot loop over a tl.where of scalars.
+    ylo = tl.maximum(y0 - R, 0)
+    yhi = tl.minimum(y0 + TH + R, H)
+    xlo = tl.maximum(x0 - R, 0)
+    xhi = tl.minimum(x0 + TW + R, W)
     return ylo, yhi, xlo, xhi
 
 
@@ -138,7 +140,7 @@ def _pair_logits(fa, fb, ya, xa, yb, xb, coef, R, PRECISION: tl.constexpr, UPCAS
     dy = ya[:, None] - yb[None, :]
     dx = xa[:, None] - xb[None, :]
     d2 = dy * dy + dx * dx
-    in_window = (R < 0) | ((tl.abs(dy) <= R) & (tl.abs(dx) <= R))
+    in_window = (tl.abs(dy) <= R) & (tl.abs(dx) <= R)
     s = _dot(fa, tl.trans(fb), PRECISION, UPCAST)
     # A pixel's own distance term is exactly 0, also where coef = -inf (sigma^2 underflows): no -inf * 0.
     return tl.where(d2 == 0, s, s + coef * d2.to(s.dtype)), d2, in_window

@@ -8,6 +8,7 @@ autograd formula and the fake kernels are the shared ones of ../autograd.py.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 from typing import Optional
@@ -37,33 +38,31 @@ INTERPRETER_TILES = dict(TH=4, TW=4, TKH=4, TKW=4)
 MAX_PROGRAMS = 2**31 - 1
 AUTOTUNE_ENV = "LAM_OPS_TRITON_AUTOTUNE"
 
-# Configurations (TH, TW, TKH, TKW, num_warps, num_stages). The fixed rule below picks among the
-# first ones by the compiler's report on sm_80 and sm_90 (triton 3.8, C = 21, a key mask): no
-# register spills, shared memory within bounds (test_chosen_configurations_fit_the_gpus). Larger
-# tiles share each loaded key among more queries but spill: float32's exact (FMA, not TF32)
-# tl.dot holds whole f tiles in registers, so 8 x 8 tiles spill from D = 64 on, and the backward
-# (dx and df accumulators besides) spills at 8 x 8 keys for every dtype at D = 256.
-SMALL, SMALL_WIDE, HALF_FORWARD = (4, 4, 4, 4, 4, 1), (4, 4, 4, 4, 8, 1), (8, 8, 8, 8, 8, 2)
-# The opt-in autotuner also times the larger ones (which may spill: speed decides there).
-FORWARD_CONFIGS = [SMALL, SMALL_WIDE, HALF_FORWARD, (8, 8, 8, 8, 4, 2), (4, 16, 4, 16, 4, 2)]
-BACKWARD_CONFIGS = [SMALL, SMALL_WIDE, (4, 4, 8, 8, 8, 2), (4, 8, 8, 8, 4, 2)]
+# Configurations (TH, TW, TKH, TKW, num_warps, num_stages). The fixed rule below picks by the
+# compiler's report (triton 3.8's ptxas -v on sm_80 and sm_90, C = 21, a key mask, D up to 256):
+# no register spills, shared memory within bounds (test_chosen_configurations_fit_the_gpus).
+# Larger tiles share each loaded key among more queries, but every 8 x 8 one tried spilled at
+# D = 256 (float32's exact FMA tl.dot holds whole f tiles in registers; the backward holds dx and
+# df accumulators besides), and 4 warps spill on 4 x 4 tiles in some cases: 4 x 4 tiles over 8
+# warps fit everywhere tried.
+FORWARD_FLOAT32, SMALL = (4, 4, 4, 4, 8, 2), (4, 4, 4, 4, 8, 1)
+# The opt-in autotuner also times larger ones (which may spill: speed decides there).
+FORWARD_CONFIGS = [FORWARD_FLOAT32, SMALL, (8, 8, 8, 8, 8, 2), (8, 8, 8, 8, 4, 2), (4, 16, 4, 16, 4, 2)]
+BACKWARD_CONFIGS = [SMALL, (4, 4, 4, 4, 4, 1), (4, 4, 8, 8, 8, 2), (4, 8, 8, 8, 4, 2)]
 DELTA_TILES = dict(TH=8, TW=32)
 
 
 def tile_config(kernel: str, dtype: torch.dtype, C: int, D: int, radius: int, arch: Optional[int]) -> dict:
     """The launch configuration of `kernel` ("forward" or "backward") by a fixed rule of the
-    dtype, the channel counts, the kernel radius (-1: the whole image) and the GPU architecture
+    dtype, the channel counts, the kernel radius (radius=None: max(H, W)) and the GPU architecture
     (compute capability major * 10 + minor; None under the interpreter). A rule, not timing, so
     that results are bitwise reproducible across processes (LAM_SPEC.md: determinism). It comes
-    from the compiler's report, not yet from timing on a GPU, and today it is the same for every
-    radius and architecture (sm_80 and sm_90 gave the same verdicts): those arguments are where a
-    GPU's timings would refine it."""
+    from the compiler's report, not yet from timing on a GPU, and today only the dtype and the
+    kernel decide (sm_80 and sm_90, every D up to 256 and radius gave the same verdicts): C, D,
+    radius and arch are where a GPU's timings would refine it (e.g. larger tiles at small D)."""
     if arch is None:
         return dict(INTERPRETER_TILES)
-    if dtype == torch.float32 or dtype == torch.float64:
-        config = SMALL_WIDE if max(C, D) > 64 else SMALL
-    else:
-        config = HALF_FORWARD if kernel == "forward" else SMALL
+    config = FORWARD_FLOAT32 if kernel == "forward" and dtype in (torch.float32, torch.float64) else SMALL
     th, tw, kh, kw, warps, stages = config
     return dict(TH=th, TW=tw, TKH=kh, TKW=kw, num_warps=warps, num_stages=stages)
 
@@ -85,6 +84,31 @@ if _IMPORT_ERROR is None:
         FORWARD, BACKWARD = _autotuned(FORWARD, FORWARD_CONFIGS), _autotuned(BACKWARD, BACKWARD_CONFIGS)
     if INTERPRETED:
         DELTA_TILES = dict(TH=4, TW=4)
+
+
+def patch_interpreter_scalar_index() -> bool:
+    """Version shim, triton before 3.8 (3.6 here) with numpy >= 2.4: the interpreter turns a scalar
+    (a 1-element array) into a Python int with int(array), which numpy 2.4 rejects ("only
+    0-dimensional arrays can be converted to Python scalars"), so a loop over runtime bounds fails.
+    triton 3.8 squeezes the array first; this does the same for older interpreters. Returns
+    whether it patched."""
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+    if "squeeze" in inspect.getsource(original) or getattr(original, "lam_ops_shim", False):
+        return False
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patched.lam_ops_shim = True
+    interpreter._patch_lang_tensor = patched
+    return True
+
+
+if _IMPORT_ERROR is None and INTERPRETED:
+    patch_interpreter_scalar_index()
 
 
 def launchable(kernel):
@@ -119,8 +143,9 @@ def _block(n: int) -> int:
 
 
 def _kernel_radius(radius: Optional[int], H: int, W: int) -> int:
-    """-1 for a window that covers the image from every pixel (radius None or >= the image)."""
-    return -1 if radius is None or radius >= max(H, W) - 1 else radius
+    """The kernels' R: radius, or max(H, W) where the window holds the whole image from every
+    pixel (radius None or >= the image), which needs no special case in the kernels."""
+    return max(H, W) if radius is None or radius >= max(H, W) - 1 else radius
 
 
 def needs_int64(*tensors: Tensor) -> bool:
