@@ -38,17 +38,26 @@ INTERPRETER_TILES = dict(TH=4, TW=4, TKH=4, TKW=4)
 MAX_PROGRAMS = 2**31 - 1
 AUTOTUNE_ENV = "LAM_OPS_TRITON_AUTOTUNE"
 
-# Configurations (TH, TW, TKH, TKW, num_warps, num_stages). The fixed rule below picks by the
-# compiler's report (triton 3.8's ptxas -v on sm_80 and sm_90, C = 21, a key mask, D up to 256):
-# no register spills, shared memory within bounds (test_chosen_configurations_fit_the_gpus).
-# Larger tiles share each loaded key among more queries, but every 8 x 8 one tried spilled at
-# D = 256 (float32's exact FMA tl.dot holds whole f tiles in registers; the backward holds dx and
-# df accumulators besides), and 4 warps spill on 4 x 4 tiles in some cases: 4 x 4 tiles over 8
-# warps fit everywhere tried.
-FORWARD_FLOAT32, SMALL = (4, 4, 4, 4, 8, 2), (4, 4, 4, 4, 8, 1)
-# The opt-in autotuner also times larger ones (which may spill: speed decides there).
-FORWARD_CONFIGS = [FORWARD_FLOAT32, SMALL, (8, 8, 8, 8, 8, 2), (8, 8, 8, 8, 4, 2), (4, 16, 4, 16, 4, 2)]
-BACKWARD_CONFIGS = [SMALL, (4, 4, 4, 4, 4, 1), (4, 4, 8, 8, 8, 2), (4, 8, 8, 8, 4, 2)]
+# Tiles (TH, TW, TKH, TKW) and (num_warps, num_stages) by the compiler's report: triton 3.8's
+# ptxas -v for sm_80 and sm_90, C = 21, a key mask, D padded to 16, 64, 128, 256 (BLOCK_D). Larger
+# tiles share each loaded key among more queries, but every 8 x 8 one tried spilled at D = 256
+# (float32's exact FMA tl.dot holds whole f tiles in registers; the backward holds dx and df
+# accumulators besides). On 4 x 4 tiles, ptxas's register budget (and so whether a few bytes
+# spill) changes with the warps and stages in no monotone way: the table holds, per case, one
+# that does not spill (test_chosen_configurations_fit_the_gpus checks it).
+TILES = (4, 4, 4, 4)
+# (kernel, float32?, arch, BLOCK_D) -> (num_warps, num_stages); missing entries: (8, 1).
+WARPS_STAGES = {
+    ("forward", True, 90, 128): (8, 2),
+    ("forward", True, 90, 256): (8, 2),
+    ("backward", True, 90, 256): (8, 2),
+    ("backward", True, 90, 64): (4, 1),
+    ("forward", False, 80, 128): (4, 1),
+    ("forward", False, 90, 128): (16, 1),
+}
+# The opt-in autotuner times these (which may spill: speed decides there).
+FORWARD_CONFIGS = [TILES + (8, 1), TILES + (8, 2), TILES + (4, 1), (8, 8, 8, 8, 8, 2), (8, 8, 8, 8, 4, 2), (4, 16, 4, 16, 4, 2)]
+BACKWARD_CONFIGS = [TILES + (8, 1), TILES + (8, 2), TILES + (4, 1), (4, 4, 8, 8, 8, 2), (4, 8, 8, 8, 4, 2)]
 DELTA_TILES = dict(TH=8, TW=32)
 
 
@@ -57,13 +66,14 @@ def tile_config(kernel: str, dtype: torch.dtype, C: int, D: int, radius: int, ar
     dtype, the channel counts, the kernel radius (radius=None: max(H, W)) and the GPU architecture
     (compute capability major * 10 + minor; None under the interpreter). A rule, not timing, so
     that results are bitwise reproducible across processes (LAM_SPEC.md: determinism). It comes
-    from the compiler's report, not yet from timing on a GPU, and today only the dtype and the
-    kernel decide (sm_80 and sm_90, every D up to 256 and radius gave the same verdicts): C, D,
-    radius and arch are where a GPU's timings would refine it (e.g. larger tiles at small D)."""
+    from the compiler's report, not yet from timing on a GPU (C and radius do not enter it yet:
+    they are where a GPU's timings would refine it). Architectures other than sm_80 / sm_90 take
+    sm_90's entries from sm_90 on, sm_80's below."""
     if arch is None:
         return dict(INTERPRETER_TILES)
-    config = FORWARD_FLOAT32 if kernel == "forward" and dtype in (torch.float32, torch.float64) else SMALL
-    th, tw, kh, kw, warps, stages = config
+    key = (kernel, dtype in (torch.float32, torch.float64), 90 if arch >= 90 else 80, max(64, _block(D)))
+    warps, stages = WARPS_STAGES.get(key, (8, 1))
+    th, tw, kh, kw = TILES
     return dict(TH=th, TW=tw, TKH=kh, TKW=kw, num_warps=warps, num_stages=stages)
 
 
