@@ -149,7 +149,8 @@ def _device_guard(t: Tensor):
 
 
 def _block(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
+    # int(): a constexpr, so a symbolic channel count (torch.compile, dynamic=True) is specialised.
+    return max(16, triton.next_power_of_2(int(n)))
 
 
 def _kernel_radius(radius: Optional[int], H: int, W: int) -> int:
