@@ -418,7 +418,7 @@ def _all_results(x, f, sigma, key_mask, backend="triton"):
     return (out, lse, *torch.autograd.grad(out, (x, f, sigma), g))
 
 
-@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("value", [math.nan, -math.inf])
 def test_nonfinite_x_reaches_exactly_the_queries_that_admit_it(value, device):
     # Pixel (4, 0) with radius 2 is in the windows of the rows 2..6, columns 0..2 only.
     out, lse, dx, df, dsigma = _all_results(*_planted(device, x_val=value))
