@@ -76,7 +76,8 @@ def _validate(x, f, sigma, radius, key_mask) -> Tensor:
     check_sigma_value(sigma)
     # torch.full fills on the device (a kernel launch with the value as its argument), where
     # torch.tensor(value, device=...) would copy from the host and wait for it.
-    return torch.full((), float(sigma), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32, device=x.device)
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return torch.full((), float(sigma), dtype=dtype, device=x.device)
 
 
 # The device-side check's message (a RuntimeError; a Python-number sigma gets a ValueError).
@@ -100,20 +101,19 @@ _auto_choices_logged: set = set()
 
 
 def _auto(x: Tensor, f: Tensor, sigma: Tensor, radius, key_mask):
-    """(backend, dtype): the first backend of BACKENDS (fastest first) that runs the input, and the
-    dtype to compute in. Half inputs on a device without half kernels (the CPU) are computed in
-    float32 by a fused kernel rather than by the dense reference."""
-    for dtype in (x.dtype, torch.float32) if x.dtype in _HALF else (x.dtype,):
-        xc, fc = (x, f) if dtype == x.dtype else (x.to(dtype), f.to(dtype))
+    """(backend, x, f to compute with): the first backend of BACKENDS (fastest first) that runs the
+    input. Half inputs on a device without half kernels (the CPU) are computed in float32 by a fused
+    kernel rather than by the dense reference."""
+    for xc, fc in [(x, f)] + ([(x.float(), f.float())] if x.dtype in _HALF else []):
         for backend in BACKENDS.values():
-            if backend.name == "reference" and dtype != x.dtype:
+            if backend.name == "reference" and xc is not x:
                 break  # the reference computes half inputs in float32 itself
             if backend.picked_by_auto(x.device) and backend.unsupported(xc, fc, sigma, radius, key_mask) is None:
                 if backend.name != "reference":
-                    return backend, dtype
+                    return backend, xc, fc
                 fallback = backend
                 break
-    return fallback, x.dtype
+    return fallback, x, f
 
 
 def _report_auto_choice(backend, dtype: torch.dtype, x, f, sigma, radius, key_mask) -> None:
@@ -122,10 +122,13 @@ def _report_auto_choice(backend, dtype: torch.dtype, x, f, sigma, radius, key_ma
     key = (x.device, x.dtype, backend.name, dtype)
     if key not in _auto_choices_logged:
         _auto_choices_logged.add(key)
-        _logger.debug("backend='auto' chose %r for %s inputs on %s, computing in %s", backend.name, x.dtype, x.device, dtype)
+        _logger.debug(
+            "backend='auto' chose %r for %s inputs on %s, computing in %s", backend.name, x.dtype, x.device, dtype
+        )
     B, _, H, W = x.shape
     if backend.name == "reference" and B * (H * W) ** 2 >= DENSE_WARN_ENTRIES:
-        why = "; ".join(f"{b.name}: {b.unsupported(x, f, sigma, radius, key_mask)}" for b in BACKENDS.values() if b.name != "reference")
+        fused = [b for b in BACKENDS.values() if b.name != "reference"]
+        why = "; ".join(f"{b.name}: {b.unsupported(x, f, sigma, radius, key_mask)}" for b in fused)
         warnings.warn(
             f"lam_ops: backend='auto' fell back to the dense 'reference' backend for a {tuple(x.shape)} {x.dtype} input "
             f"on {x.device}: it stores B x HW x HW = {B * (H * W) ** 2:,} logits. No fused backend runs it ({why}).",
@@ -134,29 +137,32 @@ def _report_auto_choice(backend, dtype: torch.dtype, x, f, sigma, radius, key_ma
 
 
 def select_backend(name: str, x: Tensor, f: Tensor, sigma: Tensor, radius, key_mask):
-    """(backend, dtype to compute in) for an already validated input."""
+    """The backend that runs an already validated input."""
+    return _select(name, x, f, sigma, radius, key_mask)[0]
+
+
+def _select(name: str, x: Tensor, f: Tensor, sigma: Tensor, radius, key_mask):
+    """(backend, x, f to compute with) for an already validated input."""
     if name == "auto":
-        backend, dtype = _auto(x, f, sigma, radius, key_mask)
+        backend, xc, fc = _auto(x, f, sigma, radius, key_mask)
         if not torch.compiler.is_compiling():  # traced once; logging state is not graph material
-            _report_auto_choice(backend, dtype, x, f, sigma, radius, key_mask)
-        return backend, dtype
+            _report_auto_choice(backend, xc.dtype, x, f, sigma, radius, key_mask)
+        return backend, xc, fc
     check_backend_name(name)
     backend = BACKENDS[name]
     why = backend.unsupported(x, f, sigma, radius, key_mask)
     if why is not None:
         raise RuntimeError(f"backend {name!r} cannot run this input: {why}")
-    return backend, x.dtype
+    return backend, x, f
 
 
 def local_aggregate_with_lse(x, f, sigma, radius=None, key_mask=None, backend="auto") -> tuple[Tensor, Tensor]:
     """local_aggregate that also returns the per-query log-sum-exp, (B, H, W), float32 (float64
     for float64 inputs)."""
     sigma = _validate(x, f, sigma, radius, key_mask)
-    chosen, dtype = select_backend(backend, x, f, sigma, radius, key_mask)
-    if dtype == x.dtype:
-        return chosen.forward(x, f, sigma, radius, key_mask)
-    out, lse = chosen.forward(x.to(dtype), f.to(dtype), sigma, radius, key_mask)
-    return out.to(x.dtype), lse
+    chosen, xc, fc = _select(backend, x, f, sigma, radius, key_mask)
+    out, lse = chosen.forward(xc, fc, sigma, radius, key_mask)
+    return (out, lse) if xc is x else (out.to(x.dtype), lse)
 
 
 def local_aggregate(

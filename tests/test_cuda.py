@@ -8,7 +8,7 @@ import torch
 
 import lam_ops
 from build_env import cuda_mode, cuda_toolkit
-from lam_cases import EDGE_CASES, TOLERANCES, Case, assert_matches_reference, make_inputs, run_with_grads
+from lam_cases import EDGE_CASES, TOLERANCES, Case, assert_matches_reference, make_inputs, run_with_grads, tolerance_for
 from lam_ops.backends import BACKENDS
 from lam_ops.backends.compiled import _IMPORT_ERROR, OPS
 
@@ -71,7 +71,7 @@ def test_half_matches_cpp_on_the_same_values(case, dtype):
     want.update(zip(("dx", "df", "dsigma"), torch.ops.lam_ops.backward(g, x, f, sigma, case.radius, key_mask, cpu(out), want["lse"])))
     tol = HALF_TOLERANCES[dtype]
     for name, w in want.items():
-        t = dict(tol, atol=tol["atol"] * max(1.0, float(w.abs().max()))) if name == "dsigma" else tol
+        t = tolerance_for(name, w, tol)
         torch.testing.assert_close(cpu(got[name]), w, **t, msg=lambda m: f"{case} {name}: {m}")
 
 
@@ -84,7 +84,7 @@ def test_matches_cpp(case, dtype):
     want = run_with_grads(case, "cpp", dtype, "cpu")
     tol = dict(atol=1e-12, rtol=1e-10) if dtype == torch.float64 else TOLERANCES[torch.float32]
     for name, w in want.items():
-        t = dict(tol, atol=tol["atol"] * max(1.0, float(w.abs().max()))) if name == "dsigma" else tol
+        t = tolerance_for(name, w, tol)
         torch.testing.assert_close(got[name].cpu(), w, **t, msg=lambda m: f"{case} {name}: {m}")
 
 
@@ -113,9 +113,13 @@ def test_no_host_synchronisation():
     x, f, sigma, key_mask = make_inputs(LARGER_CASES[0], torch.float32, "cuda", requires_grad=False)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
+    xg = x.detach().clone().requires_grad_()
     try:
         out, lse = torch.ops.lam_ops.forward(x, f, sigma, 3, key_mask)
         torch.ops.lam_ops.backward(torch.ones_like(out), x, f, sigma, 3, key_mask, out, lse)
+        # and through the public API: sigma as a tensor (checked on the device) and as a float
+        for s in (sigma, 1.5):
+            lam_ops.local_aggregate(xg, f, s, 3, key_mask, backend="cuda").sum().backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
 

@@ -60,13 +60,30 @@ def test_fixed_sigma_is_a_buffer():
     torch.testing.assert_close(lam.sigma, torch.tensor(6.0))
 
 
-def test_bfloat16_autocast_on_cpu_runs_the_fused_kernel_in_float32():
+@pytest.mark.skipif("cpp" not in lam_ops.available_backends("cpu"), reason="lam_ops._C is not built")
+def test_bfloat16_autocast_on_cpu_runs_the_fused_kernel_in_float32(monkeypatch):
+    from lam_ops.backends import BACKENDS
+
+    ran = []
+    cpp, reference = BACKENDS["cpp"], BACKENDS["reference"]
+    monkeypatch.setattr(cpp, "forward", lambda x, *a, forward=cpp.forward: ran.append(x.dtype) or forward(x, *a))
+    monkeypatch.setattr(reference, "forward", lambda *a: pytest.fail("the dense reference ran"))
     lam = LocalAggregation(embed_dim=8, radius=2)
     logits, image = torch.randn(1, 4, 8, 8), torch.randn(1, 3, 32, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = lam(logits.bfloat16(), image)
-    assert out.dtype == torch.bfloat16
+    assert out.dtype == torch.bfloat16 and ran == [torch.float32]
     torch.testing.assert_close(out.float(), lam(logits.bfloat16().float(), image), atol=0.05, rtol=0.05)
+
+
+def test_double_computes_in_float64():
+    torch.manual_seed(0)
+    lam = LocalAggregation(embed_dim=8, radius=3, sigma=2.0).double()
+    logits, image = torch.randn(1, 4, 8, 8, dtype=torch.float64), torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    out = lam(logits, image)
+    want = lam_ops.local_aggregate(logits, lam.embed(image), lam.sigma, 3, backend="reference")
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, want, atol=1e-12, rtol=1e-10)  # float32 compute misses by ~1e-7
 
 
 @pytest.mark.parametrize(
@@ -74,6 +91,9 @@ def test_bfloat16_autocast_on_cpu_runs_the_fused_kernel_in_float32():
     [
         (dict(sigma=0.0), "sigma"),
         (dict(radius=-2), "radius"),
+        (dict(radius=True), "radius"),
+        (dict(radius=2.0), "radius"),
+        (dict(sigma=float("nan")), "sigma"),
         (dict(similarity="colour"), "similarity"),
         (dict(backend="gpu"), "backend"),
         (dict(similarity="features", learnable_sigma=True), "learnable_sigma"),

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lam_cases import EDGE_CASES, TOLERANCES, Case, make_inputs, run_with_grads
+from lam_cases import EDGE_CASES, TOLERANCES, Case, make_inputs, run_with_grads, tolerance_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import peers  # noqa: E402
@@ -29,7 +29,7 @@ def assert_close_to_reference(got, case, dtype):
     tol = TOLERANCES[dtype]
     for name, value in got.items():
         w = want[name].detach()
-        t = dict(tol, atol=tol["atol"] * max(1.0, float(w.abs().max()))) if name == "dsigma" else tol
+        t = tolerance_for(name, w, tol)
         torch.testing.assert_close(value.detach().to(torch.float64), w, **t, msg=lambda m: f"{case} {name}: {m}")
 
 

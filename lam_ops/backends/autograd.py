@@ -16,6 +16,19 @@ def lse_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _backward_with_lse_grad(backward_op, grad_out, grad_lse, x, f, sigma, radius, key_mask, out, lse):
+    """The backward when lse is differentiated too. d lse_j / d logit(i, j) = A(i, j), so the lse
+    gradient adds A(i, j) glse_j to dS(i, j) = A(i, j) (g_j . x_i - Delta_j). A constant key channel
+    x_i = 1 with output gradient glse_j adds exactly glse_j to g_j . x_i, and passing its output
+    channel as 0 leaves Delta_j = g_j . out_j unchanged: one call of the same kernels, C + 1 channels."""
+    B, C, H, W = x.shape
+    x1 = torch.cat([x, x.new_ones(B, 1, H, W)], 1)
+    g1 = torch.cat([grad_out.to(x.dtype), grad_lse.to(x.dtype)[:, None]], 1)
+    out1 = torch.cat([out, out.new_zeros(B, 1, H, W)], 1)
+    dx1, df, dsigma = backward_op(g1, x1, f, sigma, radius, key_mask, out1, lse)
+    return dx1[:, :C], df, dsigma
+
+
 def register_lam_op(forward_name: str, backward_op) -> None:
     """Registers the autograd formula of `forward_name` (e.g. "lam_ops::forward") in terms of
     `backward_op`, and fake kernels for both."""
@@ -25,10 +38,20 @@ def register_lam_op(forward_name: str, backward_op) -> None:
         out, lse = output
         ctx.save_for_backward(x, f, sigma, key_mask, out, lse)
         ctx.radius = radius
+        ctx.set_materialize_grads(False)  # an unused lse has no gradient: the common case costs nothing
 
-    def backward(ctx, grad_out, _grad_lse):
+    def backward(ctx, grad_out, grad_lse):
         x, f, sigma, key_mask, out, lse = ctx.saved_tensors
-        dx, df, dsigma = backward_op(grad_out, x, f, sigma, ctx.radius, key_mask, out, lse)
+        if grad_out is None and grad_lse is None:
+            return None, None, None, None, None
+        if grad_out is None:
+            grad_out = torch.zeros_like(out)
+        if grad_lse is None:
+            dx, df, dsigma = backward_op(grad_out, x, f, sigma, ctx.radius, key_mask, out, lse)
+        else:
+            dx, df, dsigma = _backward_with_lse_grad(
+                backward_op, grad_out, grad_lse, x, f, sigma, ctx.radius, key_mask, out, lse
+            )
         need = ctx.needs_input_grad
         return (dx if need[0] else None, df if need[1] else None, dsigma if need[2] else None, None, None)
 
