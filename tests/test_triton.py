@@ -256,12 +256,12 @@ def _compile_report(kernel, constexprs, options, dtype, arch):
 
 @pytest.mark.parametrize("name, dtype, D, arch", FIT_CASES, ids=lambda v: str(v))
 def test_chosen_configurations_fit_the_gpus(name, dtype, D, arch):
-    """The configuration tile_config picks compiles for sm_80 / sm_90 without register spills and
-    within shared memory (the compiler's report), for the forward and the backward."""
+    """The fixed configuration compiles for sm_80 / sm_90 without register spills and within
+    shared memory (the compiler's report), for the forward and the backward."""
     if INTERPRETED:
         pytest.skip("this process interprets the kernels")
     for kind, kernel in (("forward", ops.kernels.lam_forward_kernel), ("backward", ops.kernels.lam_backward_kernel)):
-        config = ops.tile_config(kind, dtype, 21, D, 3, arch)
+        config = dict(ops.TILES, **ops.LAUNCH[kind])
         tiles = {k: v for k, v in config.items() if k.isupper()}
         options = {k: v for k, v in config.items() if not k.isupper()}
         constexprs = dict(BLOCK_C=32, BLOCK_D=D, HAS_MASK=True, UPCAST=False, I64=False, **tiles,
@@ -276,31 +276,27 @@ def test_wide_offsets_and_the_delta_kernel_compile():
     """The 64-bit offset variant (I64) and the Delta kernel lower for sm_90."""
     if INTERPRETED:
         pytest.skip("this process interprets the kernels")
-    config = ops.tile_config("forward", torch.bfloat16, 21, 64, 3, 90)
-    tiles = {k: v for k, v in config.items() if k.isupper()}
-    constexprs = dict(BLOCK_C=32, BLOCK_D=64, HAS_MASK=True, UPCAST=False, I64=True, PRECISION="tf32", **tiles)
-    _compile_report(ops.kernels.lam_forward_kernel, constexprs, {}, "bf16", 90)
+    constexprs = dict(BLOCK_C=32, BLOCK_D=64, HAS_MASK=True, UPCAST=False, I64=True, PRECISION="tf32", **ops.TILES)
+    _compile_report(ops.kernels.lam_forward_kernel, constexprs, dict(ops.LAUNCH["forward"]), "bf16", 90)
     _compile_report(ops.kernels.lam_delta_kernel, dict(BLOCK_C=32, I64=True, TH=8, TW=32), {}, "bf16", 90)
 
 
 def test_configuration_is_a_fixed_rule():
-    """Determinism across processes: no timing unless LAM_OPS_TRITON_AUTOTUNE=1 (checked in a
-    fresh process, since the choice is made at import)."""
-    from triton.runtime.autotuner import Autotuner
-
-    assert not ops.AUTOTUNE and not isinstance(ops.FORWARD, Autotuner) and not isinstance(ops.BACKWARD, Autotuner)
-    picks = {ops.tile_config(k, d, C, D, r, a)["TH"] for k in ("forward", "backward") for d in (torch.float32, torch.bfloat16)
-             for C, D in ((21, 16), (21, 256)) for r in (96, 3) for a in (80, 90)}
-    assert picks  # a plain function of its arguments: called twice, the same answer
-    assert ops.tile_config("backward", torch.float32, 21, 64, 3, 90) == ops.tile_config("backward", torch.float32, 21, 64, 3, 90)
-    assert ops.tile_config("forward", torch.float32, 3, 4, 1, None) == ops.INTERPRETER_TILES
+    """Determinism across processes: one configuration, timed by nothing, unless
+    LAM_OPS_TRITON_AUTOTUNE=1 (checked in a fresh process: the choice is made at import)."""
     if INTERPRETED:
+        assert ops._launch_config() == ops.INTERPRETER_TILES
         return
-    probe = "from lam_ops.backends.triton import ops; print(type(ops.FORWARD).__name__, ops.AUTOTUNE)"
+    for kind, kernel in (("forward", ops.FORWARD), ("backward", ops.BACKWARD)):
+        (config,) = kernel.configs  # a single configuration: triton's autotuner times nothing
+        launch = dict(num_warps=config.num_warps, num_stages=config.num_stages, maxnreg=config.maxnreg)
+        assert config.kwargs == ops.TILES and launch == ops.LAUNCH[kind]
+    assert not ops.AUTOTUNE and ops._launch_config() == {}
+    probe = "from lam_ops.backends.triton import ops; print(len(ops.FORWARD.configs), ops.AUTOTUNE)"
     env = dict(os.environ, **{ops.AUTOTUNE_ENV: "1"})
     env.pop("TRITON_INTERPRET", None)
     run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
-    assert run.stdout.split() == ["Autotuner", "True"], run.stderr[-3000:]
+    assert run.stdout.split() == [str(len(ops.FORWARD_CONFIGS)), "True"], run.stderr[-3000:]
 
 
 def test_sizes_and_strides_are_not_specialised_on():

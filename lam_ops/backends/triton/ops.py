@@ -38,49 +38,37 @@ INTERPRETER_TILES = dict(TH=4, TW=4, TKH=4, TKW=4)
 MAX_PROGRAMS = 2**31 - 1
 AUTOTUNE_ENV = "LAM_OPS_TRITON_AUTOTUNE"
 
-# Tiles (TH, TW, TKH, TKW) and (num_warps, num_stages) by the compiler's report: triton 3.8's
-# ptxas -v for sm_80 and sm_90, C = 21, a key mask, D padded to 16, 64, 128, 256 (BLOCK_D). Larger
-# tiles share each loaded key among more queries, but every 8 x 8 one tried spilled at D = 256
-# (float32's exact FMA tl.dot holds whole f tiles in registers; the backward holds dx and df
-# accumulators besides). On 4 x 4 tiles, ptxas's register budget (and so whether a few bytes
-# spill) changes with the warps and stages in no monotone way: the table holds, per case, one
-# that does not spill (test_chosen_configurations_fit_the_gpus checks it).
-TILES = (4, 4, 4, 4)
-# (kernel, float32?, arch, BLOCK_D) -> (num_warps, num_stages); missing entries: (8, 1).
-WARPS_STAGES = {
-    ("forward", True, 90, 128): (8, 2),
-    ("forward", True, 90, 256): (8, 2),
-    ("backward", True, 90, 256): (8, 2),
-    ("backward", True, 90, 64): (4, 1),
-    ("forward", False, 80, 128): (4, 1),
-    ("forward", False, 90, 128): (16, 1),
-}
-# The opt-in autotuner times these (which may spill: speed decides there).
-FORWARD_CONFIGS = [TILES + (8, 1), TILES + (8, 2), TILES + (4, 1), (8, 8, 8, 8, 8, 2), (8, 8, 8, 8, 4, 2), (4, 16, 4, 16, 4, 2)]
-BACKWARD_CONFIGS = [TILES + (8, 1), TILES + (8, 2), TILES + (4, 1), (4, 4, 8, 8, 8, 2), (4, 8, 8, 8, 4, 2)]
+# The configuration, by the compiler's report (ptxas -v of triton 3.6 and 3.8 for sm_80 and
+# sm_90, C = 21, a key mask, D padded to 64, 128, 256): no register spills, shared memory within
+# bounds (test_chosen_configurations_fit_the_gpus). Larger tiles share each loaded key among more
+# queries, but every 8 x 8 one tried spilled at D = 256 (float32's exact FMA tl.dot holds whole
+# f tiles in registers; the backward holds dx and df accumulators besides). ptxas also caps these
+# kernels at 128 registers unless told otherwise, and then spills a few bytes in cases that vary
+# with the triton version, the warps and the stages: maxnreg = 255 lifts the cap (8 warps x 255
+# registers fit an SM's 64 Ki registers).
+# The forward's float32 spills 16 B on sm_90 at D >= 128 with triton 3.8 in one stage, not in two.
+TILES = dict(TH=4, TW=4, TKH=4, TKW=4)
+LAUNCH = {"forward": dict(num_warps=8, num_stages=2, maxnreg=255), "backward": dict(num_warps=8, num_stages=1, maxnreg=255)}
+# The opt-in autotuner times these (larger ones may spill: speed decides there).
+FORWARD_CONFIGS = [(4, 4, 4, 4, 8, 1), (4, 4, 4, 4, 4, 1), (8, 8, 8, 8, 8, 2), (8, 8, 8, 8, 4, 2), (4, 16, 4, 16, 4, 2)]
+BACKWARD_CONFIGS = [(4, 4, 4, 4, 8, 1), (4, 4, 4, 4, 4, 1), (4, 4, 8, 8, 8, 2), (4, 8, 8, 8, 4, 2)]
 DELTA_TILES = dict(TH=8, TW=32)
 
 
-def tile_config(kernel: str, dtype: torch.dtype, C: int, D: int, radius: int, arch: Optional[int]) -> dict:
-    """The launch configuration of `kernel` ("forward" or "backward") by a fixed rule of the
-    dtype, the channel counts, the kernel radius (radius=None: max(H, W)) and the GPU architecture
-    (compute capability major * 10 + minor; None under the interpreter). A rule, not timing, so
-    that results are bitwise reproducible across processes (LAM_SPEC.md: determinism). It comes
-    from the compiler's report, not yet from timing on a GPU (C and radius do not enter it yet:
-    they are where a GPU's timings would refine it). Architectures other than sm_80 / sm_90 take
-    sm_90's entries from sm_90 on, sm_80's below."""
-    if arch is None:
-        return dict(INTERPRETER_TILES)
-    key = (kernel, dtype in (torch.float32, torch.float64), 90 if arch >= 90 else 80, max(64, _block(D)))
-    warps, stages = WARPS_STAGES.get(key, (8, 1))
-    th, tw, kh, kw = TILES
-    return dict(TH=th, TW=tw, TKH=kh, TKW=kw, num_warps=warps, num_stages=stages)
+def _fixed(kernel, kind: str):
+    """kernel with the fixed configuration attached (LAM_SPEC.md's determinism: a rule, not
+    timing), as a one-configuration autotuner: triton times nothing with a single configuration,
+    and torch.compile passes its launch options (maxnreg included) to the kernel it compiles,
+    which launch keywords would not all reach. One configuration fits every case checked (dtype,
+    D, sm_80 / sm_90); a GPU's timings may refine it per dtype, D, radius or architecture."""
+    return triton.autotune([triton.Config(dict(TILES), **LAUNCH[kind])], key=[])(kernel)
 
 
 def _autotuned(kernel, configs):
     """Opt-in (LAM_OPS_TRITON_AUTOTUNE=1): the fastest of `configs`, timed in this process per
     (C, D, R) and dtype. Not deterministic across processes: see the README."""
-    configs = [triton.Config(dict(TH=th, TW=tw, TKH=kh, TKW=kw), num_warps=w, num_stages=s) for th, tw, kh, kw, w, s in configs]
+    configs = [triton.Config(dict(TH=th, TW=tw, TKH=kh, TKW=kw), num_warps=w, num_stages=s, maxnreg=255)
+               for th, tw, kh, kw, w, s in configs]
     return triton.autotune(configs, key=["C", "D", "R"])(kernel)
 
 
@@ -92,6 +80,8 @@ if _IMPORT_ERROR is None:
     FORWARD, BACKWARD, DELTA = kernels.lam_forward_kernel, kernels.lam_backward_kernel, kernels.lam_delta_kernel
     if AUTOTUNE:
         FORWARD, BACKWARD = _autotuned(FORWARD, FORWARD_CONFIGS), _autotuned(BACKWARD, BACKWARD_CONFIGS)
+    elif not INTERPRETED:
+        FORWARD, BACKWARD = _fixed(FORWARD, "forward"), _fixed(BACKWARD, "backward")
     if INTERPRETED:
         DELTA_TILES = dict(TH=4, TW=4)
 
@@ -130,17 +120,15 @@ def launchable(kernel):
     return kernel if INTERPRETED else wrap_triton(kernel)
 
 
-def _arch(device: torch.device) -> Optional[int]:
-    if device.type != "cuda":
-        return None
-    major, minor = torch.cuda.get_device_capability(device)
-    return major * 10 + minor
+def _launch_config() -> dict:
+    """What a launch passes besides the arguments: the interpreter's tiles; on a GPU nothing, the
+    (fixed or autotuned) configuration is attached to the kernel."""
+    return dict(INTERPRETER_TILES) if INTERPRETED else {}
 
 
-def _launch_config(kernel: str, x: Tensor, D: int, R: int) -> dict:
-    if AUTOTUNE and kernel != "delta":
-        return {}
-    return tile_config(kernel, x.dtype, x.shape[1], D, R, _arch(x.device))
+def _grid_tiles(config: dict) -> dict:
+    """The pixel tile that sizes the grid; an autotuned launch's smallest candidate bounds it."""
+    return config or (dict(TH=1, TW=1) if AUTOTUNE else TILES)
 
 
 def _device_guard(t: Tensor):
@@ -216,8 +204,8 @@ def triton_forward(x: Tensor, f: Tensor, sigma: Tensor, radius: Optional[int], k
     if B * H * W == 0:  # no program to launch; C = 0 or D = 0 run the kernel (the logits are distances)
         return out, lse
     R = _kernel_radius(radius, H, W)
-    config = _launch_config("forward", x, D, R)
-    check_grid(B, H, W, config or dict(TH=1, TW=1))  # autotuned: its smallest tile bounds the grid
+    config = _launch_config()
+    check_grid(B, H, W, _grid_tiles(config))
     with _device_guard(x):
         launchable(FORWARD)[_grid(B, H, W)](
             x=x, f=f, sigma=sigma.to(lse.dtype), out=out, lse=lse, H=H, W=W, C=C, D=D, R=R,
@@ -239,8 +227,8 @@ def triton_backward(
         return dx, df, torch.zeros_like(sigma)
     sig = sigma.to(lse.dtype)
     R = _kernel_radius(radius, H, W)
-    config = _launch_config("backward", x, D, R)
-    check_grid(B, H, W, config or dict(TH=1, TW=1))
+    config = _launch_config()
+    check_grid(B, H, W, _grid_tiles(config))
     wide = needs_int64(x, f, grad_out)
     delta = torch.empty_like(lse)
     dsig = torch.empty_like(lse)
