@@ -129,3 +129,112 @@ def test_rejects_sigma_on_another_device():
     x, f, _, _ = make_inputs(Case(1, 2, 3, 4, 5, 1), torch.float32, "cuda", requires_grad=False)
     with pytest.raises(RuntimeError, match="sigma"):
         torch.ops.lam_ops.forward(x, f, torch.tensor(1.0), 1, None)
+
+
+@requires_gpu
+def test_operators_pass_opcheck():
+    """torch.compile's view of the CUDA operators: schema, fake kernels, autograd registration and
+    AOT dispatch with dynamic shapes, on CUDA tensors."""
+    x, f, sigma, key_mask = make_inputs(Case(1, 3, 4, 5, 6, 1, "random"), torch.float32, "cuda")
+    out, lse = torch.ops.lam_ops.forward(x, f, sigma, 1, key_mask)
+    torch.library.opcheck(torch.ops.lam_ops.forward, (x, f, sigma, 1, key_mask))
+    args = (torch.randn_like(out), x.detach(), f.detach(), sigma.detach(), 1, key_mask, out.detach(), lse)
+    torch.library.opcheck(torch.ops.lam_ops.backward, args)
+
+
+@requires_gpu
+@pytest.mark.parametrize("shape", [(0, 3, 4, 5, 6), (2, 3, 4, 0, 6), (2, 3, 4, 5, 0), (2, 0, 4, 5, 6), (2, 3, 0, 5, 6)])
+def test_empty_sizes(shape):
+    B, C, D, H, W = shape
+    x = torch.randn(B, C, H, W, device="cuda", requires_grad=True)
+    f = torch.randn(B, D, H, W, device="cuda", requires_grad=True)
+    sigma = torch.tensor(1.5, device="cuda", requires_grad=True)
+    out, lse = lam_ops.local_aggregate_with_lse(x, f, sigma, 1, backend="cuda")
+    want, want_lse = lam_ops.local_aggregate_with_lse(x.detach().cpu().double(), f.detach().cpu().double(), 1.5, 1, backend="reference")
+    torch.testing.assert_close(out.cpu().double(), want, **TOLERANCES[torch.float32])
+    torch.testing.assert_close(lse.cpu().double(), want_lse, **TOLERANCES[torch.float32])
+    dx, df, dsigma = torch.autograd.grad((out * torch.randn_like(out)).sum(), (x, f, sigma))
+    assert dx.shape == x.shape and df.shape == f.shape and torch.isfinite(dsigma)
+
+
+@requires_gpu
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_masked_nonfinite_keys_never_influence_anything(value):
+    x, f, sigma, _ = make_inputs(Case(1, 2, 3, 9, 9, 2), torch.float32, "cuda", requires_grad=False)
+    key_mask = torch.ones(1, 9, 9, dtype=torch.bool, device="cuda")
+    key_mask[0, 4, 0] = False
+    runs = []
+    for planted in (False, True):
+        xv = x.clone()
+        if planted:
+            xv[0, :, 4, 0] = value
+        out, lse = torch.ops.lam_ops.forward(xv, f, sigma, 2, key_mask)
+        runs.append((out, lse, *torch.ops.lam_ops.backward(torch.ones_like(out), xv, f, sigma, 2, key_mask, out, lse)))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@requires_gpu
+@pytest.mark.parametrize("sigma", [1e-20, 1e-30, 1e19, 3e38])
+def test_extreme_sigma(sigma):
+    x, f, s, _ = make_inputs(Case(1, 3, 4, 5, 6, 2, sigma=sigma), torch.float32, "cuda")
+    out = lam_ops.local_aggregate(x, f, s, 2, backend="cuda")
+    grads = torch.autograd.grad(out.sum(), (x, f, s))
+    assert all(torch.isfinite(t).all() for t in (out, *grads))
+    if sigma < 1:
+        assert torch.equal(out, x.detach()) and grads[2] == 0
+
+
+@requires_gpu
+def test_second_derivatives_raise_naming_the_reference():
+    x, f, sigma, _ = make_inputs(Case(1, 2, 3, 4, 5, 1), torch.float32, "cuda")
+    (dx,) = torch.autograd.grad(lam_ops.local_aggregate(x, f, sigma, 1, backend="cuda").pow(2).sum(), (x,), create_graph=True)
+    with pytest.raises(RuntimeError, match="reference"):
+        torch.autograd.grad(dx.sum(), (f,))
+
+
+_DIGEST = """
+import hashlib, sys, torch
+sys.path.insert(0, sys.argv[1])
+from lam_cases import Case, run_with_grads
+h = hashlib.sha256()
+for dtype in (torch.float32, torch.bfloat16):
+    for name, t in run_with_grads(Case(2, 21, 64, 33, 29, 6, "random"), sys.argv[2], dtype, "cuda").items():
+        h.update(t.detach().float().cpu().numpy().tobytes())
+print(h.hexdigest())
+"""
+
+
+@requires_gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_bitwise_deterministic_across_processes(backend):
+    """LAM_SPEC.md: bitwise equal results across processes on one machine and build (triton's
+    configuration is a fixed rule, not timed)."""
+    import os
+    import subprocess
+    import sys
+
+    if BACKENDS[backend].unavailable("cuda") is not None:
+        pytest.skip(BACKENDS[backend].unavailable("cuda"))
+    tests = os.path.dirname(__file__)
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "LAM_OPS_TRITON_AUTOTUNE")}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(tests), env.get("PYTHONPATH", "")])
+    digests = [
+        subprocess.run([sys.executable, "-c", _DIGEST, tests, backend], env=env, capture_output=True, text=True, timeout=600, check=True).stdout
+        for _ in range(2)
+    ]
+    assert digests[0] == digests[1] and len(digests[0].strip()) == 64
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_runs_on_xs_device_not_the_current_one(backend):
+    if BACKENDS[backend].unavailable("cuda") is not None:
+        pytest.skip(BACKENDS[backend].unavailable("cuda"))
+    case = Case(1, 3, 4, 9, 10, 2, "random")
+    want = run_with_grads(case, backend, torch.float32, "cuda:0")
+    with torch.cuda.device(0):
+        got = run_with_grads(case, backend, torch.float32, "cuda:1")
+    for name in want:
+        assert got[name].device == torch.device("cuda:1")
+        assert torch.equal(got[name].cpu(), want[name].cpu()), name

@@ -144,7 +144,9 @@ __device__ void dot_keys(acc_t (&acc)[TK], const acc_t (&v)[CK][TK], const scala
 }
 
 // own[c0 + c] = own[c0 + c] * scale + sum_t w[t] * s.v[c][t]: weighted sum of the staged keys
-// into this thread's accumulator of a (C, N) tensor.
+// into this thread's accumulator of a (C, N) tensor. A key of weight exactly 0 (outside the
+// window, masked out, or underflowed) is skipped by a select, not multiplied: its value may be
+// inf or NaN, and 0 * inf = NaN would let it reach this query (LAM_SPEC.md: edge cases).
 template <int TK, typename acc_t>
 __device__ void gather_keys(acc_t* own, const acc_t (&w)[TK], const acc_t (&v)[CK][TK], int c0, int n, int64_t N,
                             acc_t scale) {
@@ -152,7 +154,7 @@ __device__ void gather_keys(acc_t* own, const acc_t (&w)[TK], const acc_t (&v)[C
   for (int c = 0; c < cn; ++c) {
     acc_t a = 0;
 #pragma unroll
-    for (int t = 0; t < TK; ++t) a += w[t] * v[c][t];
+    for (int t = 0; t < TK; ++t) a += w[t] != static_cast<acc_t>(0) ? w[t] * v[c][t] : static_cast<acc_t>(0);
     acc_t& o = own[(c0 + c) * N];
     o = o * scale + a;
   }

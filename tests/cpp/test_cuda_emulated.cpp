@@ -124,6 +124,74 @@ void check(const Case& k, at::ScalarType dtype, double tol) {
   expect_close(name + " dsigma", dsigma, want_dsigma, tol * std::max(1.0, want_dsigma.abs().item<double>()), tol);
 }
 
+// The edge cases of LAM_SPEC.md on the kernels themselves (float32).
+bool same(const at::Tensor& a, const at::Tensor& b) { return a.sizes() == b.sizes() && at::equal(a, b); }
+
+void expect(bool ok, const std::string& what) {
+  if (!ok) {
+    ++failures;
+    std::fprintf(stderr, "FAIL %s\n", what.c_str());
+  }
+}
+
+// A NaN or Inf at a masked-out key changes nothing (x acts only as a key); a non-finite x reaches
+// exactly the queries whose window holds it.
+void check_nonfinite_keys() {
+  const at::Tensor x = at::randn({1, 2, 9, 9}), f = at::randn({1, 3, 9, 9}) / 1.3, g = at::randn({1, 2, 9, 9});
+  const at::Tensor sigma = at::scalar_tensor(1.5, at::kFloat);
+  at::Tensor mask = at::ones({1, 9, 9}, at::kBool);
+  mask[0][4][0] = false;
+  const auto clean = run_kernels<float>(x, f, sigma, 2, mask, g);
+  for (const double v : {NAN, INFINITY, -INFINITY}) {
+    at::Tensor xb = x.clone();
+    xb.select(3, 0).select(2, 4).fill_(v);  // x[0, :, 4, 0]
+    const auto got = run_kernels<float>(xb, f, sigma, 2, mask, g);
+    expect(same(std::get<0>(got), std::get<0>(clean)) && same(std::get<1>(got), std::get<1>(clean)) &&
+               same(std::get<2>(got), std::get<2>(clean)) && same(std::get<3>(got), std::get<3>(clean)) &&
+               same(std::get<4>(got), std::get<4>(clean)),
+           "a masked key's non-finite x changed a result: " + std::to_string(v));
+    const auto open = run_kernels<float>(xb, f, sigma, 2, at::Tensor(), g);
+    at::Tensor reach = at::zeros({9, 9}, at::kBool);
+    reach.slice(0, 2, 7).slice(1, 0, 3).fill_(true);  // the windows (r = 2) that hold pixel (4, 0)
+    expect(same(at::isfinite(std::get<0>(open)[0]).all(0), reach.logical_not()),
+           "an admissible non-finite x reached other queries than those that admit it: " + std::to_string(v));
+  }
+}
+
+// B, H, W, C or D = 0 run and give the formula's result (D = 0: the distance term alone).
+void check_empty_sizes() {
+  const int64_t shapes[][5] = {{0, 3, 4, 5, 6}, {2, 3, 4, 0, 6}, {2, 3, 4, 5, 0}, {2, 0, 4, 5, 6}, {2, 3, 0, 5, 6}};
+  for (const auto& s : shapes) {
+    const at::Tensor x = at::randn({s[0], s[1], s[3], s[4]}), f = at::randn({s[0], s[2], s[3], s[4]});
+    const at::Tensor g = at::randn_like(x), sigma = at::scalar_tensor(1.5, at::kFloat);
+    const int r = lam::kernel_radius(1, s[3], s[4]);
+    const auto got = run_kernels<float>(x, f, sigma, r, at::Tensor(), g);
+    const auto d = [](const at::Tensor& t) { return t.to(at::kDouble); };
+    auto [want_out, want_lse] = forward_op().call(d(x), d(f), sigma.to(at::kDouble), 1, std::nullopt);
+    const std::string name = "empty " + std::to_string(s[0]) + "," + std::to_string(s[1]) + "," + std::to_string(s[2]) +
+                             "," + std::to_string(s[3]) + "," + std::to_string(s[4]);
+    expect_close(name + " out", std::get<0>(got), want_out, 2e-5, 2e-5);
+    expect_close(name + " lse", std::get<1>(got), want_lse, 2e-5, 2e-5);
+    expect(std::get<2>(got).sizes() == x.sizes() && std::get<3>(got).sizes() == f.sizes() &&
+               at::isfinite(std::get<4>(got)).item<bool>(),
+           name + " gradients");
+  }
+}
+
+// The own pixel's distance term is exactly 0 at any sigma: at a tiny sigma out = x (every other
+// key underflows) and dsigma = 0, never NaN; at a huge one nothing overflows.
+void check_extreme_sigma() {
+  const at::Tensor x = at::randn({1, 3, 5, 6}), f = at::randn({1, 4, 5, 6}) / 1.4, g = at::randn_like(x);
+  for (const double sv : {1e-20, 1e-30, 1e19, 3e38}) {
+    const auto got = run_kernels<float>(x, f, at::scalar_tensor(sv, at::kFloat), 2, at::Tensor(), g);
+    bool finite = true;
+    for (const at::Tensor& t : {std::get<0>(got), std::get<2>(got), std::get<3>(got), std::get<4>(got)})
+      finite = finite && at::isfinite(t).all().item<bool>();
+    expect(finite, "a non-finite result at sigma " + std::to_string(sv));
+    if (sv < 1) expect(same(std::get<0>(got), x) && std::get<4>(got).item<float>() == 0.0f, "tiny sigma: out != x");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -145,6 +213,9 @@ int main(int argc, char** argv) {
     check(k, at::kHalf, 2e-3);
     check(k, at::kBFloat16, 1.6e-2);
   }
+  check_nonfinite_keys();
+  check_empty_sizes();
+  check_extreme_sigma();
   if (failures) return 1;
   std::printf("lam_ops CUDA kernels (emulated on CPU threads) match the CPU operators\n");
   return 0;

@@ -1,10 +1,21 @@
 """Triton kernels of the LAM operator (notation of LAM_SPEC.md: j a query pixel, i a key).
 
 A program owns a tile of TH x TW pixels of one image and visits, one TKH x TKW tile at a time,
-the pixels in the union of their windows (every pixel for radius < 0, the Python radius=None).
+the pixels in the union of their windows (the host passes R = max(H, W) for radius=None, a window
+that holds the whole image from every pixel).
 f_q . f_k and A x are tl.dot products on these tiles; the distance term, the window, the border
 and the key mask are applied in registers. Channel counts are padded to powers of two in
 registers by masked loads, never in memory, and inputs are read through their strides.
+
+Sizes and strides that change with the image (H, W and every stride but the innermost) are not
+specialised on (do_not_specialize): a new image size reuses the compiled kernel. Offsets within
+an image are 32-bit unless the host sets I64 (an image's tensor of 2^31 elements or more).
+
+Non-finite inputs follow the contract (LAM_SPEC.md, edge cases): everything a key contributes goes
+through a select on its admissibility (window and key mask), never through a product with a zero
+weight alone, since 0 * inf = NaN would let an excluded key reach a query. In the tl.dot products
+that cannot select per pair, the key operand is made finite first and a non-finite value's terms
+are added back for the admissible pairs only (rare: a branch taken per key tile).
 
 The backward is one gather pass, not the query-side + key-side pair of flash attention: the
 logit f_i . f_j - |s_i - s_j|^2 / (2 sigma^2) is symmetric and so is the clipped window, so a
@@ -16,12 +27,34 @@ import triton
 import triton.language as tl
 
 
+# Not specialised on (see the module docstring): the image size, R (max(H, W) for radius=None)
+# and the outer strides.
+_VARYING = ["H", "W", "R", "sxb", "sxc", "sxh", "sfb", "sfc", "sfh", "sgb", "sgc", "sgh", "smb", "smh"]
+
+
+def _jit(fn):
+    names = [a for a in fn.__code__.co_varnames[: fn.__code__.co_argcount] if a in _VARYING]
+    return triton.jit(do_not_specialize=names)(fn)
+
+
 @triton.jit
 def _tile_origin(H, W, TH: tl.constexpr, TW: tl.constexpr):
-    """(batch, first row, first column) of this program's pixel tile."""
+    """(batch, first row, first column) of this program's pixel tile. The grid is one-dimensional,
+    tiles of an image then images (the host checks its size): no 65535 limit on the batch."""
     t = tl.program_id(0)
     n_tx = tl.cdiv(W, TW)
-    return tl.program_id(1).to(tl.int64), (t // n_tx) * TH, (t % n_tx) * TW
+    n_t = tl.cdiv(H, TH) * n_tx
+    b = t // n_t
+    t = t % n_t
+    return b.to(tl.int64), (t // n_tx) * TH, (t % n_tx) * TW
+
+
+@triton.jit
+def _wide(i, I64: tl.constexpr):
+    """i as the type of in-image offsets: int64 where an image's tensor may exceed 2^31 elements."""
+    if I64:
+        i = i.to(tl.int64)
+    return i
 
 
 @triton.jit
@@ -34,41 +67,59 @@ def _pixels(y0, x0, TH: tl.constexpr, TW: tl.constexpr):
 @triton.jit
 def _neighbour_range(y0, x0, H, W, R, TH: tl.constexpr, TW: tl.constexpr):
     """Rows [ylo, yhi) and columns [xlo, xhi) of the union of the windows of a tile, clipped."""
-    whole = R < 0
-    ylo = tl.where(whole, 0, tl.maximum(y0 - R, 0))
-    yhi = tl.where(whole, H, tl.minimum(y0 + TH + R, H))
-    xlo = tl.where(whole, 0, tl.maximum(x0 - R, 0))
-    xhi = tl.where(whole, W, tl.minimum(x0 + TW + R, W))
+    # Plain min / max of scalars: triton 3.6's interpreter cannot loop over a tl.where of scalars.
+    ylo = tl.maximum(y0 - R, 0)
+    yhi = tl.minimum(y0 + TH + R, H)
+    xlo = tl.maximum(x0 - R, 0)
+    xhi = tl.minimum(x0 + TW + R, W)
     return ylo, yhi, xlo, xhi
 
 
 @triton.jit
-def _load_channels(ptr, ys, xs, inside, n, s_c, s_h, s_w, BLOCK: tl.constexpr):
+def _load_channels(ptr, ys, xs, inside, n, s_c, s_h, s_w, BLOCK: tl.constexpr, I64: tl.constexpr):
     """(pixels, BLOCK) tile of an (n, H, W) channel stack; 0 outside the image and past n."""
     c = tl.arange(0, BLOCK)
-    offs = c[None, :] * s_c + ys[:, None] * s_h + xs[:, None] * s_w
+    offs = _wide(c[None, :], I64) * s_c + _wide(ys[:, None], I64) * s_h + _wide(xs[:, None], I64) * s_w
     return tl.load(ptr + offs, mask=inside[:, None] & (c[None, :] < n), other=0.0)
 
 
 @triton.jit
-def _store_channels(ptr, val, ys, xs, inside, n, H, W, BLOCK: tl.constexpr):
+def _store_channels(ptr, val, ys, xs, inside, n, H, W, BLOCK: tl.constexpr, I64: tl.constexpr):
     """Stores a (pixels, BLOCK) tile into a contiguous (n, H, W) channel stack."""
     c = tl.arange(0, BLOCK)
-    offs = c[None, :] * (H * W) + (ys * W + xs)[:, None]
+    offs = _wide(c[None, :], I64) * (_wide(H, I64) * W) + _wide((ys * W + xs)[:, None], I64)
     tl.store(ptr + offs, val.to(ptr.dtype.element_ty), mask=inside[:, None] & (c[None, :] < n))
 
 
 @triton.jit
-def _load_pixels(ptr, ys, xs, inside, s_h, s_w, other):
-    return tl.load(ptr + ys * s_h + xs * s_w, mask=inside, other=other)
+def _load_pixels(ptr, ys, xs, inside, s_h, s_w, other, I64: tl.constexpr):
+    return tl.load(ptr + _wide(ys, I64) * s_h + _wide(xs, I64) * s_w, mask=inside, other=other)
 
 
 @triton.jit
-def _admissible(mask, ys, xs, inside, s_h, s_w, HAS_MASK: tl.constexpr):
+def _admissible(mask, ys, xs, inside, s_h, s_w, HAS_MASK: tl.constexpr, I64: tl.constexpr):
     """Pixels that may be aggregated from: in the image and, with a key mask, set in it."""
     if HAS_MASK:
-        return inside & (_load_pixels(mask, ys, xs, inside, s_h, s_w, 0) != 0)
+        return inside & (_load_pixels(mask, ys, xs, inside, s_h, s_w, 0, I64) != 0)
     return inside
+
+
+@triton.jit
+def _finite(v):
+    return (v == v) & (tl.abs(v) != float("inf"))
+
+
+@triton.jit
+def _nonfinite_terms(acc, p, adm, vals, finite, n, BLOCK: tl.constexpr):
+    """acc + the terms p[j, i] * vals[i, c] of the non-finite vals, for the admissible pairs only,
+    one channel at a time (a key tile with a non-finite value is rare)."""
+    cols = tl.arange(0, BLOCK)
+    bad = tl.where(finite, 0.0, vals.to(acc.dtype))
+    for c in range(0, n):
+        col = tl.sum(tl.where(cols[None, :] == c, bad, 0.0), 1)  # one non-zero term per row: exact
+        term = tl.sum(tl.where(adm & (col[None, :] != 0), p * col[None, :], 0.0), 1)
+        acc += tl.where(cols[None, :] == c, term[:, None], 0.0)
+    return acc
 
 
 @triton.jit
@@ -89,9 +140,10 @@ def _pair_logits(fa, fb, ya, xa, yb, xb, coef, R, PRECISION: tl.constexpr, UPCAS
     dy = ya[:, None] - yb[None, :]
     dx = xa[:, None] - xb[None, :]
     d2 = dy * dy + dx * dx
-    in_window = (R < 0) | ((tl.abs(dy) <= R) & (tl.abs(dx) <= R))
+    in_window = (tl.abs(dy) <= R) & (tl.abs(dx) <= R)
     s = _dot(fa, tl.trans(fb), PRECISION, UPCAST)
-    return s + coef * d2.to(s.dtype), d2, in_window
+    # A pixel's own distance term is exactly 0, also where coef = -inf (sigma^2 underflows): no -inf * 0.
+    return tl.where(d2 == 0, s, s + coef * d2.to(s.dtype)), d2, in_window
 
 
 @triton.jit
@@ -101,13 +153,13 @@ def _sigma_coef(sigma):
     return -0.5 / (s * s)
 
 
-@triton.jit
+@_jit
 def lam_forward_kernel(
     x, f, sigma, mask, out, lse,
     H, W, C, D, R,
     sxb, sxc, sxh, sxw, sfb, sfc, sfh, sfw, smb, smh, smw,
     HAS_MASK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    TH: tl.constexpr, TW: tl.constexpr, TKH: tl.constexpr, TKW: tl.constexpr,
+    I64: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, TKH: tl.constexpr, TKW: tl.constexpr,
 ):
     b, y0, x0 = _tile_origin(H, W, TH, TW)
     yq, xq = _pixels(y0, x0, TH, TW)
@@ -115,7 +167,7 @@ def lam_forward_kernel(
     x += b * sxb
     f += b * sfb
     mask += b * smb
-    fq = _load_channels(f, yq, xq, q_in, D, sfc, sfh, sfw, BLOCK_D)
+    fq = _load_channels(f, yq, xq, q_in, D, sfc, sfh, sfw, BLOCK_D, I64)
     coef = _sigma_coef(sigma)
 
     # Online softmax (flash attention): running max m, normaliser l, and acc = sum_i e^(s_i - m) x_i.
@@ -127,66 +179,71 @@ def lam_forward_kernel(
         for kx in range(xlo, xhi, TKW):
             yk, xk = _pixels(ky, kx, TKH, TKW)
             k_in = (yk < yhi) & (xk < xhi)
-            k_ok = _admissible(mask, yk, xk, k_in, smh, smw, HAS_MASK)
-            fk = _load_channels(f, yk, xk, k_in, D, sfc, sfh, sfw, BLOCK_D)
+            k_ok = _admissible(mask, yk, xk, k_in, smh, smw, HAS_MASK, I64)
+            fk = _load_channels(f, yk, xk, k_in, D, sfc, sfh, sfw, BLOCK_D, I64)
             s, d2, in_window = _pair_logits(fq, fk, yq, xq, yk, xk, coef, R, PRECISION, UPCAST)
-            s = tl.where(in_window & k_ok[None, :], s, float("-inf"))
+            adm = in_window & k_ok[None, :]
+            s = tl.where(adm, s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, 1))
             # While a query has seen no admissible key its max is -inf: shift by 0 instead (no NaN).
             m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
             alpha = tl.exp(m - m_ref)
             p = tl.exp(s - m_ref[:, None])
             l = l * alpha + tl.sum(p, 1)
-            xk_ = _load_channels(x, yk, xk, k_in, C, sxc, sxh, sxw, BLOCK_C)
-            acc = acc * alpha[:, None] + _dot(p.to(xk_.dtype), xk_, PRECISION, UPCAST).to(acc.dtype)
+            xk_ = _load_channels(x, yk, xk, k_in, C, sxc, sxh, sxw, BLOCK_C, I64)
+            finite = _finite(xk_)
+            acc = acc * alpha[:, None] + _dot(p.to(xk_.dtype), tl.where(finite, xk_, 0.0), PRECISION, UPCAST).to(acc.dtype)
+            if tl.sum((~finite).to(tl.int32)) > 0:
+                acc = _nonfinite_terms(acc, p, adm, xk_, finite, C, BLOCK_C)
             m = m_new
 
     # A query with no admissible key: out = 0, lse = -inf.
     seen = l > 0
     l = tl.where(seen, l, 1.0)
     acc = acc / l[:, None]
-    _store_channels(out + b * C * H * W, acc, yq, xq, q_in, C, H, W, BLOCK_C)
-    tl.store(lse + b * H * W + yq * W + xq, tl.where(seen, m + tl.log(l), float("-inf")), mask=q_in)
+    _store_channels(out + b * C * H * W, acc, yq, xq, q_in, C, H, W, BLOCK_C, I64)
+    tl.store(lse + b * H * W + _wide(yq * W + xq, I64), tl.where(seen, m + tl.log(l), float("-inf")), mask=q_in)
 
 
-@triton.jit
+@_jit
 def lam_delta_kernel(
     g, out, delta, H, W, C, sgb, sgc, sgh, sgw,
-    BLOCK_C: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+    BLOCK_C: tl.constexpr, I64: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
 ):
     """Delta_j = g_j . out_j (out is contiguous, delta has lse's dtype)."""
     b, y0, x0 = _tile_origin(H, W, TH, TW)
     ys, xs = _pixels(y0, x0, TH, TW)
     inside = (ys < H) & (xs < W)
     n = H * W
-    gt = _load_channels(g + b * sgb, ys, xs, inside, C, sgc, sgh, sgw, BLOCK_C).to(delta.dtype.element_ty)
-    ot = _load_channels(out + b * C * n, ys, xs, inside, C, n, W, 1, BLOCK_C).to(delta.dtype.element_ty)
-    tl.store(delta + b * n + ys * W + xs, tl.sum(gt * ot, 1), mask=inside)
+    gt = _load_channels(g + b * sgb, ys, xs, inside, C, sgc, sgh, sgw, BLOCK_C, I64).to(delta.dtype.element_ty)
+    ot = _load_channels(out + b * C * n, ys, xs, inside, C, n, W, 1, BLOCK_C, I64).to(delta.dtype.element_ty)
+    tl.store(delta + b * n + _wide(ys * W + xs, I64), tl.sum(gt * ot, 1), mask=inside)
 
 
 @triton.jit
 def _backward_operands(
     g, x, f, mask, lse, delta, ys, xs, inside, C, D, W,
-    sgc, sgh, sgw, sxc, sxh, sxw, sfc, sfh, sfw, smh, smw, HAS_MASK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    sgc, sgh, sgw, sxc, sxh, sxw, sfc, sfh, sfw, smh, smw,
+    HAS_MASK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, I64: tl.constexpr,
 ):
     """What the backward reads of a tile: admissible as a key, f, x, g, L and Delta."""
-    ok = _admissible(mask, ys, xs, inside, smh, smw, HAS_MASK)
-    ft = _load_channels(f, ys, xs, inside, D, sfc, sfh, sfw, BLOCK_D)
-    xt = _load_channels(x, ys, xs, inside, C, sxc, sxh, sxw, BLOCK_C)
-    gt = _load_channels(g, ys, xs, inside, C, sgc, sgh, sgw, BLOCK_C).to(xt.dtype)
+    ok = _admissible(mask, ys, xs, inside, smh, smw, HAS_MASK, I64)
+    ft = _load_channels(f, ys, xs, inside, D, sfc, sfh, sfw, BLOCK_D, I64)
+    xt = _load_channels(x, ys, xs, inside, C, sxc, sxh, sxw, BLOCK_C, I64)
+    gt = _load_channels(g, ys, xs, inside, C, sgc, sgh, sgw, BLOCK_C, I64).to(xt.dtype)
     # L = +inf for a query with no admissible key (and outside the image): its A is 0, not NaN.
-    lse_t = _load_pixels(lse, ys, xs, inside, W, 1, float("inf"))
+    lse_t = _load_pixels(lse, ys, xs, inside, W, 1, float("inf"), I64)
     lse_t = tl.where(lse_t == float("-inf"), float("inf"), lse_t)
-    return ok, ft, xt, gt, lse_t, _load_pixels(delta, ys, xs, inside, W, 1, 0.0)
+    return ok, ft, xt, gt, lse_t, _load_pixels(delta, ys, xs, inside, W, 1, 0.0, I64)
 
 
-@triton.jit
+@_jit
 def lam_backward_kernel(
     g, x, f, sigma, mask, lse, delta, dx, df, dsig,
     H, W, C, D, R,
     sgb, sgc, sgh, sgw, sxb, sxc, sxh, sxw, sfb, sfc, sfh, sfw, smb, smh, smw,
     HAS_MASK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    TH: tl.constexpr, TW: tl.constexpr, TKH: tl.constexpr, TKW: tl.constexpr,
+    I64: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, TKH: tl.constexpr, TKW: tl.constexpr,
 ):
     """dx, df and the per-pixel partial sums of dsigma (dsig[b, j] = sum_i dS(i, j) d2(i, j)) of
     the program's pixel tile P, gathered over the neighbour tiles Q:
@@ -206,7 +263,7 @@ def lam_backward_kernel(
     delta += b * n
     p_ok, fp, xp_, gp, lse_p, delta_p = _backward_operands(
         g, x, f, mask, lse, delta, yp, xp, p_in, C, D, W,
-        sgc, sgh, sgw, sxc, sxh, sxw, sfc, sfh, sfw, smh, smw, HAS_MASK, BLOCK_C, BLOCK_D,
+        sgc, sgh, sgw, sxc, sxh, sxw, sfc, sfh, sfw, smh, smw, HAS_MASK, BLOCK_C, BLOCK_D, I64,
     )
     coef = _sigma_coef(sigma)
 
@@ -220,19 +277,24 @@ def lam_backward_kernel(
             q_in = (yq < yhi) & (xq < xhi)
             q_ok, fq, xq_, gq, lse_q, delta_q = _backward_operands(
                 g, x, f, mask, lse, delta, yq, xq, q_in, C, D, W,
-                sgc, sgh, sgw, sxc, sxh, sxw, sfc, sfh, sfw, smh, smw, HAS_MASK, BLOCK_C, BLOCK_D,
+                sgc, sgh, sgw, sxc, sxh, sxw, sfc, sfh, sfw, smh, smw, HAS_MASK, BLOCK_C, BLOCK_D, I64,
             )
 
             s, d2, in_window = _pair_logits(fp, fq, yp, xp, yq, xq, coef, R, PRECISION, UPCAST)
             pair = in_window & p_in[:, None] & q_in[None, :]
-            a_q = tl.where(pair & q_ok[None, :], tl.exp(s - lse_p[:, None]), 0.0)  # A(q, p)
-            a_p = tl.where(pair & p_ok[:, None], tl.exp(s - lse_q[None, :]), 0.0)  # A(p, q)
-            ds_q = a_q * (_dot(gp, tl.trans(xq_), PRECISION, UPCAST) - delta_p[:, None])
-            ds_p = a_p * (_dot(xp_, tl.trans(gq), PRECISION, UPCAST) - delta_q[None, :])
+            q_key = pair & q_ok[None, :]  # q admissible for query p
+            p_key = pair & p_ok[:, None]  # p admissible for query q
+            a_q = tl.where(q_key, tl.exp(s - lse_p[:, None]), 0.0)  # A(q, p)
+            a_p = tl.where(p_key, tl.exp(s - lse_q[None, :]), 0.0)  # A(p, q)
+            ds_q = tl.where(q_key, a_q * (_dot(gp, tl.trans(xq_), PRECISION, UPCAST) - delta_p[:, None]), 0.0)
+            ds_p = tl.where(p_key, a_p * (_dot(xp_, tl.trans(gq), PRECISION, UPCAST) - delta_q[None, :]), 0.0)
             dx_acc += _dot(a_p.to(gq.dtype), gq, PRECISION, UPCAST).to(dx_acc.dtype)
-            df_acc += _dot((ds_q + ds_p).to(fq.dtype), fq, PRECISION, UPCAST).to(df_acc.dtype)
+            # A non-finite f_q of an admissible pair already made that pair's dS non-finite (through
+            # f_p . f_q), so zeroing it here only keeps excluded pairs out (0 * inf).
+            fq_ = tl.where(_finite(fq), fq, 0.0)
+            df_acc += _dot((ds_q + ds_p).to(fq.dtype), fq_, PRECISION, UPCAST).to(df_acc.dtype)
             dsig_acc += tl.sum(ds_q * d2.to(ds_q.dtype), 1)
 
-    _store_channels(dx + b * C * n, dx_acc, yp, xp, p_in, C, H, W, BLOCK_C)
-    _store_channels(df + b * D * n, df_acc, yp, xp, p_in, D, H, W, BLOCK_D)
-    tl.store(dsig + b * n + yp * W + xp, dsig_acc, mask=p_in)
+    _store_channels(dx + b * C * n, dx_acc, yp, xp, p_in, C, H, W, BLOCK_C, I64)
+    _store_channels(df + b * D * n, df_acc, yp, xp, p_in, D, H, W, BLOCK_D, I64)
+    tl.store(dsig + b * n + _wide(yp * W + xp, I64), dsig_acc, mask=p_in)
