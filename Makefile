@@ -38,7 +38,7 @@ test-default: install
 COMPAT_VENV ?= .venv-torch2.11
 COMPAT_PY := $(COMPAT_VENV)/bin/python
 COMPAT_SRC := build/compat-torch2.11
-COMPAT_TESTS := tests/test_cpp.py tests/test_cuda.py tests/test_functional.py tests/test_modules.py tests/test_triton.py tests/test_versions.py tests/test_tools.py
+COMPAT_TESTS := tests/test_cpp.py tests/test_cuda.py tests/test_functional.py tests/test_modules.py tests/test_triton.py tests/test_versions.py
 
 $(COMPAT_VENV)/.installed: $(VENV)/.installed
 	test -x $(COMPAT_PY) || python3 -m venv $(COMPAT_VENV)
