@@ -68,6 +68,14 @@ TOLERANCES = {
 }
 
 
+def tolerance_for(name: str, want: torch.Tensor, tol: dict) -> dict:
+    """The tolerance of result `name` given the expected value: dsigma sums over every pair, so
+    its absolute tolerance scales with its magnitude; the other results use `tol` as it is."""
+    if name != "dsigma":
+        return tol
+    return dict(tol, atol=tol["atol"] * max(1.0, float(want.detach().abs().max())))
+
+
 def assert_matches_reference(case: Case, backend: str, dtype=torch.float32, device="cpu", seed=0, tol=None):
     """Compares values, lse and every gradient of `backend` with the reference backend's, computed
     in float64 on the same inputs (so that the tolerance measures the backend's error alone)."""
@@ -76,6 +84,5 @@ def assert_matches_reference(case: Case, backend: str, dtype=torch.float32, devi
     tol = tol or TOLERANCES[dtype]
     for name, w in want.items():
         g = got[name].detach().cpu().to(torch.float64)
-        # dsigma sums over every pair: compare it relative to its scale.
-        t = dict(tol, atol=tol["atol"] * max(1.0, float(w.abs().max()))) if name == "dsigma" else tol
+        t = tolerance_for(name, w, tol)
         torch.testing.assert_close(g, w.detach(), **t, equal_nan=False, msg=lambda m: f"{case} {backend} {name}: {m}")

@@ -1,9 +1,9 @@
 """Inputs and comparisons shared by the tests of every LAM backend against the reference (the
 shared part lives in lam_ops/testing.py, which `python -m lam_ops.check` uses too)."""
 
-from lam_ops.testing import TOLERANCES, Case, assert_matches_reference, make_inputs, run_with_grads
+from lam_ops.testing import TOLERANCES, Case, assert_matches_reference, make_inputs, run_with_grads, tolerance_for
 
-__all__ = ["EDGE_CASES", "TOLERANCES", "Case", "assert_matches_reference", "make_inputs", "run_with_grads"]
+__all__ = ["EDGE_CASES", "TOLERANCES", "Case", "assert_matches_reference", "make_inputs", "run_with_grads", "tolerance_for"]
 
 # The edge cases of DEVELOPERS.md: borders, r = 0, windows larger than the image, radius None,
 # key masks (with queries that see no key), B = 1, odd sizes, non-contiguous inputs.

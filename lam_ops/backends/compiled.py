@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from ..versions import load_extension
 from .autograd import register_backward_fake, register_lam_op
 from .base import Backend
 
 # Importing lam_ops._C registers the operators; None, or why not (not built, or built for another
 # torch: then a warning with the command that rebuilds it).
+from ..versions import load_extension  # noqa: E402
+
 _IMPORT_ERROR = load_extension()
 
 if _IMPORT_ERROR is None:
