@@ -117,11 +117,14 @@ def main(argv=None) -> int:
     except RuntimeError as e:
         p.error(f"--device: {e}")
     usable = available_backends(device)
-    names = args.backends or usable
+    # The Triton interpreter (CPU tensors) is slow and for debugging: only when asked by name.
+    names = args.backends or [n for n in usable if BACKENDS[n].picked_by_auto(device)]
     print(f"lam_ops.check on {device}: torch {torch.__version__}; backends {', '.join(names) or 'none'}")
     for name in BACKENDS:
         if name not in usable:
             print(f"  {name:<10} {'(not usable here)':<24} {'n/a':<5} {BACKENDS[name].unavailable(device)}")
+        elif name not in names:
+            print(f"  {name:<10} {'(not asked for)':<24} {'n/a':<5} checked only when named in --backends")
     failed = [n for n in names if n not in usable]
     for name in failed:
         print(f"  {name:<10} asked for with --backends, but it cannot run on {device}", file=sys.stderr)
