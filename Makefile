@@ -40,7 +40,7 @@ COMPAT_PY := $(COMPAT_VENV)/bin/python
 COMPAT_SRC := build/compat-torch2.11
 COMPAT_TESTS := tests/test_cpp.py tests/test_cuda.py tests/test_functional.py tests/test_modules.py tests/test_triton.py tests/test_versions.py
 
-$(COMPAT_VENV)/.installed: $(VENV)/.installed
+$(COMPAT_VENV)/.installed: | $(VENV)/.installed
 	test -x $(COMPAT_PY) || python3 -m venv $(COMPAT_VENV)
 	$(COMPAT_PY) -m pip install -q --upgrade pip
 	$(COMPAT_PY) -m pip install -q --no-deps "torch==2.11.0"
