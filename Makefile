@@ -17,16 +17,6 @@ $(VENV)/.installed: pyproject.toml setup.py $(shell find csrc -type f 2>/dev/nul
 
 install: $(VENV)/.installed
 
-# `make test`: every test in the venv above (torch 2.14.1), then the operator's tests under the
-# oldest supported torch (2.11.0 + triton 3.6.0, the GPU machine's stack) in a second venv.
-# COMPAT=0 skips the second part.
-COMPAT ?= 1
-test: test-default $(if $(filter 1,$(COMPAT)),test-compat)
-
-# (the second venv first: a test imports this venv's build under its torch)
-test-default: install $(if $(filter 1,$(COMPAT)),$(COMPAT_VENV)/.installed)
-	LAM_OPS_OTHER_TORCH_PYTHON=$(if $(filter 1,$(COMPAT)),$(abspath $(COMPAT_PY))) $(PY) -m pytest -q $(PYTEST_ARGS) tests
-
 # The second venv: torch 2.11.0 and triton 3.6.0. PyPI's torch 2.11 would pull ~3 GB of nvidia-*
 # wheels pinned to its own versions; torch cannot be imported without those libraries (its
 # libtorch_cuda.so needs libcudnn.so.9, libnccl.so.2, ...), but any build with the same sonames
@@ -39,6 +29,16 @@ COMPAT_VENV ?= .venv-torch2.11
 COMPAT_PY := $(COMPAT_VENV)/bin/python
 COMPAT_SRC := build/compat-torch2.11
 COMPAT_TESTS := tests/test_cpp.py tests/test_cuda.py tests/test_functional.py tests/test_modules.py tests/test_triton.py tests/test_versions.py
+
+# `make test`: every test in $(VENV) (torch 2.14.1), then the operator's tests under the
+# oldest supported torch (2.11.0 + triton 3.6.0, the GPU machine's stack) in a second venv.
+# COMPAT=0 skips the second part.
+COMPAT ?= 1
+test: test-default $(if $(filter 1,$(COMPAT)),test-compat)
+
+# (the second venv first: a test imports this venv's build under its torch)
+test-default: install $(if $(filter 1,$(COMPAT)),$(COMPAT_VENV)/.installed)
+	LAM_OPS_OTHER_TORCH_PYTHON=$(if $(filter 1,$(COMPAT)),$(abspath $(COMPAT_PY))) $(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 $(COMPAT_VENV)/.installed: | $(VENV)/.installed
 	test -x $(COMPAT_PY) || python3 -m venv $(COMPAT_VENV)
