@@ -90,9 +90,10 @@ def run_checks(device: str, names: list[str]) -> list[tuple[str, str, str, str]]
     return rows
 
 
-def bench(device: str, out: Path) -> int:
-    """A short run of benchmarks/bench_lam.py: tiny shapes on CPU, the paper's B=2, C=21, D=16
-    slice at 96x96 on a GPU."""
+def bench(device: str, out: Path, backends: list[str]) -> int:
+    """A short run of benchmarks/bench_lam.py: the checked backends against the peers that start
+    quickly (the dense form, and FlexAttention on a GPU; compiling it on a CPU takes minutes);
+    tiny shapes on a CPU, the paper's B=2, C=21, D=16 slice at 96x96 on a GPU."""
     bench_dir = Path(__file__).resolve().parent.parent / "benchmarks"
     if not (bench_dir / "bench_lam.py").is_file():
         print(f"--bench needs benchmarks/bench_lam.py of the source checkout, not found at {bench_dir}", file=sys.stderr)
@@ -100,8 +101,11 @@ def bench(device: str, out: Path) -> int:
     sys.path.insert(0, str(bench_dir))
     import bench_lam
 
-    grid = ["--quick"] if torch.device(device).type == "cpu" else ["--dims", "16", "--sizes", "--repeat", "3"]
-    return bench_lam.main([*grid, "--device", device, "--out", str(out), "--note", "python -m lam_ops.check --bench"])
+    cpu = torch.device(device).type == "cpu"
+    grid = ["--quick"] if cpu else ["--dims", "16", "--sizes", "--repeat", "3"]
+    peers = [p for p in (("dense", "unfold") if cpu else ("dense", "flex")) if bench_lam.peers.PEERS[p].unavailable() is None]
+    impls = [b for b in backends if b != "reference"] + peers  # reference: the dense form again
+    return bench_lam.main([*grid, "--impls", *impls, "--device", device, "--out", str(out), "--note", "python -m lam_ops.check --bench"])
 
 
 def main(argv=None) -> int:
@@ -134,7 +138,7 @@ def main(argv=None) -> int:
     if args.bench and not failed:
         out = args.bench_out or Path(tempfile.mkdtemp(prefix="lam_ops_bench_"))
         print(f"benchmark on {device} -> {out}", flush=True)
-        if bench(device, out) != 0:
+        if bench(device, out, [n for n in names if n in usable]) != 0:
             failed.append("benchmark")
         elif (out / "bench_lam.md").is_file():
             print((out / "bench_lam.md").read_text())
