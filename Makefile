@@ -22,7 +22,8 @@ install: $(VENV)/.installed
 # libtorch_cuda.so needs libcudnn.so.9, libnccl.so.2, ...), but any build with the same sonames
 # (CUDA 13.0) serves on a CPU-only machine. So torch is installed with --no-deps, the nvidia-*
 # wheels are those of the first venv (already downloaded), and torch's pure-Python requirements
-# are listed here. The operator is built (CUDA kernels for sm_80 only: a compile check here) and
+# are listed here (pip then warns that torch 2.11 wanted other versions of them: expected). The
+# operator is built (CUDA kernels for sm_80 only: a compile check here) and
 # tested in a copy of the sources (build/compat-torch2.11), so that its lam_ops/_C*.so, built
 # against torch 2.11, never meets the first venv's.
 COMPAT_VENV ?= .venv-torch2.11
