@@ -5,11 +5,17 @@ Environment:
   CUDA_HOME               the toolkit root; else /usr/local/cuda, else the root above a real `nvcc`.
   TORCH_CUDA_ARCH_LIST    defaults to "8.0;9.0+PTX" so that builds stay quick.
   LAM_OPS_NATIVE=1        add -march=native (off by default: wheels must run on other machines).
+
+Next to the extension it writes _C.build.json: the torch it was built against and the compilers.
+lam_ops/versions.py compares it with the running torch before loading the extension.
 """
 
+import datetime
 import glob
+import json
 import os
 import shutil
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
@@ -91,7 +97,44 @@ def extensions():
         )
     else:
         ext = CppExtension("lam_ops._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
-    return [ext], {"build_ext": BuildExtension}
+
+    class RecordingBuildExtension(BuildExtension):
+        def run(self):
+            super().run()
+            # Where the extension went: the source tree for in-place and editable builds, else
+            # build_lib (and from there into the wheel).
+            path = os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), "_C.build.json")
+            with open(path + ".tmp", "w") as fh:
+                json.dump(build_record(cuda_home if with_cuda else None), fh, indent=1)
+            os.replace(path + ".tmp", path)
+
+    return [ext], {"build_ext": RecordingBuildExtension}
+
+
+def _version_line(cmd, marker=""):
+    """The first line of `cmd`'s output that holds `marker` (e.g. gcc's first, nvcc's "release")."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return next((line.strip() for line in out.splitlines() if marker in line and line.strip()), None)
+
+
+def build_record(cuda_home):
+    """What lam_ops/versions.py checks at import and `python -m lam_ops.info` prints."""
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "torch_git": torch.version.git_version,
+        "torch_cuda": torch.version.cuda,
+        "python": sys.version.split()[0],
+        "cxx": _version_line([os.environ.get("CXX", "c++"), "--version"]),
+        "cuda_kernels": cuda_home is not None,
+        "nvcc": _version_line([os.path.join(cuda_home, "bin", "nvcc"), "--version"], "release") if cuda_home else None,
+        "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if cuda_home else None,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 # Guarded so that tests can import find_cuda_home and cuda_mode (pip runs this file as __main__).

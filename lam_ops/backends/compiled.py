@@ -8,12 +8,11 @@ import torch
 from .autograd import register_backward_fake, register_first_order_only, register_lam_op
 from .base import Backend
 
-try:
-    from lam_ops import _C  # noqa: F401  (importing registers the operators)
+# Importing lam_ops._C registers the operators; None, or why not (not built, or built for another
+# torch: then a warning with the command that rebuilds it).
+from ..versions import load_extension  # noqa: E402
 
-    _IMPORT_ERROR = None
-except ImportError as e:  # a source checkout that was not built
-    _IMPORT_ERROR = e
+_IMPORT_ERROR = load_extension()
 
 if _IMPORT_ERROR is None:
     register_lam_op("lam_ops::forward", torch.ops.lam_ops.backward)
@@ -40,7 +39,9 @@ class _CompiledBackend(Backend):
     def unavailable(self, device):
         device = torch.device(device)
         if _IMPORT_ERROR is not None:
-            return f"the lam_ops._C extension is not built ({_IMPORT_ERROR}); run `pip install -e .`"
+            if isinstance(_IMPORT_ERROR, ModuleNotFoundError):
+                return f"the lam_ops._C extension is not built ({_IMPORT_ERROR}); run `pip install --no-build-isolation -e .`"
+            return str(_IMPORT_ERROR)
         if device.type != self.device_type:
             return f"runs on {self.device_type} tensors, got {device.type}"
         if not _HAS_KERNEL[self.dispatch_key]:
