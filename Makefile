@@ -29,7 +29,7 @@ install: $(VENV)/.installed
 COMPAT_VENV ?= .venv-torch2.11
 COMPAT_PY := $(COMPAT_VENV)/bin/python
 COMPAT_SRC := build/compat-torch2.11
-COMPAT_TESTS := tests/test_cpp.py tests/test_cuda.py tests/test_functional.py tests/test_modules.py tests/test_triton.py tests/test_versions.py
+COMPAT_TESTS := tests/test_cpp.py tests/test_cuda.py tests/test_functional.py tests/test_lam_edge_cases.py tests/test_modules.py tests/test_triton.py tests/test_versions.py
 
 # `make test`: every test in $(VENV) (torch 2.14.1), then the operator's tests under the
 # oldest supported torch (2.11.0 + triton 3.6.0, the GPU machine's stack) in a second venv.
