@@ -1,7 +1,8 @@
 """The ablation tables' runner: every row of a table is a list of config overrides, trained once per
 seed with the same budget, then summarised (mean and sample std over seeds) as CSV and markdown.
 
-A run's folder is named by a hash of its config (seed included; out_dir and data.root left out), so
+A run's folder is named by a hash of its config (seed included; out_dir and data.root left out) and
+of the network's version (models.NETWORK_VERSION: runs of an older network are not reused), so
 rows shared between tables (Table I's "+ LAM + BLP" is Table II's "BLP") train once, and a run whose
 val.json exists is skipped: rerunning a table resumes it (an interrupted run continues from its
 last.pt)."""
@@ -22,9 +23,12 @@ DEFAULT_CONFIG = os.path.join("configs", "synthetic.yaml")
 
 
 def run_dir(results: str, cfg: dict) -> str:
+    from ..models import NETWORK_VERSION
+
     # Where the run and its data live is not what it is: results move with the folder.
     key = {k: v for k, v in cfg.items() if k != "out_dir"}
     key["data"] = {k: v for k, v in key["data"].items() if k != "root"}
+    key["network_version"] = NETWORK_VERSION
     key = json.dumps(key, sort_keys=True)
     return os.path.join(results, "runs", hashlib.sha1(key.encode()).hexdigest()[:12])
 

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .io import read_image, read_label
+from .superpixels import expand_scribbles
 
 
 class SegmentationFolder(Dataset):
@@ -22,6 +23,8 @@ class SegmentationFolder(Dataset):
 
     scribbles=True reads scribble PNGs, whose 255 (not scribbled) becomes class K in the target;
     padding added by transforms is `ignore_index`. scribbles=False reads full masks as they are.
+    label_diffusion (scribbles only): None, or expand_scribbles' options ({segments, compactness}):
+    the scribbles are expanded into superpixels before the transforms (Table VI).
     """
 
     def __init__(
@@ -37,7 +40,14 @@ class SegmentationFolder(Dataset):
         label_ext: str = ".png",
         list_dir: str = os.path.join("ImageSets", "Segmentation"),
         seed: int = 0,
+        label_diffusion: dict | None = None,
     ):
+        if label_diffusion is not None and not (scribbles and isinstance(label_diffusion, dict)):
+            raise ValueError("label_diffusion needs scribbles: true and a mapping {segments, compactness}, "
+                             f"got {label_diffusion!r}")  # fmt: skip
+        if label_diffusion is not None and not set(label_diffusion) <= {"segments", "compactness"}:
+            raise ValueError(f"label_diffusion: unknown keys {sorted(set(label_diffusion) - {'segments', 'compactness'})} "
+                             "(known: segments, compactness)")  # fmt: skip
         split_file = os.path.join(root, list_dir, f"{split}.txt")
         if not os.path.isfile(split_file):
             raise FileNotFoundError(f"split list not found: {split_file}")
@@ -47,7 +57,7 @@ class SegmentationFolder(Dataset):
             raise ValueError(f"split list {split_file} is empty")
         self.root, self.num_classes, self.scribbles, self.transform = root, num_classes, scribbles, transform
         self.image_dir, self.label_dir, self.image_ext, self.label_ext = image_dir, label_dir, image_ext, label_ext
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.label_diffusion = seed, 0, label_diffusion
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -67,6 +77,8 @@ class SegmentationFolder(Dataset):
         image, label = read_image(image_path), read_label(label_path)
         if image.shape[:2] != label.shape:
             raise ValueError(f"{label_path} is {label.shape} but its image {image_path} is {image.shape[:2]}")
+        if self.label_diffusion is not None:
+            label = expand_scribbles(image, label, **self.label_diffusion)
         label = label.astype(np.int64)
         K = self.num_classes
         if self.scribbles:
@@ -96,4 +108,5 @@ def build_dataset(cfg: dict, split_cfg: dict, num_classes: int, transform, seed:
         image_ext=cfg.get("image_ext", ".jpg"),
         list_dir=cfg.get("list_dir", os.path.join("ImageSets", "Segmentation")),
         seed=seed,
+        label_diffusion=split_cfg.get("label_diffusion"),
     )
