@@ -121,20 +121,37 @@ class TimmBackbone(nn.Module):
         out_indices = tuple(max(i for i, r in enumerate(reductions) if r == red) for red in REDUCTIONS)
         options = dict(features_only=True, out_indices=out_indices)
         if weights:
-            _check_file(weights)
-            # timm loads the full model's state_dict (classifier dropped) before keeping the stages;
-            # its loader uses torch.load(weights_only=True) or safetensors
-            options.update(pretrained=True, pretrained_cfg_overlay=dict(file=os.path.abspath(weights)))
-        try:
-            self.net = timm.create_model(model_name, **options)
-        except (RuntimeError, KeyError, ValueError, OSError) as e:
-            if not weights:
-                raise
-            raise ValueError(f"{weights!r} does not hold weights of timm model {model_name!r}: {e}") from e
+            state = _timm_weights(timm, model_name, weights)
+            options.update(pretrained=True, pretrained_cfg_overlay=dict(state_dict=state, source=""))
+        self.net = timm.create_model(model_name, **options)
         self.channels = tuple(self.net.feature_info.channels())
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return list(self.net(x))
+
+
+def _timm_weights(timm, model_name: str, path: str) -> dict:
+    """The file's state_dict, checked against the full model (timm's own loading is not strict for
+    feature extractors): every key but the classifier's must be there, with its shape. Read by
+    timm (torch.load with weights_only=True, or safetensors; "state_dict" / "model" entries and
+    "module." prefixes handled)."""
+    _check_file(path)
+    try:
+        state = timm.models.load_state_dict(path)
+    except Exception as e:  # pickle, zip, safetensors and unpickler errors alike
+        raise ValueError(f"{path!r} is not a readable weights file: {e}") from e
+    full = timm.create_model(model_name, pretrained=False)
+    classifier = full.pretrained_cfg.get("classifier") or ()
+    classifier = tuple(c + "." for c in ((classifier,) if isinstance(classifier, str) else classifier))
+    state = {k: v for k, v in state.items() if not k.startswith(classifier)}  # any number of classes
+    try:
+        missing, unexpected = full.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"{path!r} does not match timm model {model_name!r}: {e}") from e
+    missing = [k for k in missing if not k.startswith(classifier)]
+    if missing or unexpected:
+        raise ValueError(f"{path!r} does not match timm model {model_name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return state
 
 
 def _check_file(path: str) -> None:
