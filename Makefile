@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench clean
+.PHONY: install demo demo-folder test bench clean
 
 # torch must be importable when setup.py runs, and the project builds against the torch in the
 # venv (--no-build-isolation) rather than downloading another multi-GB copy into a build env.
@@ -27,6 +27,14 @@ demo: install
 	$(VENV)/bin/blpseg train --config configs/synthetic.yaml out_dir=$(DEMO_RUN) data.root=data/synthetic
 	$(VENV)/bin/blpseg eval --checkpoint $(DEMO_RUN)/last.pt eval.flip=true
 	@echo "run files: $(DEMO_RUN)/ (last.pt, config.yaml, train.csv, val.csv, eval.json, eval_boundary_precision.png, tensorboard/: tensorboard --logdir $(DEMO_RUN))"
+
+# The same, from the plain folder format of one's own data (README, "Training on your own data").
+FOLDER_RUN ?= runs/own_data
+demo-folder: install
+	$(VENV)/bin/blpseg make-synthetic --root data/synthetic
+	$(VENV)/bin/blpseg export-folder --config configs/synthetic.yaml data.root=data/synthetic --out data/synthetic_folder
+	$(VENV)/bin/blpseg train --config configs/own_data.yaml out_dir=$(FOLDER_RUN) data.root=data/synthetic_folder
+	$(VENV)/bin/blpseg eval --checkpoint $(FOLDER_RUN)/last.pt eval.flip=true
 
 # The LAM operator benchmark (benchmarks/README section of README.md); results in benchmarks/results/.
 bench: install

@@ -1,5 +1,5 @@
-"""The `blpseg` command: train, eval, predict, info, make-synthetic, convert-scribbles, scribblize, and
-the analyses analyze-bias, loss-maps, plot-precision."""
+"""The `blpseg` command: train, eval, predict, info, make-synthetic, export-folder, convert-scribbles,
+scribblize, and the analyses analyze-bias, loss-maps, plot-precision."""
 
 from __future__ import annotations
 
@@ -12,10 +12,19 @@ DEFAULT_CONFIG = os.path.join("configs", "synthetic.yaml")
 
 
 def _train(args) -> int:
-    from .config import load_config
+    from .config import dump, load_config
+
+    overrides = list(args.overrides)
+    if args.resume and "=" in args.resume and not os.path.exists(args.resume):
+        # `--resume key=value`: argparse took the first override for the optional path
+        overrides.insert(0, args.resume)
+        args.resume = "last"
+    cfg = load_config(args.config, overrides)
+    if args.print_config:
+        print(dump(cfg), end="")
+        return 0
     from .engine.train import train
 
-    cfg = load_config(args.config, args.overrides)
     resume = args.resume
     if resume == "last":
         resume = os.path.join(cfg["out_dir"], "last.pt")
@@ -26,22 +35,38 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from .data.folder import build_dataset
+    from .data.folder import build_split
+    from .data.io import check_outputs
     from .data.transforms import EvalTransform
     from .engine.checkpoint import load_model
     from .engine.distributed import Dist
     from .engine.evaluate import evaluate, format_table
     from .engine.plots import plot_boundary_precision
 
-    model, cfg, names, device = load_model(args.checkpoint, args.overrides)
-    data = cfg["data"]
-    dataset = build_dataset(data, data["val"], len(names), EvalTransform())
-    result = evaluate(model, dataset, len(names), cfg.get("eval", {}), Dist(device=device))
-    print(format_table(result, names))
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval.json")
-    with open(out, "w") as fh:
-        json.dump({"checkpoint": args.checkpoint, "eval": cfg.get("eval", {}), **result}, fh, indent=1)
     figure = os.path.splitext(out)[0] + "_boundary_precision.png"
+    check_outputs([(args.checkpoint, out), (args.checkpoint, figure)])
+    overrides = list(args.overrides)
+    if args.split:
+        overrides.append(f"data.val.split={args.split}")
+    model, cfg, names, device = load_model(args.checkpoint, overrides)
+    data = cfg["data"]
+    if data["val"] is None:
+        raise ValueError(
+            "this run has no validation data (data.val=null): name the split to evaluate, e.g. --split val "
+            "(its full masks are read from data.val.label_dir, default SegmentationClass: override it with "
+            "data.val.label_dir=DIR)"
+        )
+    which = args.split or "val"
+    dataset = build_split(data, which, len(names), EvalTransform())
+    if dataset is None:
+        raise ValueError(f"{data['root']} has no validation images (masks/ of images without scribbles, or val.txt)")
+    result = evaluate(model, dataset, len(names), cfg["eval"], Dist(device=device))
+    print(format_table(result, names))
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as fh:
+        json.dump({"checkpoint": args.checkpoint, "split": data["val"]["split"] if data["format"] == "voc" else which,
+                   "eval": cfg["eval"], **result}, fh, indent=1)  # fmt: skip
     plot_boundary_precision({_run_name(args.checkpoint): result}, figure)
     print(f"results: {out}, {figure}")
     return 0
@@ -72,7 +97,7 @@ def _analysis_setup(args):
     from .config import class_names, load_config
     from .engine.checkpoint import load_model
     from .engine.distributed import Dist
-    from .engine.train import prepare_data
+    from .data.prepare import prepare_data
 
     if args.checkpoint:
         model, cfg, names, device = load_model(args.checkpoint, args.overrides)
@@ -87,6 +112,13 @@ def _items(args, cfg, names, limit):
     from .analysis.bias import paired_items
 
     data = cfg["data"]
+    if data["format"] == "folder":
+        if args.split or args.mask_dir or args.scribble_dir:
+            raise ValueError("--split, --mask-dir and --scribble-dir apply to the VOC layout; a data.format=folder "
+                             "analysis reads the images that have both a scribble and a mask")  # fmt: skip
+        return paired_items(cfg, len(names), None, None, None, limit)
+    if args.mask_dir is None and data["val"] is None:
+        raise ValueError("this config has no data.val section to take the full masks' folder from: pass --mask-dir")
     split = args.split or data["train"]["split"]
     mask_dir = args.mask_dir or data["val"]["label_dir"]
     scribble_dir = args.scribble_dir or data["train"]["label_dir"]
@@ -117,7 +149,7 @@ def _loss_maps(args) -> int:
     from .analysis.loss_maps import loss_maps
 
     model, cfg, names, device = _analysis_setup(args)
-    gamma = float(cfg["loss"].get("seg_options", {}).get("gamma", 2.0))
+    gamma = float(cfg["loss"]["seg_options"].get("gamma", 2.0))  # the BLP loss's own default
     rows = [(item, loss_maps(model, item, gamma, device)) for item in _items(args, cfg, names, args.num)]
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "loss_maps.png")
@@ -138,28 +170,42 @@ def _plot_precision(args) -> int:
             results[label] = json.load(fh)
         if "boundary_precision" not in results[label]:
             raise ValueError(f"{path} holds no boundary_precision (expected an eval.json or val.json)")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    from .data.io import check_outputs
+
     csv_path = os.path.splitext(args.out)[0] + ".csv"
+    check_outputs([(args.results[0], args.out), (args.results[0], csv_path)], args.results)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     plot_boundary_precision(results, args.out, csv_path)
     print(f"results: {args.out}, {csv_path}")
     return 0
 
 
 def _predict(args) -> int:
-    from .data.io import read_image, write_label
-    from .engine.checkpoint import load_model
+    from .data.io import check_outputs, read_image, write_label
     from .data.transforms import normalize
+    from .engine.checkpoint import load_model
     from .engine.inference import predict_probs
 
+    jobs = list(zip(args.images, prediction_paths(args.images, args.out)))
+    check_outputs(jobs, [args.checkpoint])
     model, cfg, _, device = load_model(args.checkpoint, args.overrides)
-    ev = cfg.get("eval", {})
-    for path in args.images:
+    ev = cfg["eval"]
+    for path, out in jobs:
         x = normalize(read_image(path))[None].to(device)
-        pred = predict_probs(model, x, ev.get("scales", [1.0]), bool(ev.get("flip", False)))[0].argmax(0)
-        out = os.path.join(args.out, os.path.splitext(os.path.basename(path))[0] + ".png")
+        pred = predict_probs(model, x, ev["scales"], ev["flip"])[0].argmax(0)
         write_label(out, pred.cpu().numpy())
         print(out)
     return 0
+
+
+def prediction_paths(images, out_dir: str) -> list[str]:
+    """<out_dir>/<name>.png; when two images share a name, their paths below the inputs' common
+    folder keep them apart (a/x.jpg, b/x.jpg -> out/a/x.png, out/b/x.png)."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in images]
+    if len(set(stems)) == len(stems):
+        return [os.path.join(out_dir, s + ".png") for s in stems]
+    common = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in images])
+    return [os.path.join(out_dir, os.path.splitext(os.path.relpath(os.path.abspath(p), common))[0] + ".png") for p in images]
 
 
 def _make_synthetic(args) -> int:
@@ -170,11 +216,39 @@ def _make_synthetic(args) -> int:
     return 0
 
 
-def _convert(args) -> int:
+def _export_folder(args) -> int:
+    from .config import class_names, load_config
+    from .data.own import export_folder
+    from .engine.distributed import Dist
+    from .data.prepare import prepare_data
+
+    cfg = load_config(args.config, args.overrides)
+    prepare_data(cfg, Dist())
+    counts = export_folder(cfg["data"], class_names(cfg), args.out)
+    print(f"{counts['train']} training images (scribbles/) and {counts['val']} validation images (masks/) written to {args.out}")
+    return 0
+
+
+def _class_list(value: str) -> tuple[str, ...]:
     from .data.classes import CLASS_SETS
+    from .data.own import read_class_file
+
+    return CLASS_SETS[value] if value in CLASS_SETS else read_class_file(value)
+
+
+def _convert(args) -> int:
+    from .data.labelme import convert_labelme
     from .data.scribbles import convert_scribbles
 
-    n = convert_scribbles(args.xml_dir, args.out_dir, CLASS_SETS[args.classes], args.width, args.image_dir)
+    if args.width < 1:
+        raise ValueError(f"--width must be >= 1, got {args.width}")
+    names = _class_list(args.classes)
+    if args.source == "labelme":
+        if args.image_dir:
+            raise ValueError("--image-dir is for PASCAL-Scribble XML; labelme files hold their image size")
+        n = convert_labelme(args.in_dir, args.out_dir, names, args.width)
+    else:
+        n = convert_scribbles(args.in_dir, args.out_dir, names, args.width, args.image_dir)
     print(f"{n} scribble PNGs written to {args.out_dir}")
     return 0
 
@@ -195,12 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train BLPSeg (under torchrun for DDP)")
     t.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
     t.add_argument("--resume", nargs="?", const="last", default=None,
-                   help="continue from a checkpoint; without a path, <out_dir>/last.pt")  # fmt: skip
+                   help="continue from a checkpoint (with the same settings but for the few a resumed run may "
+                        "change: README, 'Resuming'); without a path, <out_dir>/last.pt")  # fmt: skip
+    t.add_argument("--print-config", action="store_true", help="print the resolved config (defaults included) and exit")
     t.add_argument("overrides", **overrides)
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="mIoU, per-class IoU and boundary precision on the config's val split")
     e.add_argument("--checkpoint", required=True, help="a checkpoint written by train (holds its config)")
+    e.add_argument("--split", default=None,
+                   help="evaluate this split instead of data.val's (needed when the run had data.val=null); "
+                        "data.format=folder: root/SPLIT.txt")  # fmt: skip
     e.add_argument("--out", default=None, help="results JSON (default: eval.json next to the checkpoint)")
     e.add_argument("overrides", **overrides)
     e.set_defaults(func=_eval)
@@ -208,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="colourised (palette PNG) masks for images")
     pr.add_argument("images", nargs="+", help="image files")
     pr.add_argument("--checkpoint", required=True)
-    pr.add_argument("--out", default="predictions", help="output folder (default predictions/)")
+    pr.add_argument("--out", default="predictions", help="output folder (default predictions/); inputs are never overwritten")
     pr.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. eval.flip=true")
     pr.set_defaults(func=_predict)
 
@@ -225,10 +304,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_make_synthetic)
 
-    c = sub.add_parser("convert-scribbles", help="rasterise PASCAL-Scribble XML files to PNGs (255 = not scribbled)")
-    c.add_argument("xml_dir")
+    x = sub.add_parser("export-folder", help="write a VOC-layout config's data (e.g. the synthetic set) in the plain folder format")
+    x.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
+    x.add_argument("--out", required=True, help="the folder to write: images/, scribbles/, masks/, classes.txt")
+    x.add_argument("overrides", **overrides)
+    x.set_defaults(func=_export_folder)
+
+    c = sub.add_parser("convert-scribbles", help="rasterise PASCAL-Scribble XML or labelme JSON scribbles to PNGs (255 = not scribbled)")
+    c.add_argument("in_dir", help="folder of .xml (--from pascal) or .json (--from labelme) files")
     c.add_argument("out_dir")
-    c.add_argument("--classes", choices=("voc", "context"), default="voc")
+    c.add_argument("--from", dest="source", choices=("pascal", "labelme"), default="pascal",
+                   help="pascal: PASCAL-Scribble XML (default); labelme: labelme JSON line, linestrip, polygon and point shapes")  # fmt: skip
+    c.add_argument("--classes", default="voc", help="voc, context, synthetic, or a classes.txt (one name per line) (default voc)")
     c.add_argument("--width", type=int, default=3, help="line width in pixels (default 3)")
     c.add_argument("--image-dir", default=None, help="JPEGImages folder, for XML files without <size>")
     c.set_defaults(func=_convert)

@@ -1,27 +1,288 @@
-"""YAML configs with `key.sub=value` overrides from the command line."""
+"""The config: a schema of typed sections with every default in one place, YAML files that may
+inherit from a base file, and `key.sub=value` overrides from the command line.
+
+The schema is plain dataclasses checked by the small walker below, not pydantic or OmegaConf: the
+checks needed (types, ranges, unknown keys with the nearest valid one suggested) fit in one page,
+the resolved config stays a plain dict (what checkpoints, config.yaml and the ablation runner hold),
+and the project gains no dependency. `resolve` turns a YAML mapping into the full checked config;
+every reader downstream indexes that dict and keeps no defaults of its own.
+
+A file may start with `base: other.yaml` (relative to the file): the file's mappings are merged
+into the base's, key by key, and any other value replaces the base's.
+"""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
 from .data.classes import CLASS_SETS
 
+BASE_KEY = "base"
+_REQUIRED = object()
 
-def load_config(path: str, overrides=()) -> dict:
+
+def _f(default: Any = _REQUIRED, *, ge=None, gt=None, le=None, doc: str = ""):
+    """A field with a default (a dataclass instance or a list is copied per config) and a range."""
+    meta = {"ge": ge, "gt": gt, "le": le, "doc": doc}
+    if default is _REQUIRED:
+        return field(default=None, metadata={**meta, "required": True})
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class SyntheticConfig:
+    num_train: int = _f(300, ge=1)
+    num_val: int = _f(60, ge=1)
+    size: int = _f(64, ge=8)
+
+
+@dataclass
+class LabelDiffusion:
+    segments: int = _f(100, ge=1, doc="SLIC's n_segments")
+    compactness: float = _f(10.0, gt=0, doc="SLIC's compactness")
+
+
+@dataclass
+class TrainSplit:
+    split: str = _f("train", doc="split list name (VOC layout) or, for data.format=folder, train.txt if present")
+    label_dir: str = _f("ScribbleLabels")
+    scribbles: bool = _f(True, doc="255 means not scribbled (class K) rather than void")
+    label_diffusion: Optional[LabelDiffusion] = _f(None, doc="expand the scribbles into SLIC superpixels first (Table VI)")
+
+
+@dataclass
+class ValSplit:
+    split: str = _f("val")
+    label_dir: str = _f("SegmentationClass")
+    scribbles: bool = _f(False)
+
+
+@dataclass
+class DataConfig:
+    format: Literal["voc", "folder"] = _f("voc", doc="voc: the VOC layout; folder: images/, scribbles/, masks/, classes.txt")
+    dataset: Optional[Literal["voc", "context", "synthetic"]] = _f(None, doc="class names of the VOC layout")
+    root: str = _f()
+    image_dir: str = _f("JPEGImages")
+    image_ext: str = _f(".jpg")
+    list_dir: str = _f(os.path.join("ImageSets", "Segmentation"))
+    synthetic: Optional[SyntheticConfig] = _f(None, doc="generate the synthetic set under root on first use")
+    train: TrainSplit = _f(TrainSplit())
+    val: Optional[ValSplit] = _f(ValSplit(), doc="null: no evaluation during training")
+    crop: int = _f(384, ge=1)
+    scale: list[float] = _f([0.75, 1.25], gt=0)
+    workers: int = _f(0, ge=0)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = _f("resnet101_deepstem", doc="resnet18|50|101, resnet101_deepstem (the release's), timm:<model>")
+    pretrained: Optional[str] = _f(None, doc="the backbone's weights: a local file (README, The model)")
+    channels: int = _f(256, ge=1)
+    lam: bool = _f(True)
+    similarity: Literal["both", "features", "position"] = _f("both")
+    sigma: float = _f(6.0, gt=0)
+    learnable_sigma: bool = _f(False)
+    radius: Optional[int] = _f(None, ge=1)
+    embed_dim: int = _f(256, ge=1)
+    lam_backend: str = _f("auto")
+    key_mask: Optional[Literal["labeled", "unlabeled"]] = _f(None)
+
+
+@dataclass
+class LossConfig:
+    seg: Literal["blp", "ce", "focal"] = _f("blp")
+    seg_options: dict = _f({"gamma": 2.0, "normalize": "weights"}, doc="checked by losses.build_seg_loss")
+    unlabeled_weight: float = _f(0.02, ge=0)
+    self_training_from: Optional[int] = _f(None, ge=0, doc="iteration; null: no self-training")
+    pseudo_threshold: float = _f(0.9, gt=0, le=1)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(40, ge=1)
+    iters: Optional[int] = _f(None, ge=1, doc="overrides epochs")
+    batch_size: int = _f(10, ge=1, doc="per process")
+    lr: float = _f(3.0e-5, gt=0)
+    weight_decay: float = _f(0.01, ge=0)
+    poly_power: float = _f(0.9, ge=0)
+    amp: Union[bool, Literal["bfloat16", "float16"]] = _f(True)
+    log_every: int = _f(10, ge=1)
+    checkpoint_every: Optional[int] = _f(None, ge=1, doc="null: every epoch")
+    eval_every: Optional[int] = _f(None, ge=1, doc="null: at the end only")
+
+
+@dataclass
+class EvalConfig:
+    scales: list[float] = _f([1.0], gt=0)
+    flip: bool = _f(False)
+    crf: Union[bool, dict] = _f(False, doc="true or DenseCRF parameters")
+    boundary_bins: int = _f(10, ge=1)
+
+
+@dataclass
+class Config:
+    out_dir: str = _f("runs/blpseg")
+    seed: int = _f(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = _f("auto")
+    threads: Optional[int] = _f(None, ge=1, doc="CPU threads per process; null: one per core")
+    data: DataConfig = _f()
+    model: ModelConfig = _f(ModelConfig())
+    loss: LossConfig = _f(LossConfig())
+    train: TrainConfig = _f(TrainConfig())
+    eval: EvalConfig = _f(EvalConfig())
+
+
+# What a resumed run may change (README, "Resuming"): how long it runs, where and how it logs,
+# checkpoints and evaluates, where the data and the initial weights are read from, and which
+# (numerically equivalent) LAM kernel runs. Everything else is fixed by the checkpoint.
+RESUME_MAY_CHANGE = (
+    "out_dir", "device", "threads", "data.root", "data.workers", "data.val", "model.pretrained", "model.lam_backend",
+    "train.epochs", "train.iters", "train.log_every", "train.checkpoint_every", "train.eval_every", "eval",
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------- checking
+
+
+def resolve(raw: dict) -> dict:
+    """The full, checked config of a mapping (a YAML file's, with overrides applied): defaults
+    filled in, unknown keys, wrong types and out-of-range values refused naming the key."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"a config must be a mapping, got {type(raw).__name__}")
+    cfg = dataclasses.asdict(_build(Config, raw, ""))
+    data = cfg["data"]
+    if data["format"] == "voc" and data["dataset"] is None:
+        raise ValueError(f"data.dataset: the VOC layout needs the class names, one of {tuple(CLASS_SETS)}")
+    if not data["scale"] or len(data["scale"]) != 2 or data["scale"][0] > data["scale"][1]:
+        raise ValueError(f"data.scale: expected [low, high] with 0 < low <= high, got {data['scale']}")
+    if not cfg["eval"]["scales"]:
+        raise ValueError("eval.scales: expected at least one scale")
+    if cfg["model"]["key_mask"] is not None and not cfg["model"]["lam"]:
+        raise ValueError("model.key_mask needs the LAM (model.lam=true)")
+    return cfg
+
+
+def _build(cls, raw: dict, prefix: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            hint = f"; did you mean {prefix}{near[0]}?" if near else f" (valid: {', '.join(fields)})"
+            raise ValueError(f"unknown config key {prefix}{key}{hint}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, f in fields.items():
+        key = prefix + name
+        if name in raw:
+            kwargs[name] = _check(raw[name], hints[name], key, f.metadata)
+        elif f.metadata.get("required"):
+            raise ValueError(f"config key {key} is required")
+    return cls(**kwargs)
+
+
+def _check(value, tp, key: str, meta) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        expected = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _check(value, option, key, meta)
+            except ValueError as e:
+                expected.append(str(e).split(": ", 1)[-1].rsplit(", got", 1)[0])
+        raise ValueError(f"{key}: {' or '.join(dict.fromkeys(expected))}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a section (mapping), got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{key}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        return [_check(v, args[0], f"{key}[{i}]", meta) for i, v in enumerate(value)]
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping, got {value!r}")
+        return copy.deepcopy(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{key}: expected a finite number, got {value!r}")
+    elif tp is str:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{key}: expected a non-empty string, got {value!r}")
+        return value
+    for bound, ok, word in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"), ("le", lambda v, b: v <= b, "<=")):
+        if meta.get(bound) is not None and not ok(value, meta[bound]):
+            raise ValueError(f"{key}: must be {word} {meta[bound]}, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------- files and overrides
+
+
+def read_config(path: str, _seen=()) -> dict:
+    """The mapping of a YAML file merged over its `base:` chain, not yet resolved."""
+    real = os.path.realpath(path)
+    if real in _seen:
+        raise ValueError(f"config {path}: its base chain loops back to itself")
     try:
         with open(path) as fh:
             cfg = yaml.safe_load(fh)
     except FileNotFoundError:
         raise FileNotFoundError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"cannot parse config {path}: {e}") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"{path} must hold a YAML mapping")
-    return apply_overrides(cfg, overrides)
+    base = cfg.pop(BASE_KEY, None)
+    if base is None:
+        return cfg
+    if not isinstance(base, str):
+        raise ValueError(f"{path}: {BASE_KEY} must be a path to a YAML file, got {base!r}")
+    return merge(read_config(os.path.join(os.path.dirname(path), base), (*_seen, real)), cfg)
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else copy.deepcopy(v)
+    return out
+
+
+def load_config(path: str, overrides=(), resolved: bool = True) -> dict:
+    """The config of a file with `overrides` applied; resolved=False keeps only what the file
+    chain and the overrides state (what the ablation runner names runs by)."""
+    cfg = apply_overrides(read_config(path), overrides)
+    return resolve(cfg) if resolved else cfg
 
 
 def apply_overrides(cfg: dict, overrides) -> dict:
-    """`overrides` are "a.b.c=value" strings; the value is parsed as YAML (1e-4, null, [1, 2])."""
+    """`overrides` are "a.b.c=value" strings; the value is parsed as YAML (1e-4, null, [1, 2]).
+    A section that is null (data.val=null) is created again by an override of one of its keys."""
     cfg = copy.deepcopy(cfg)
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -30,9 +291,11 @@ def apply_overrides(cfg: dict, overrides) -> dict:
         node = cfg
         *parents, leaf = key.split(".")
         for p in parents:
-            if not isinstance(node.get(p, {}), dict):
+            if node.get(p) is None:
+                node[p] = {}
+            if not isinstance(node[p], dict):
                 raise ValueError(f"override {item!r}: {p!r} is not a section")
-            node = node.setdefault(p, {})
+            node = node[p]
         node[leaf] = _parse(value)
     return cfg
 
@@ -47,8 +310,40 @@ def _parse(value: str):
     return parsed
 
 
+def flatten(cfg: dict, prefix: str = "") -> dict:
+    """{"a.b": value} for every leaf; a null or empty section is a leaf."""
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def fixed_differences(old: dict, new: dict, may_change=RESUME_MAY_CHANGE) -> list[str]:
+    """The keys, outside `may_change` (keys or sections), whose values differ between two
+    resolved configs, as "key: old -> new"."""
+    a, b = flatten(old), flatten(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == m or key.startswith(m + ".") for m in may_change):
+            continue
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            out.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
+    return out
+
+
+def dump(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
 def class_names(cfg: dict) -> tuple[str, ...]:
-    name = cfg["data"]["dataset"]
-    if name not in CLASS_SETS:
-        raise ValueError(f"data.dataset must be one of {tuple(CLASS_SETS)}, got {name!r}")
-    return CLASS_SETS[name]
+    """The class names of a resolved config: the VOC layout's named set, or the classes.txt of a
+    data.format=folder root."""
+    data = cfg["data"]
+    if data["format"] == "folder":
+        from .data.own import read_classes
+
+        return read_classes(data["root"])
+    return CLASS_SETS[data["dataset"]]

@@ -192,3 +192,231 @@ def test_synthetic_set(tmp_path):
         image, mask = make_scene(64, np.random.default_rng(seed))
         seen |= set(np.unique(mask).tolist())
     assert seen == {0, 1, 2, 3, 4}
+
+
+# ---------------------------------------------------------------- images in any mode
+
+
+def _modes(grey):
+    """The same greyscale picture (uint8 `grey`) in many PIL modes, with its expected RGB."""
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    g16 = grey.astype(np.uint16) * 257
+    i16 = Image.frombytes("I;16", grey.shape[::-1], g16.astype("<u2").tobytes())
+    return {
+        "L": (Image.fromarray(grey, "L"), rgb),
+        "LA": (Image.fromarray(np.stack([grey, grey // 2], -1), "LA"), rgb),
+        "RGBA": (Image.fromarray(np.concatenate([rgb, rgb[..., :1]], -1), "RGBA"), rgb),
+        "I;16": (i16, rgb),
+        "I": (Image.fromarray(g16.astype(np.int32), "I"), rgb),
+        "F": (Image.fromarray(grey.astype(np.float32) / 255, "F"), rgb),
+        "P": (Image.fromarray(grey, "L").convert("P"), np.asarray(Image.fromarray(grey, "L").convert("P").convert("RGB"))),
+        "CMYK": (Image.fromarray(rgb, "RGB").convert("CMYK"), np.asarray(Image.fromarray(rgb, "RGB").convert("CMYK").convert("RGB"))),
+    }
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "I;16", "I", "F", "P", "CMYK"])
+def test_images_in_any_mode_become_8_bit_rgb(tmp_path, mode):
+    from blpseg.data.io import read_image
+
+    grey = np.tile(np.arange(0, 250, 10, dtype=np.uint8), (6, 1))
+    im, expected = _modes(grey)[mode]
+    path = tmp_path / ("x.tif" if mode in ("F", "CMYK", "I") else "x.png")
+    im.save(path)
+    out = read_image(str(path))
+    assert out.dtype == np.uint8 and out.shape == (6, 25, 3)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_16_bit_png_is_scaled_not_saturated(tmp_path):
+    # Seen: a 16-bit greyscale PNG was read as all 255 and trained silently.
+    from blpseg.data.io import read_image
+
+    g16 = np.linspace(0, 65535, 64).astype(np.uint16).reshape(8, 8)
+    Image.frombytes("I;16", (8, 8), g16.astype("<u2").tobytes()).save(tmp_path / "deep.png")
+    out = read_image(str(tmp_path / "deep.png"))
+    np.testing.assert_array_equal(out[..., 0], np.round(g16 / 257).astype(np.uint8))
+    assert out.min() == 0 and out.max() == 255 and len(np.unique(out)) > 32
+
+
+def test_images_out_of_range_name_the_file(tmp_path):
+    from blpseg.data.io import read_image
+
+    Image.fromarray(np.full((4, 4), 300.0, np.float32), "F").save(tmp_path / "hot.tif")
+    with pytest.raises(CorruptFileError, match="hot.tif.*float"):
+        read_image(str(tmp_path / "hot.tif"))
+
+
+# ---------------------------------------------------------------- PASCAL-Scribble XML
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-Infinity"])
+def test_xml_with_non_finite_points_names_the_file(tmp_path, bad):
+    # Seen: a NaN coordinate was drawn as a stroke over 42% of the image.
+    path = tmp_path / "odd.xml"
+    path.write_text(XML.replace("<X>3</X>", f"<X>{bad}</X>", 1))
+    assert f"<X>{bad}</X>" in path.read_text()
+    with pytest.raises(ValueError, match="odd.xml.*not finite"):
+        rasterize_scribbles(str(path), VOC_CLASSES)
+
+
+@pytest.mark.parametrize("size", ["<width>12</width><height>eight</height>", "<width>0</width><height>8</height>"])
+def test_xml_with_a_bad_size_names_the_file(tmp_path, size):
+    path = tmp_path / "sized.xml"
+    path.write_text(XML.replace("<width>12</width><height>8</height>", size))
+    with pytest.raises(ValueError, match="sized.xml.*<size>"):
+        rasterize_scribbles(str(path), VOC_CLASSES)
+
+
+# ---------------------------------------------------------------- outputs never overwrite inputs
+
+
+def test_scribblize_refuses_to_write_over_its_masks(tmp_path):
+    # Seen: `blpseg scribblize M M` overwrote the masks.
+    from blpseg import cli
+
+    masks = tmp_path / "M"
+    write_label(str(masks / "a.png"), np.ones((20, 20), np.uint8))
+    before = (masks / "a.png").read_bytes()
+    os.symlink(masks, tmp_path / "link")
+    for out in (masks, tmp_path / "link", tmp_path / "M" / "." ):
+        with pytest.raises(ValueError, match="would overwrite the input"):
+            from blpseg.data.scribbles import scribblize
+
+            scribblize(str(masks), str(out))
+        assert cli.main(["scribblize", str(masks), str(out)]) == 1
+    assert (masks / "a.png").read_bytes() == before
+
+
+def test_check_outputs_refuses_overwrites_and_collisions(tmp_path):
+    from blpseg.data.io import check_outputs
+
+    (tmp_path / "a.png").write_bytes(b"x")
+    os.link(tmp_path / "a.png", tmp_path / "hard.png")
+    with pytest.raises(ValueError, match="would overwrite the input"):
+        check_outputs([(str(tmp_path / "a.png"), str(tmp_path / "hard.png"))])
+    with pytest.raises(ValueError, match="would both be written"):
+        check_outputs([("x/a.jpg", str(tmp_path / "o.png")), ("y/a.jpg", str(tmp_path / "o.png"))])
+    check_outputs([(str(tmp_path / "a.png"), str(tmp_path / "out" / "a.png"))])
+
+
+# ---------------------------------------------------------------- labelme
+
+
+def labelme_file(path, shapes, h=10, w=12):
+    import json
+
+    path.write_text(json.dumps({"version": "5.4.1", "flags": {}, "shapes": shapes, "imagePath": "x.jpg",
+                                "imageData": None, "imageHeight": h, "imageWidth": w}))  # fmt: skip
+
+
+def shape(label, kind, points):
+    return {"label": label, "points": points, "group_id": None, "description": "", "shape_type": kind, "flags": {}}
+
+
+def test_labelme_shapes_are_drawn_as_scribbles(tmp_path):
+    from blpseg.data.labelme import convert_labelme, rasterize_labelme
+
+    names = ("background", "cat", "dog")
+    labelme_file(tmp_path / "a.json", [
+        shape("background", "line", [[0, 0], [11, 0]]),
+        shape("cat", "linestrip", [[2, 2], [2, 5], [5, 5]]),
+        shape("dog", "polygon", [[7, 2], [10, 2], [10, 6]]),
+        shape("cat", "point", [[9, 8]]),
+    ])  # fmt: skip
+    label = rasterize_labelme(str(tmp_path / "a.json"), names, width=1)
+    expected = np.full((10, 12), NOT_SCRIBBLED, np.uint8)
+    expected[0, :] = 0
+    expected[2:6, 2] = 1
+    expected[5, 2:6] = 1
+    expected[2, 7:11] = 2
+    expected[2:7, 10] = 2
+    assert (label[expected != NOT_SCRIBBLED] == expected[expected != NOT_SCRIBBLED]).all()
+    diagonal = [(label[y, x] == 2) for y, x in ((3, 8), (4, 8), (5, 9))]  # the polygon's closing edge
+    assert sum(diagonal) >= 2
+    assert label[8, 9] == 1 and label[7, 3] == NOT_SCRIBBLED and label[4, 4] == NOT_SCRIBBLED
+    wide = rasterize_labelme(str(tmp_path / "a.json"), names, width=3)
+    assert (wide == 1).sum() > (label == 1).sum()
+    assert convert_labelme(str(tmp_path), str(tmp_path / "png"), names, width=1) == 1
+    np.testing.assert_array_equal(read_label(str(tmp_path / "png" / "a.png")), label)
+
+
+@pytest.mark.parametrize(
+    "shapes, message",
+    [
+        ([shape("horse", "line", [[0, 0], [3, 3]])], "bad.json: unknown class 'horse'"),
+        ([shape("cat", "rectangle", [[0, 0], [3, 3]])], "bad.json: shape 0 .* is a 'rectangle'"),
+        ([shape("cat", "line", [[0, 0], [float("nan"), 3]])], "bad.json.*not finite"),
+        ([shape("cat", "line", [])], "bad.json: shape 0 .* has no points"),
+        ([shape("cat", "line", [[0]])], "bad.json: shape 0 .* needs points"),
+    ],
+)
+def test_labelme_errors_name_the_file(tmp_path, shapes, message):
+    from blpseg.data.labelme import rasterize_labelme
+
+    labelme_file(tmp_path / "bad.json", shapes)
+    with pytest.raises(ValueError, match=message):
+        rasterize_labelme(str(tmp_path / "bad.json"), ("background", "cat"))
+
+
+def test_labelme_cli_with_a_classes_file(tmp_path, capsys):
+    from blpseg import cli
+
+    (tmp_path / "classes.txt").write_text("background\ncat\n")
+    (tmp_path / "json").mkdir()
+    labelme_file(tmp_path / "json" / "x.json", [shape("cat", "linestrip", [[1, 1], [8, 1]])])
+    args = ["convert-scribbles", str(tmp_path / "json"), str(tmp_path / "scribbles"), "--from", "labelme",
+            "--classes", str(tmp_path / "classes.txt"), "--width", "1"]  # fmt: skip
+    assert cli.main(args) == 0
+    assert (read_label(str(tmp_path / "scribbles" / "x.png"))[1, 1:9] == 1).all()
+    (tmp_path / "json" / "broken.json").write_text("{")
+    assert cli.main(args) == 1
+    assert "broken.json" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the plain folder format
+
+
+def make_own(root, train=("a", "b"), val=("c",), classes=("background", "cat")):
+    os.makedirs(root / "images")
+    rng = np.random.default_rng(0)
+    for name in (*train, *val):
+        Image.fromarray(rng.integers(0, 256, (12, 14, 3), dtype=np.uint8)).save(root / "images" / f"{name}.jpg")
+    for name in train:
+        s = np.full((12, 14), NOT_SCRIBBLED, np.uint8)
+        s[3, 2:9], s[8, 4:10] = 0, 1
+        write_label(str(root / "scribbles" / f"{name}.png"), s)
+    for name in val:
+        write_label(str(root / "masks" / f"{name}.png"), (np.arange(14)[None].repeat(12, 0) > 6).astype(np.uint8))
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+
+
+def test_folder_format_splits_by_what_each_image_has(tmp_path):
+    from blpseg.data.own import folder_split, read_classes
+
+    make_own(tmp_path)
+    assert read_classes(str(tmp_path)) == ("background", "cat")
+    tr = folder_split(str(tmp_path), "train", 2, EvalTransform())
+    va = folder_split(str(tmp_path), "val", 2, EvalTransform())
+    assert tr.names == ["a", "b"] and va.names == ["c"]
+    assert set(tr[0]["target"].unique().tolist()) == {0, 1, 2}  # 2 = K: not scribbled
+    assert set(va[0]["target"].unique().tolist()) == {0, 1}
+    (tmp_path / "val.txt").write_text("a\n")
+    with pytest.raises(FileNotFoundError, match="'a' \\(val\\) has no label .*masks"):
+        folder_split(str(tmp_path), "val", 2, EvalTransform())
+    os.remove(tmp_path / "val.txt")
+    for name in ("c.png",):
+        os.remove(tmp_path / "masks" / name)
+    assert folder_split(str(tmp_path), "val", 2, EvalTransform()) is None
+    (tmp_path / "images" / "a.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="two images named 'a'"):
+        folder_split(str(tmp_path), "train", 2, EvalTransform())
+
+
+def test_folder_format_class_lists_are_checked(tmp_path):
+    from blpseg.data.own import read_classes
+
+    with pytest.raises(FileNotFoundError, match="classes.txt"):
+        read_classes(str(tmp_path))
+    (tmp_path / "classes.txt").write_text("background\nbackground\n")
+    with pytest.raises(ValueError, match="distinct"):
+        read_classes(str(tmp_path))

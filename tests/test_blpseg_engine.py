@@ -219,7 +219,7 @@ def test_two_process_ddp_on_cpu(data_root, tmp_path):
 # ---------------------------------------------------------------- command line
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["predict"], ["make-synthetic"], ["convert-scribbles"], ["scribblize"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["predict"], ["make-synthetic"], ["export-folder"], ["convert-scribbles"], ["scribblize"]])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(command + ["--help"])
@@ -279,3 +279,132 @@ def test_crf_missing_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
     with pytest.raises(ImportError, match="blpseg\\[crf\\]"):
         dense_crf(np.zeros((4, 4, 3), np.uint8), np.full((2, 4, 4), 0.5, np.float32))
+
+
+# ---------------------------------------------------------------- honest resume, safe outputs
+
+
+def test_resume_refuses_a_changed_model_and_names_the_keys(trained, tmp_path, capsys):
+    # Seen: --resume with model.sigma=2 kept the checkpoint's sigma (6) and lr while config.yaml said 2.
+    import shutil
+
+    cfg, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(cfg["out_dir"], run)
+    before = (run / "config.yaml").read_text()
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(apply_overrides(cfg, [f"out_dir={run}", "train.iters=6"])))
+    assert cli.main(["train", "--config", str(config), "--resume", "model.sigma=2", "train.lr=0.5"]) == 1
+    err = capsys.readouterr().err
+    assert "model.sigma: 6.0 -> 2.0" in err and "train.lr: 0.001 -> 0.5" in err and "may change only" in err
+    assert (run / "config.yaml").read_text() == before and load_checkpoint(str(run / "last.pt"))["iteration"] == 4
+    # What may change does, and config.yaml records it.
+    assert cli.main(["train", "--config", str(config), "--resume", "train.log_every=2", "eval.flip=true"]) == 0
+    written = yaml.safe_load((run / "config.yaml").read_text())
+    assert written["train"]["iters"] == 6 and written["train"]["log_every"] == 2 and written["eval"]["flip"] is True
+    assert written == load_checkpoint(str(run / "last.pt"))["config"]
+
+
+def test_resume_with_fewer_iterations_says_so(trained, tmp_path, capsys):
+    cfg, _ = trained
+    ckpt = os.path.join(cfg["out_dir"], "last.pt")
+    with pytest.raises(ValueError, match="has trained 4 iterations, more than the 3 this config runs"):
+        train(apply_overrides(cfg, [f"out_dir={tmp_path}", "train.iters=3"]), resume=ckpt)
+    assert not (tmp_path / "last.pt").exists()
+    # A finished run resumed trains nothing and names the checkpoint that holds its weights.
+    out = train(apply_overrides(cfg, [f"out_dir={tmp_path}"]), resume=ckpt)
+    assert out["checkpoint"] == ckpt and out["val"] is not None
+
+
+def test_stale_temporary_checkpoints_are_removed_and_never_loaded(data_root, tmp_path, capsys):
+    # Seen: a kill during a checkpoint write left last.pt.tmp<pid> files forever.
+    tmp_path.mkdir(exist_ok=True)
+    stale = tmp_path / "last.pt.tmp4242"
+    stale.write_bytes(b"half a checkpoint")
+    (tmp_path / "notes.tmp1").write_text("not ours")
+    with pytest.raises(ValueError, match="temporary file"):
+        load_checkpoint(str(stale))
+    train(tiny_config(data_root, tmp_path, "train.iters=1", "data.val=null"))
+    assert not stale.exists() and (tmp_path / "notes.tmp1").exists()
+    said = capsys.readouterr()
+    assert f"removed {stale}" in said.out + said.err
+
+
+@pytest.fixture(scope="module")
+def trained_without_val(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("noval")
+    cfg = tiny_config(data_root, out, "data.val=null", "train.iters=2")
+    result = train(cfg)
+    assert result["val"] is None and not (out / "val.json").exists()
+    return os.path.join(out, "last.pt")
+
+
+def test_a_run_without_val_can_be_evaluated_and_analysed(trained_without_val, tmp_path, capsys):
+    # Seen: eval and analyze-bias of a data.val=null run ended in "'NoneType' object is not subscriptable".
+    ckpt = trained_without_val
+    out = str(tmp_path / "e.json")
+    assert cli.main(["eval", "--checkpoint", ckpt, "--out", out]) == 1
+    assert "--split val" in capsys.readouterr().err
+    assert cli.main(["eval", "--checkpoint", ckpt, "--out", out, "--split", "val"]) == 0
+    assert "mIoU" in capsys.readouterr().out and os.path.isfile(out)
+    assert cli.main(["analyze-bias", "--checkpoint", ckpt, "--out", str(tmp_path / "a")]) == 1
+    assert "--mask-dir" in capsys.readouterr().err
+    assert cli.main(["analyze-bias", "--checkpoint", ckpt, "--mask-dir", "SegmentationClass", "--out", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a" / "bias.csv").exists()
+
+
+def test_eval_overrides_cannot_change_the_trained_model(trained, tmp_path, capsys):
+    cfg, _ = trained
+    ckpt = os.path.join(cfg["out_dir"], "last.pt")
+    assert cli.main(["eval", "--checkpoint", ckpt, "--out", str(tmp_path / "e.json"), "model.sigma=2"]) == 1
+    assert "model.sigma" in capsys.readouterr().err
+    assert cli.main(["eval", "--checkpoint", ckpt, "--out", ckpt]) == 1
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert load_checkpoint(ckpt)["iteration"] == 4
+
+
+def test_predict_never_overwrites_its_inputs(trained, data_root, tmp_path, capsys):
+    # Seen: `predict d/x.png --out d` overwrote the image; same-named inputs overwrote each other.
+    import shutil
+
+    cfg, _ = trained
+    ckpt = os.path.join(cfg["out_dir"], "last.pt")
+    d = tmp_path / "d"
+    for sub in ("a", "b"):
+        (d / sub).mkdir(parents=True)
+        shutil.copy(data_root / "JPEGImages" / f"val_0000{sub == 'b':d}.png", d / sub / "x.png")
+    before = (d / "a" / "x.png").read_bytes()
+    assert cli.main(["predict", str(d / "a" / "x.png"), "--checkpoint", ckpt, "--out", str(d / "a")]) == 1
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert (d / "a" / "x.png").read_bytes() == before
+    assert cli.main(["predict", str(d / "a" / "x.png"), str(d / "b" / "x.png"), "--checkpoint", ckpt, "--out", str(tmp_path / "p")]) == 0
+    from blpseg.data.io import read_label
+
+    a, b = read_label(str(tmp_path / "p" / "a" / "x.png")), read_label(str(tmp_path / "p" / "b" / "x.png"))
+    assert a.shape == b.shape == (32, 32)
+    # an output folder that is the inputs' folder through a link is refused too
+    os.symlink(d / "b", tmp_path / "link")
+    assert cli.main(["predict", str(d / "b" / "x.png"), "--checkpoint", ckpt, "--out", str(tmp_path / "link")]) == 1
+
+
+# ---------------------------------------------------------------- one's own data, end to end
+
+
+def test_own_folder_end_to_end(data_root, tmp_path, capsys):
+    """The synthetic set exported to the plain folder format, trained and evaluated from it."""
+    folder = tmp_path / "own"
+    syn = ["--config", str(ROOT / "configs" / "synthetic.yaml"), f"data.root={data_root}"]
+    assert cli.main(["export-folder", *syn, "--out", str(folder)]) == 0
+    assert sorted(os.listdir(folder)) == ["classes.txt", "images", "masks", "scribbles"]
+    assert len(os.listdir(folder / "scribbles")) == 8 and len(os.listdir(folder / "masks")) == 2
+    assert cli.main(["export-folder", "--config", str(ROOT / "configs" / "own_data.yaml"), "--out", str(tmp_path / "x")]) == 1
+    run = tmp_path / "run"
+    args = ["train", "--config", str(ROOT / "configs" / "own_data.yaml"), f"data.root={folder}", f"out_dir={run}",
+            "device=cpu", "data.crop=32", "model.channels=16", "model.embed_dim=8", "model.lam_backend=auto",
+            "train.batch_size=2", "train.iters=2", "loss.self_training_from=null"]  # fmt: skip
+    assert cli.main(args) == 0
+    assert "mIoU" in capsys.readouterr().out and (run / "val.json").exists()
+    state = load_checkpoint(str(run / "last.pt"))
+    assert state["class_names"] == ["background", "stripes", "dots", "plain", "speckle"]
+    assert cli.main(["eval", "--checkpoint", str(run / "last.pt")]) == 0
+    assert "speckle" in capsys.readouterr().out

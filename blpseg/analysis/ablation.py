@@ -1,8 +1,10 @@
 """The ablation tables' runner: every row of a table is a list of config overrides, trained once per
 seed with the same budget, then summarised (mean and sample std over seeds) as CSV and markdown.
 
-A run's folder is named by a hash of its config (seed included; out_dir and data.root left out) and
-of the network's version (models.NETWORK_VERSION: runs of an older network are not reused), so
+A run's folder is named by a hash of its config as the file and the overrides state it (seed
+included; out_dir and data.root left out; defaults not filled in, so that a key added to the schema
+later renames no run) and of the network's version (models.NETWORK_VERSION: runs of an older
+network are not taken for finished ones), so
 rows shared between tables (Table I's "+ LAM + BLP" is Table II's "BLP") train once, and a run whose
 val.json exists is skipped: rerunning a table resumes it (an interrupted run continues from its
 last.pt)."""
@@ -17,7 +19,7 @@ import os
 
 import numpy as np
 
-from ..config import apply_overrides, load_config
+from ..config import apply_overrides, load_config, resolve
 
 DEFAULT_CONFIG = os.path.join("configs", "synthetic.yaml")
 
@@ -42,7 +44,8 @@ def run_table(name: str, title: str, rows: dict[str, list[str]], argv=None) -> s
     """Trains what is missing of `rows` (label -> overrides) and writes <results>/<name>/
     runs.csv, summary.csv and table.md; returns that folder."""
     from ..engine.distributed import Dist
-    from ..engine.train import prepare_data, train
+    from ..data.prepare import prepare_data
+    from ..engine.train import train
 
     p = argparse.ArgumentParser(prog=name, description=title)
     p.add_argument("--config", default=DEFAULT_CONFIG)
@@ -50,23 +53,24 @@ def run_table(name: str, title: str, rows: dict[str, list[str]], argv=None) -> s
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="comma-separated (default 0,1,2)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every row, e.g. train.epochs=4")
     args = p.parse_args(argv)
-    base = load_config(args.config, args.overrides)
+    base = load_config(args.config, args.overrides, resolved=False)
+    runs = [(label, seed, apply_overrides(base, [*overrides, f"seed={seed}"])) for label, overrides in rows.items() for seed in args.seeds]
+    for _, _, cfg in runs:
+        resolve(cfg)  # every row's mistakes before the first run trains
     # One data set for every seed: the seeds vary initialisation and sampling, not the data.
-    prepare_data(apply_overrides(base, ["seed=0"]), Dist())
+    prepare_data(resolve(apply_overrides(base, ["seed=0"])), Dist())
     records = []
-    for label, overrides in rows.items():
-        for seed in args.seeds:
-            cfg = apply_overrides(base, [*overrides, f"seed={seed}"])
-            cfg["out_dir"] = run_dir(args.results, cfg)
-            done = os.path.join(cfg["out_dir"], "val.json")
-            if not os.path.isfile(done):
-                last = os.path.join(cfg["out_dir"], "last.pt")
-                print(f"{name}: {label}, seed {seed} -> {cfg['out_dir']}", flush=True)
-                train(cfg, resume=last if os.path.isfile(last) else None)
-            with open(done) as fh:
-                result = json.load(fh)
-            records.append({"row": label, "seed": seed, "run": cfg["out_dir"], "miou": result["miou"],
-                            "boundary_precision": boundary_band_precision(result)})  # fmt: skip
+    for label, seed, cfg in runs:
+        cfg["out_dir"] = run_dir(args.results, cfg)
+        done = os.path.join(cfg["out_dir"], "val.json")
+        if not os.path.isfile(done):
+            last = os.path.join(cfg["out_dir"], "last.pt")
+            print(f"{name}: {label}, seed {seed} -> {cfg['out_dir']}", flush=True)
+            train(cfg, resume=last if os.path.isfile(last) else None)
+        with open(done) as fh:
+            result = json.load(fh)
+        records.append({"row": label, "seed": seed, "run": cfg["out_dir"], "miou": result["miou"],
+                        "boundary_precision": boundary_band_precision(result)})  # fmt: skip
     return write_table(os.path.join(args.results, name), title, list(rows), records)
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.folder import build_dataset
+from ..data.own import paired_folder_items
 from ..data.transforms import EvalTransform
 from ..engine.metrics import relative_boundary_distance
 
@@ -70,8 +71,11 @@ def paired_items(cfg: dict, num_classes: int, split: str, mask_dir: str, scribbl
     config's data root: dicts with name, image (3, H, W) normalised, mask (H, W) int64 and
     scribbled (H, W) bool."""
     data = cfg["data"]
-    masks = build_dataset(data, {"split": split, "label_dir": mask_dir}, num_classes, EvalTransform())
-    scribbles = build_dataset(data, {"split": split, "label_dir": scribble_dir, "scribbles": True}, num_classes, EvalTransform())
+    if data["format"] == "folder":  # the images that have both (split and folders are the format's)
+        masks, scribbles = paired_folder_items(data["root"], num_classes, EvalTransform())
+    else:
+        masks = build_dataset(data, {"split": split, "label_dir": mask_dir}, num_classes, EvalTransform())
+        scribbles = build_dataset(data, {"split": split, "label_dir": scribble_dir, "scribbles": True}, num_classes, EvalTransform())
     for i in range(len(masks) if limit is None else min(limit, len(masks))):
         m, s = masks[i], scribbles[i]
         yield {"name": m["name"], "image": m["image"], "mask": m["target"].numpy(), "scribbled": (s["target"] < num_classes).numpy()}

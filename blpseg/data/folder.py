@@ -1,13 +1,16 @@
-"""Segmentation data in the PASCAL VOC layout, which PASCAL-Context and the synthetic set share:
+"""Labeled image sets: the PASCAL VOC layout, which PASCAL-Context and the synthetic set share,
 
     root/JPEGImages/<id>.jpg            images
     root/<label_dir>/<id>.png           labels: full masks (255 = void) or scribbles (255 = not scribbled)
     root/<list_dir>/<split>.txt         one id per line (list_dir: ImageSets/Segmentation)
+
+and, through `build_split`, the plain folder format of one's own data (own.py).
 """
 
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import numpy as np
 import torch
@@ -17,9 +20,9 @@ from .io import read_image, read_label
 from .superpixels import expand_scribbles
 
 
-class SegmentationFolder(Dataset):
-    """Items are dicts: image (3, H, W) float, target (H, W) int64, classes (K,) bool (the classes
-    present in the label), name.
+class LabeledImages(Dataset):
+    """(name, image path, label path) triples as items that are dicts: image (3, H, W) float,
+    target (H, W) int64, classes (K,) bool (the classes present in the label), name.
 
     scribbles=True reads scribble PNGs, whose 255 (not scribbled) becomes class K in the target;
     padding added by transforms is `ignore_index`. scribbles=False reads full masks as they are.
@@ -27,50 +30,26 @@ class SegmentationFolder(Dataset):
     the scribbles are expanded into superpixels before the transforms (Table VI).
     """
 
-    def __init__(
-        self,
-        root: str,
-        split: str,
-        num_classes: int,
-        label_dir: str,
-        scribbles: bool,
-        transform,
-        image_dir: str = "JPEGImages",
-        image_ext: str = ".jpg",
-        label_ext: str = ".png",
-        list_dir: str = os.path.join("ImageSets", "Segmentation"),
-        seed: int = 0,
-        label_diffusion: dict | None = None,
-    ):
+    def __init__(self, items: list[tuple[str, str, str]], num_classes: int, scribbles: bool, transform, seed: int = 0,
+                 label_diffusion: Optional[dict] = None):  # fmt: skip
         if label_diffusion is not None and not (scribbles and isinstance(label_diffusion, dict)):
             raise ValueError("label_diffusion needs scribbles: true and a mapping {segments, compactness}, "
                              f"got {label_diffusion!r}")  # fmt: skip
         if label_diffusion is not None and not set(label_diffusion) <= {"segments", "compactness"}:
             raise ValueError(f"label_diffusion: unknown keys {sorted(set(label_diffusion) - {'segments', 'compactness'})} "
                              "(known: segments, compactness)")  # fmt: skip
-        split_file = os.path.join(root, list_dir, f"{split}.txt")
-        if not os.path.isfile(split_file):
-            raise FileNotFoundError(f"split list not found: {split_file}")
-        with open(split_file) as fh:
-            self.names = [line.split()[0] for line in fh if line.strip()]
-        if not self.names:
-            raise ValueError(f"split list {split_file} is empty")
-        self.root, self.num_classes, self.scribbles, self.transform = root, num_classes, scribbles, transform
-        self.image_dir, self.label_dir, self.image_ext, self.label_ext = image_dir, label_dir, image_ext, label_ext
+        self.items, self.names = items, [name for name, _, _ in items]
+        self.num_classes, self.scribbles, self.transform = num_classes, scribbles, transform
         self.seed, self.epoch, self.label_diffusion = seed, 0, label_diffusion
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self.items)
 
     def paths(self, index: int) -> tuple[str, str]:
-        name = self.names[index]
-        return (
-            os.path.join(self.root, self.image_dir, name + self.image_ext),
-            os.path.join(self.root, self.label_dir, name + self.label_ext),
-        )
+        return self.items[index][1:]
 
     def __getitem__(self, index: int) -> dict:
         image_path, label_path = self.paths(index)
@@ -94,19 +73,55 @@ class SegmentationFolder(Dataset):
         return {"image": x, "target": y, "classes": classes, "name": self.names[index]}
 
 
-def build_dataset(cfg: dict, split_cfg: dict, num_classes: int, transform, seed: int = 0) -> SegmentationFolder:
-    """`cfg` is the config's data section, `split_cfg` its train or val entry (split, label_dir,
-    scribbles)."""
-    return SegmentationFolder(
-        cfg["root"],
-        split_cfg["split"],
-        num_classes,
-        split_cfg["label_dir"],
-        bool(split_cfg.get("scribbles", False)),
+class SegmentationFolder(LabeledImages):
+    """The VOC layout: the ids of root/list_dir/<split>.txt."""
+
+    def __init__(
+        self,
+        root: str,
+        split: str,
+        num_classes: int,
+        label_dir: str,
+        scribbles: bool,
         transform,
-        image_dir=cfg.get("image_dir", "JPEGImages"),
-        image_ext=cfg.get("image_ext", ".jpg"),
-        list_dir=cfg.get("list_dir", os.path.join("ImageSets", "Segmentation")),
-        seed=seed,
+        image_dir: str = "JPEGImages",
+        image_ext: str = ".jpg",
+        label_ext: str = ".png",
+        list_dir: str = os.path.join("ImageSets", "Segmentation"),
+        seed: int = 0,
+        label_diffusion: Optional[dict] = None,
+    ):
+        names = read_split_list(os.path.join(root, list_dir, f"{split}.txt"))
+        items = [(n, os.path.join(root, image_dir, n + image_ext), os.path.join(root, label_dir, n + label_ext)) for n in names]
+        super().__init__(items, num_classes, scribbles, transform, seed, label_diffusion)
+        self.root = root
+
+
+def read_split_list(path: str) -> list[str]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"split list not found: {path}")
+    with open(path) as fh:
+        names = [line.split()[0] for line in fh if line.strip()]
+    if not names:
+        raise ValueError(f"split list {path} is empty")
+    return names
+
+
+def build_dataset(data: dict, split_cfg: dict, num_classes: int, transform, seed: int = 0) -> SegmentationFolder:
+    """A VOC-layout split: `data` is a resolved config's data section, `split_cfg` a mapping with
+    split, label_dir and optionally scribbles (false when absent)."""
+    return SegmentationFolder(
+        data["root"], split_cfg["split"], num_classes, split_cfg["label_dir"], bool(split_cfg.get("scribbles", False)),
+        transform, image_dir=data["image_dir"], image_ext=data["image_ext"], list_dir=data["list_dir"], seed=seed,
         label_diffusion=split_cfg.get("label_diffusion"),
-    )
+    )  # fmt: skip
+
+
+def build_split(data: dict, which: str, num_classes: int, transform, seed: int = 0) -> LabeledImages:
+    """The config's train or val data ("train": its scribbles, "val": its full masks) in either
+    format; for "val" the config must have a data.val section (see `validation_section`)."""
+    if data["format"] == "folder":
+        from .own import folder_split
+
+        return folder_split(data["root"], which, num_classes, transform, seed, data["train"]["label_diffusion"])
+    return build_dataset(data, data[which], num_classes, transform, seed)

@@ -15,7 +15,7 @@ from scipy import ndimage
 from skimage.morphology import skeletonize
 from tqdm import tqdm
 
-from .io import read_label, write_label
+from .io import check_outputs, read_label, write_label
 from .regions import connected_regions
 
 NOT_SCRIBBLED = 255
@@ -31,7 +31,12 @@ def parse_scribble_xml(path: str) -> tuple[Optional[tuple[int, int]], list[tuple
     size = None
     h, w = root.findtext("size/height"), root.findtext("size/width")
     if h is not None and w is not None:
-        size = (int(h), int(w))
+        try:
+            size = (int(h), int(w))
+        except ValueError:
+            size = None
+        if size is None or min(size) < 1:
+            raise ValueError(f"{path}: <size> must hold positive integer <height> and <width>, got {h!r} x {w!r}")
     polygons = []
     for poly in root.iter("polygon"):
         tag = (poly.findtext("tag") or "").strip()
@@ -50,20 +55,35 @@ def rasterize_scribbles(path: str, class_names: Sequence[str], width: int = 3, s
     size = size or xml_size
     if size is None:
         raise ValueError(f"{path} has no <size>; pass the image size")
-    ids = {name: i for i, name in enumerate(class_names)}
+    return draw_strokes(path, size, [(class_id(path, tag, class_names), points) for tag, points in polygons], width)
+
+
+def class_id(path: str, name: str, class_names: Sequence[str]) -> int:
+    if name not in class_names:
+        raise ValueError(f"{path}: unknown class {name!r} (expected one of {', '.join(class_names)})")
+    return list(class_names).index(name)
+
+
+def draw_strokes(path: str, size: tuple[int, int], strokes, width: int = 3) -> np.ndarray:
+    """Draws [(class id, [(x, y), ...])] polylines in order (a later stroke over an earlier one),
+    `width` pixels wide (a single point as a dot), into an (H, W) uint8 label that is NOT_SCRIBBLED
+    elsewhere. A coordinate that is not finite is refused naming `path`: PIL would draw it as a line
+    across the image."""
+    if width < 1:
+        raise ValueError(f"the stroke width must be >= 1, got {width}")
     canvas = Image.new("L", (size[1], size[0]), NOT_SCRIBBLED)
     draw = ImageDraw.Draw(canvas)
     r = (width - 1) / 2
-    for tag, points in polygons:
-        if tag not in ids:
-            raise ValueError(f"{path}: unknown class {tag!r} (expected one of {', '.join(class_names)})")
+    for cid, points in strokes:
+        if not np.isfinite(np.asarray(points, dtype=np.float64)).all():
+            raise ValueError(f"{path}: a stroke of class id {cid} has a coordinate that is not finite (NaN or Inf)")
         if len(points) == 1 and width <= 1:
-            draw.point(points, fill=ids[tag])
+            draw.point(points, fill=cid)
         elif len(points) == 1:
             (x, y) = points[0]
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=ids[tag])
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=cid)
         elif points:
-            draw.line(points, fill=ids[tag], width=width, joint="curve")
+            draw.line(points, fill=cid, width=width, joint="curve")
     return np.asarray(canvas).copy()
 
 
@@ -75,6 +95,8 @@ def convert_scribbles(
     paths = sorted(glob.glob(os.path.join(xml_dir, "*.xml")))
     if not paths:
         raise FileNotFoundError(f"no .xml files in {xml_dir}")
+    images = [os.path.join(image_dir, os.path.splitext(os.path.basename(p))[0] + ".jpg") for p in paths] if image_dir else []
+    check_outputs([(p, os.path.join(out_dir, os.path.splitext(os.path.basename(p))[0] + ".png")) for p in paths], images)
     for path in tqdm(paths, desc="convert-scribbles", unit="file"):
         name = os.path.splitext(os.path.basename(path))[0]
         size = None
@@ -149,6 +171,7 @@ def scribblize(mask_dir: str, out_dir: str, seed: int = 0, **options) -> int:
     paths = sorted(glob.glob(os.path.join(mask_dir, "*.png")))
     if not paths:
         raise FileNotFoundError(f"no .png masks in {mask_dir}")
+    check_outputs([(p, os.path.join(out_dir, os.path.basename(p))) for p in paths])
     for i, path in enumerate(tqdm(paths, desc="scribblize", unit="mask")):
         label = simulate_scribbles(read_label(path), np.random.default_rng([seed, i]), **options)
         write_label(os.path.join(out_dir, os.path.basename(path)), label)

@@ -15,12 +15,12 @@ from .metrics import BoundaryPrecision, confusion_matrix, iou_from_confusion
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, num_classes: int, cfg: dict, d: Dist = Dist(), progress: bool = True) -> dict:
-    """`cfg` is the config's eval section: scales, flip, crf (bool or CRF parameters), boundary_bins."""
+    """`cfg` is a resolved config's eval section: scales, flip, crf (bool or CRF parameters), boundary_bins."""
     was_training = model.training
     model.eval()
-    scales, flip, crf = cfg.get("scales", [1.0]), bool(cfg.get("flip", False)), cfg.get("crf", False)
+    scales, flip, crf = cfg["scales"], cfg["flip"], cfg["crf"]
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    bp = BoundaryPrecision(cfg.get("boundary_bins", 10))
+    bp = BoundaryPrecision(cfg["boundary_bins"])
     indices = range(d.rank, len(dataset), d.world_size)
     for i in tqdm(indices, desc="eval", unit="image", disable=not (progress and d.is_main)):
         item = dataset[i]

@@ -11,34 +11,23 @@ import warnings
 from typing import Callable, Optional
 
 import torch
-import yaml
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lam_ops import available_backends
 
-from ..config import class_names
-from ..data.folder import build_dataset
-from ..data.synthetic import make_synthetic, synthetic_exists
+from ..config import RESUME_MAY_CHANGE, class_names, dump, fixed_differences, resolve
+from ..data.folder import build_split
+from ..data.prepare import prepare_data
 from ..data.transforms import EvalTransform, TrainTransform
 from ..losses import ScribbleLoss, build_seg_loss, pseudo_labels
 from ..models import build_model
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .evaluate import evaluate, format_table
 from .logger import MetricLogger
 from .sampler import ResumableSampler
-
-
-def prepare_data(cfg: dict, d: distributed.Dist) -> None:
-    """Generates the synthetic set on first use (data.synthetic holds its options)."""
-    data = cfg["data"]
-    if data.get("synthetic") is not None and not synthetic_exists(data["root"]):
-        if d.is_main:
-            make_synthetic(data["root"], **data["synthetic"], seed=cfg.get("seed", 0))
-        if d.world_size > 1:
-            torch.distributed.barrier()
 
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -66,9 +55,12 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def train(cfg: dict, resume: Optional[str] = None, on_step: Optional[Callable[[int, float], None]] = None) -> dict:
-    """Trains as `cfg` says; `resume` is a checkpoint to continue from. `on_step(iteration, loss)`
-    is called after every step. Returns the final validation result (or None) and the run folder."""
-    d = distributed.setup(cfg.get("device", "auto"), cfg.get("threads"))
+    """Trains as `cfg` (a config mapping, resolved here) says; `resume` is a checkpoint to continue
+    from, whose fixed settings (config.RESUME_MAY_CHANGE lists the others) must equal the config's.
+    `on_step(iteration, loss)` is called after every step. Returns the final validation result (or
+    None), the run folder and the checkpoint holding the final weights."""
+    cfg = resolve(cfg)
+    d = distributed.setup(cfg["device"], cfg["threads"])
     try:
         return _train(cfg, d, resume, on_step)
     finally:
@@ -79,22 +71,28 @@ def _train(cfg, d, resume, on_step) -> dict:
     names = class_names(cfg)
     K = len(names)
     dc, tc, lc = cfg["data"], cfg["train"], cfg["loss"]
-    out_dir, seed = cfg["out_dir"], int(cfg.get("seed", 0))
+    out_dir, seed = cfg["out_dir"], cfg["seed"]
+    state = _resume_state(resume, cfg, names) if resume else None
     prepare_data(cfg, d)
     torch.manual_seed(seed)
-    train_set = build_dataset(dc, dc["train"], K, TrainTransform(dc["crop"], dc.get("scale", (0.75, 1.25))), seed)
-    val_set = build_dataset(dc, dc["val"], K, EvalTransform()) if dc.get("val") else None
+    train_set = build_split(dc, "train", K, TrainTransform(dc["crop"], dc["scale"]), seed)
+    val_set = build_split(dc, "val", K, EvalTransform()) if dc["val"] is not None else None
     model = build_model(K, **cfg["model"]).to(d.device)
     optimizer = torch.optim.AdamW(param_groups(model, tc["weight_decay"]), lr=tc["lr"])
     sampler = ResumableSampler(len(train_set), tc["batch_size"], seed, d.rank, d.world_size)
-    total = int(tc.get("iters") or tc["epochs"] * sampler.batches_per_epoch)
-    power = tc.get("poly_power", 0.9)
+    total = int(tc["iters"] or tc["epochs"] * sampler.batches_per_epoch)
+    power = tc["poly_power"]
     scheduler = LambdaLR(optimizer, lambda it: (1 - min(it, total) / total) ** power)
-    dtype = amp_dtype(tc.get("amp", True))
+    dtype = amp_dtype(tc["amp"])
     scaler = torch.amp.GradScaler(d.device.type, enabled=dtype == torch.float16)
     start = 0
-    if resume:
-        state = load_checkpoint(resume)
+    if state is not None:
+        if int(state["iteration"]) > total:
+            raise ValueError(
+                f"{resume} has trained {state['iteration']} iterations, more than the {total} this config runs "
+                f"(train.iters, or train.epochs x {sampler.batches_per_epoch} batches): raise train.epochs or "
+                f"train.iters to continue it, or evaluate it with `blpseg eval --checkpoint {resume}`"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -102,17 +100,21 @@ def _train(cfg, d, resume, on_step) -> dict:
             scaler.load_state_dict(state["scaler"])
         start = int(state["iteration"])
     net = distributed.wrap(model, d)
-    seg_loss = build_seg_loss(lc.get("seg", "blp"), **lc.get("seg_options", {}))
-    scrib_loss = ScribbleLoss(K, lc.get("unlabeled_weight", 0.02)).to(d.device)
-    st_from, st_threshold = lc.get("self_training_from"), lc.get("pseudo_threshold", 0.9)
+    seg_loss = build_seg_loss(lc["seg"], **lc["seg_options"])
+    scrib_loss = ScribbleLoss(K, lc["unlabeled_weight"]).to(d.device)
+    st_from, st_threshold = lc["self_training_from"], lc["pseudo_threshold"]
     ckpt_path = os.path.join(out_dir, "last.pt")
-    ckpt_every = int(tc.get("checkpoint_every") or sampler.batches_per_epoch)
-    eval_every, log_every = int(tc.get("eval_every") or 0), int(tc.get("log_every", 10))
+    ckpt_every = int(tc["checkpoint_every"] or sampler.batches_per_epoch)
+    eval_every, log_every = int(tc["eval_every"] or 0), tc["log_every"]
     logger = MetricLogger(out_dir, d.is_main, start=start)
     if d.is_main:
         os.makedirs(out_dir, exist_ok=True)
+        for path in remove_stale_temporaries(out_dir):
+            tqdm.write(f"removed {path}, left by a checkpoint write that was interrupted")
         with open(os.path.join(out_dir, "config.yaml"), "w") as fh:
-            yaml.safe_dump(cfg, fh, sort_keys=False)
+            fh.write(dump(cfg))
+        if dc["val"] is not None and val_set is None:
+            tqdm.write(f"{dc['root']} has no validation images (masks/ of images without scribbles): no evaluation")
         tqdm.write(
             f"training {total} iterations from {start} on {d.world_size} x {d.device}; "
             f"LAM backends here: {', '.join(available_backends(d.device))}; run folder: {out_dir}"
@@ -126,7 +128,7 @@ def _train(cfg, d, resume, on_step) -> dict:
             sampler.set_epoch(epoch, b)
             train_set.set_epoch(epoch)
             loader = DataLoader(
-                train_set, tc["batch_size"], sampler=sampler, num_workers=dc.get("workers", 0), drop_last=True,
+                train_set, tc["batch_size"], sampler=sampler, num_workers=dc["workers"], drop_last=True,
                 pin_memory=d.device.type == "cuda", persistent_workers=False,
             )  # fmt: skip
             data_iter = iter(loader)
@@ -171,10 +173,10 @@ def _train(cfg, d, resume, on_step) -> dict:
         if d.is_main and (done % ckpt_every == 0 or done == total):
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "iteration": done,
-                     "config": cfg}  # fmt: skip
+                     "config": cfg, "class_names": list(names)}  # fmt: skip
             save_checkpoint(state, ckpt_path)
         if val_set is not None and (done == total or (eval_every and done % eval_every == 0)):
-            result = evaluate(model, val_set, K, cfg.get("eval", {}), d, progress=False)
+            result = evaluate(model, val_set, K, cfg["eval"], d, progress=False)
             logger.log("val", done, {"miou": result["miou"], "pixel_acc": result["pixel_acc"],
                                      **{f"iou/{n}": v for n, v in zip(names, result["iou"])}})  # fmt: skip
             if d.is_main:
@@ -183,8 +185,27 @@ def _train(cfg, d, resume, on_step) -> dict:
             on_step(done, sum(values))
     bar.close()
     logger.close()
+    if start == total:  # a finished run resumed: nothing to train, its evaluation (again) and files
+        ckpt_path = ckpt_path if os.path.isfile(ckpt_path) else resume
+        if val_set is not None:
+            result = evaluate(model, val_set, K, cfg["eval"], d, progress=False)
     if d.is_main and result is not None:
         with open(os.path.join(out_dir, "val.json"), "w") as fh:
             json.dump(result, fh, indent=1)
         tqdm.write(format_table(result, names))
     return {"val": result, "out_dir": out_dir, "checkpoint": ckpt_path}
+
+
+def _resume_state(resume: str, cfg: dict, names) -> dict:
+    """The checkpoint to resume from, if what it fixes equals `cfg`; else an error listing the keys."""
+    state = load_checkpoint(resume)
+    changed = fixed_differences(resolve(state["config"]), cfg)
+    if tuple(state.get("class_names", names)) != tuple(names):
+        changed.append(f"class names: {state['class_names']} -> {list(names)}")
+    if changed:
+        raise ValueError(
+            f"cannot resume from {resume}: it was trained with other settings, which a resumed run cannot change "
+            f"({'; '.join(changed)}). Set them back, or train a new run (another out_dir). A resumed run may "
+            f"change only {', '.join(RESUME_MAY_CHANGE)}."
+        )
+    return state

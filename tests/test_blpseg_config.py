@@ -1,0 +1,105 @@
+"""The config schema: unknown keys with the nearest valid one, types and ranges naming the key,
+base files, --print-config, and the keys a resumed run may change."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from blpseg import cli
+from blpseg.config import RESUME_MAY_CHANGE, apply_overrides, fixed_differences, load_config, read_config, resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTHETIC = str(ROOT / "configs" / "synthetic.yaml")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lrr=1e-4", "unknown config key train.lrr; did you mean train.lr?"),
+        ("trian.lr=1", "unknown config key trian; did you mean train?"),
+        ("model.sigmaa=2", "did you mean model.sigma?"),
+        ("train.lr=abc", "train.lr: expected a number, got 'abc'"),
+        ("train.batch_size=0", "train.batch_size: must be >= 1, got 0"),
+        ("train.epochs=2.5", "train.epochs: expected an integer"),
+        ("train.lr=-1", "train.lr: must be > 0"),
+        ("train.lr=.nan", "train.lr: expected a finite number"),
+        ("model.lam=yes please", "model.lam: expected true or false"),
+        ("model.similarity=colour", "model.similarity: expected one of 'both', 'features', 'position'"),
+        ("train.amp=float32", "train.amp: expected true or false or expected one of 'bfloat16', 'float16', got 'float32'"),
+        ("loss.pseudo_threshold=1.5", "loss.pseudo_threshold: must be <= 1"),
+        ("data.scale=[1.2, 0.8]", "data.scale: expected [low, high]"),
+        ("eval.scales=[1, 0]", "eval.scales[1]: must be > 0"),
+        ("data.train=3", "data.train: expected a section"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_config(SYNTHETIC, [override])
+
+
+def test_cli_refuses_typos_before_training(tmp_path, capsys):
+    # Seen: `train.lrr=1e-4 trian.lr=1` trained with the default lr and exited 0.
+    assert cli.main(["train", "--config", SYNTHETIC, f"out_dir={tmp_path / 'run'}", "train.lrr=1e-4"]) == 1
+    assert "did you mean train.lr?" in capsys.readouterr().err
+    assert cli.main(["train", "--config", SYNTHETIC, "train.batch_size=0"]) == 1
+    assert "train.batch_size: must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_defaults_fill_in_and_resolving_is_idempotent():
+    cfg = load_config(SYNTHETIC)
+    assert cfg["train"]["iters"] is None and cfg["data"]["image_dir"] == "JPEGImages" and cfg["data"]["format"] == "voc"
+    assert resolve(cfg) == cfg
+    minimal = resolve({"data": {"dataset": "synthetic", "root": "x"}})
+    assert minimal["train"]["lr"] == 3.0e-5 and minimal["data"]["val"]["label_dir"] == "SegmentationClass"
+    with pytest.raises(ValueError, match="config key data.root is required"):
+        resolve({"data": {"dataset": "voc"}})
+    with pytest.raises(ValueError, match="data.dataset: the VOC layout needs the class names"):
+        resolve({"data": {"root": "x"}})
+
+
+def test_context_inherits_the_voc_config_and_states_only_the_data():
+    voc, context = load_config(str(ROOT / "configs" / "voc_scribble.yaml")), load_config(str(ROOT / "configs" / "context_scribble.yaml"))
+    assert {k.split(":")[0].split(".")[0] for k in fixed_differences(voc, context, ())} == {"data", "out_dir"}
+    assert context["data"]["train"] == {"split": "train", "label_dir": "ScribbleLabelsContext", "scribbles": True,
+                                        "label_diffusion": None}
+    lines = [l for l in (ROOT / "configs" / "context_scribble.yaml").read_text().splitlines() if l and not l.startswith("#")]
+    assert len(lines) < 12 and lines[0] == "base: voc_scribble.yaml"
+
+
+def test_base_files_merge_relative_to_the_file_and_refuse_loops(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text("data: {dataset: voc, root: r, crop: 5}\ntrain: {lr: 0.5}\n")
+    (tmp_path / "sub" / "child.yaml").write_text("base: ../base.yaml\ndata: {crop: 7}\n")
+    cfg = load_config(str(tmp_path / "sub" / "child.yaml"))
+    assert (cfg["data"]["root"], cfg["data"]["crop"], cfg["train"]["lr"]) == ("r", 7, 0.5)
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ValueError, match="loops back"):
+        read_config(str(tmp_path / "a.yaml"))
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        read_config(str(tmp_path / "c.yaml"))
+
+
+def test_print_config_shows_the_resolved_config(capsys):
+    assert cli.main(["train", "--config", str(ROOT / "configs" / "context_scribble.yaml"), "--print-config", "train.lr=1e-4"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == load_config(str(ROOT / "configs" / "context_scribble.yaml"), ["train.lr=1e-4"])
+    assert printed["model"]["backbone"] == "resnet101_deepstem" and printed["data"]["dataset"] == "context"
+
+
+def test_overrides_recreate_a_null_section():
+    cfg = load_config(SYNTHETIC, ["data.val=null"])
+    assert cfg["data"]["val"] is None
+    again = resolve(apply_overrides(cfg, ["data.val.split=val"]))
+    assert again["data"]["val"] == {"split": "val", "label_dir": "SegmentationClass", "scribbles": False}
+
+
+def test_fixed_differences_name_the_keys_a_resume_cannot_change():
+    cfg = load_config(SYNTHETIC)
+    new = load_config(SYNTHETIC, ["model.sigma=2", "train.lr=1e-2", "train.epochs=99", "eval.flip=true", "data.root=/x"])
+    assert fixed_differences(cfg, new) == ["model.sigma: 6.0 -> 2.0", "train.lr: 0.001 -> 0.01"]
+    assert "train.epochs" in RESUME_MAY_CHANGE and "model.sigma" not in RESUME_MAY_CHANGE
