@@ -197,6 +197,8 @@ def _check(value, tp, key: str, meta) -> Any:
             return None
         expected = []
         for option in (a for a in args if a is not type(None)):
+            if dataclasses.is_dataclass(option) and isinstance(value, dict):
+                return _build(option, value, key + ".")  # a section's own error names its key
             try:
                 return _check(value, option, key, meta)
             except ValueError as e:

@@ -1,5 +1,7 @@
 """Label diffusion: scribbles expanded into SLIC superpixels (Table VI)."""
 
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,19 @@ def test_the_dataset_expands_training_scribbles(tmp_path):
         SegmentationFolder(*args, scribbles=False, transform=None, label_diffusion={"segments": 50})
     with pytest.raises(ValueError, match="unknown keys"):
         SegmentationFolder(*args, scribbles=True, transform=None, label_diffusion={"n_segments": 50})
+
+
+def test_the_config_key_reaches_the_training_split(tmp_path):
+    from blpseg.config import load_config
+    from blpseg.data.folder import build_split
+
+    make_synthetic(str(tmp_path), num_train=2, num_val=1, size=32, seed=0)
+    config = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml")
+    cfg = load_config(config, [f"data.root={tmp_path}", "data.train.label_diffusion={segments: 20}"])
+    assert cfg["data"]["train"]["label_diffusion"] == {"segments": 20, "compactness": 10.0}
+    assert build_split(cfg["data"], "train", 5, EvalTransform()).label_diffusion == {"segments": 20, "compactness": 10.0}
+    assert build_split(cfg["data"], "val", 5, EvalTransform()).label_diffusion is None
+    with pytest.raises(ValueError, match="data.train.label_diffusion.n_segments"):
+        load_config(config, ["data.train.label_diffusion={n_segments: 20}"])
+    with pytest.raises(ValueError, match="data.train.label_diffusion.segments"):
+        load_config(config, ["data.train.label_diffusion={segments: 0}"])
