@@ -100,10 +100,7 @@ class TimmBackbone(nn.Module):
 
     def __init__(self, model_name: str, weights: Optional[str] = None):
         super().__init__()
-        try:
-            import timm
-        except ImportError as e:
-            raise ImportError(f"backbone 'timm:{model_name}' needs timm: pip install timm") from e
+        import timm  # here, not at the top: importing timm takes a second that other backbones need not pay
         if not timm.is_model(model_name):
             raise ValueError(f"backbone 'timm:{model_name}': timm has no model {model_name!r}")
         try:
