@@ -135,6 +135,10 @@ def _train(cfg, d, resume, on_step) -> dict:
         batch = next(data_iter)
         image = batch["image"].to(d.device, non_blocking=True)
         target = batch["target"].to(d.device, non_blocking=True)
+        # the step's random numbers (the PPM's dropout) depend only on (seed, iteration), as the
+        # samples do on (seed, epoch, index): a resumed run draws what the uninterrupted one drew
+        # (seeded after the batch: a new DataLoader iterator draws from the stream)
+        torch.manual_seed(seed * 2**32 + it)
         net.train()
         with torch.autocast(d.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             out = net(image, target)
