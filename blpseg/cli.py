@@ -1,4 +1,4 @@
-"""The `blpseg` command: train, eval, predict, make-synthetic, export-folder, convert-scribbles,
+"""The `blpseg` command: train, eval, predict, info, make-synthetic, export-folder, convert-scribbles,
 scribblize, and the analyses analyze-bias, loss-maps, plot-precision."""
 
 from __future__ import annotations
@@ -70,6 +70,21 @@ def _eval(args) -> int:
         json.dump({"checkpoint": args.checkpoint, "split": split, "eval": cfg["eval"], **result}, fh, indent=1)
     plot_boundary_precision({_run_name(args.checkpoint): result}, figure)
     print(f"results: {out}, {figure}")
+    return 0
+
+
+def _info(args) -> int:
+    from .config import class_names, load_config
+    from .models import build_model
+
+    cfg = load_config(args.config, args.overrides)
+    # counting needs no weights: the network is built as configured, randomly initialised
+    model = build_model(len(class_names(cfg)), **{**cfg["model"], "pretrained": None})
+    counts = model.parameter_counts()
+    print(f"network of {args.config}: backbone {cfg['model']['backbone']}, {model.num_classes} classes")
+    for part, n in counts.items():
+        print(f"{part:<12} {n:>12,}")
+    print(f"total parameters: {sum(p.numel() for p in model.parameters())}")
     return 0
 
 
@@ -278,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default="predictions", help="output folder (default predictions/); inputs are never overwritten")
     pr.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. eval.flip=true")
     pr.set_defaults(func=_predict)
+
+    i = sub.add_parser("info", help="the configured network's parameter count per part")
+    i.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
+    i.add_argument("overrides", **overrides)
+    i.set_defaults(func=_info)
 
     s = sub.add_parser("make-synthetic", help="write the synthetic scribble set (VOC layout)")
     s.add_argument("--root", default="data/synthetic")

@@ -47,10 +47,17 @@ class SyntheticConfig:
 
 
 @dataclass
+class LabelDiffusion:
+    segments: int = _f(100, ge=1)  # SLIC's n_segments
+    compactness: float = _f(10.0, gt=0)  # SLIC's compactness
+
+
+@dataclass
 class TrainSplit:
     split: str = _f("train")  # split list name (VOC layout) or, for data.format=folder, train.txt if present
     label_dir: str = _f("ScribbleLabels")
     scribbles: bool = _f(True)  # 255 means not scribbled (class K) rather than void
+    label_diffusion: Optional[LabelDiffusion] = _f(None)  # expand the scribbles into SLIC superpixels first (Table VI)
 
 
 @dataclass
@@ -81,8 +88,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = _f("resnet101")
-    pretrained: Optional[str] = _f(None)  # a local torchvision state_dict
+    backbone: str = _f("resnet101_deepstem")  # resnet18|50|101, resnet101_deepstem (the release's), timm:<model>
+    pretrained: Optional[str] = _f(None)  # the backbone's weights: a local file (README, The model)
     channels: int = _f(256, ge=1)
     lam: bool = _f(True)
     similarity: Literal["both", "features", "position"] = _f("both")
@@ -222,6 +229,8 @@ def _check(value, tp, key: str, meta) -> Any:
             return None
         expected = []
         for option in (a for a in args if a is not type(None)):
+            if dataclasses.is_dataclass(option) and isinstance(value, dict):
+                return _build(option, value, key + ".")  # a section's own error names its key
             try:
                 return _check(value, option, key, meta)
             except ValueError as e:

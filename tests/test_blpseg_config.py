@@ -66,7 +66,8 @@ def test_defaults_fill_in_and_resolving_is_idempotent():
 def test_context_inherits_the_voc_config_and_states_only_the_data():
     voc, context = load_config(str(ROOT / "configs" / "voc_scribble.yaml")), load_config(str(ROOT / "configs" / "context_scribble.yaml"))
     assert {k.split(":")[0].split(".")[0] for k in fixed_differences(voc, context, ())} == {"data", "out_dir"}
-    assert context["data"]["train"] == {"split": "train", "label_dir": "ScribbleLabelsContext", "scribbles": True}
+    assert context["data"]["train"] == {"split": "train", "label_dir": "ScribbleLabelsContext", "scribbles": True,
+                                        "label_diffusion": None}
     lines = [l for l in (ROOT / "configs" / "context_scribble.yaml").read_text().splitlines() if l and not l.startswith("#")]
     assert len(lines) < 12 and lines[0] == "base: voc_scribble.yaml"
 
@@ -90,7 +91,7 @@ def test_print_config_shows_the_resolved_config(capsys):
     assert cli.main(["train", "--config", str(ROOT / "configs" / "context_scribble.yaml"), "--print-config", "train.lr=1e-4"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed == load_config(str(ROOT / "configs" / "context_scribble.yaml"), ["train.lr=1e-4"])
-    assert printed["model"]["backbone"] == "resnet101" and printed["data"]["dataset"] == "context"
+    assert printed["model"]["backbone"] == "resnet101_deepstem" and printed["data"]["dataset"] == "context"
 
 
 def test_overrides_recreate_a_null_section():

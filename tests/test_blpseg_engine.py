@@ -104,7 +104,7 @@ def test_configs_load_and_name_valid_options():
         assert {"data", "model", "loss", "train", "eval"} <= set(cfg)
     voc = load_config(str(ROOT / "configs" / "voc_scribble.yaml"))
     assert (voc["model"]["backbone"], voc["data"]["crop"], voc["train"]["batch_size"], voc["train"]["epochs"]) == (
-        "resnet101", 384, 10, 40,
+        "resnet101_deepstem", 384, 10, 40,
     )  # fmt: skip
 
 

@@ -3,7 +3,8 @@ seed with the same budget, then summarised (mean and sample std over seeds) as C
 
 A run's folder is named by a hash of its config as the file and the overrides state it (seed
 included; out_dir and data.root left out; defaults not filled in, so that a key added to the schema
-later renames no run), so
+later renames no run) and of the network's version (models.NETWORK_VERSION: runs of an older
+network are not taken for finished ones), so
 rows shared between tables (Table I's "+ LAM + BLP" is Table II's "BLP") train once, and a run whose
 val.json exists is skipped: rerunning a table resumes it (an interrupted run continues from its
 last.pt)."""
@@ -24,9 +25,12 @@ DEFAULT_CONFIG = os.path.join("configs", "synthetic.yaml")
 
 
 def run_dir(results: str, cfg: dict) -> str:
+    from ..models import NETWORK_VERSION
+
     # Where the run and its data live is not what it is: results move with the folder.
     key = {k: v for k, v in cfg.items() if k != "out_dir"}
     key["data"] = {k: v for k, v in key["data"].items() if k != "root"}
+    key["network_version"] = NETWORK_VERSION
     key = json.dumps(key, sort_keys=True)
     return os.path.join(results, "runs", hashlib.sha1(key.encode()).hexdigest()[:12])
 

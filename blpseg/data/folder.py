@@ -10,12 +10,14 @@ and, through `build_split`, the plain folder format of one's own data (own.py).
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from .io import read_image, read_label
+from .superpixels import expand_scribbles
 
 
 class LabeledImages(Dataset):
@@ -24,12 +26,21 @@ class LabeledImages(Dataset):
 
     scribbles=True reads scribble PNGs, whose 255 (not scribbled) becomes class K in the target;
     padding added by transforms is `ignore_index`. scribbles=False reads full masks as they are.
+    label_diffusion (scribbles only): None, or expand_scribbles' options ({segments, compactness}):
+    the scribbles are expanded into superpixels before the transforms (Table VI).
     """
 
-    def __init__(self, items: list[tuple[str, str, str]], num_classes: int, scribbles: bool, transform, seed: int = 0):
+    def __init__(self, items: list[tuple[str, str, str]], num_classes: int, scribbles: bool, transform, seed: int = 0,
+                 label_diffusion: Optional[dict] = None):  # fmt: skip
+        if label_diffusion is not None and not (scribbles and isinstance(label_diffusion, dict)):
+            raise ValueError("label_diffusion needs scribbles: true and a mapping {segments, compactness}, "
+                             f"got {label_diffusion!r}")  # fmt: skip
+        if label_diffusion is not None and not set(label_diffusion) <= {"segments", "compactness"}:
+            raise ValueError(f"label_diffusion: unknown keys {sorted(set(label_diffusion) - {'segments', 'compactness'})} "
+                             "(known: segments, compactness)")  # fmt: skip
         self.items, self.names = items, [name for name, _, _ in items]
         self.num_classes, self.scribbles, self.transform = num_classes, scribbles, transform
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.label_diffusion = seed, 0, label_diffusion
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -45,6 +56,8 @@ class LabeledImages(Dataset):
         image, label = read_image(image_path), read_label(label_path)
         if image.shape[:2] != label.shape:
             raise ValueError(f"{label_path} is {label.shape} but its image {image_path} is {image.shape[:2]}")
+        if self.label_diffusion is not None:
+            label = expand_scribbles(image, label, **self.label_diffusion)
         label = label.astype(np.int64)
         K = self.num_classes
         if self.scribbles:
@@ -76,10 +89,11 @@ class SegmentationFolder(LabeledImages):
         label_ext: str = ".png",
         list_dir: str = os.path.join("ImageSets", "Segmentation"),
         seed: int = 0,
+        label_diffusion: Optional[dict] = None,
     ):
         names = read_split_list(os.path.join(root, list_dir, f"{split}.txt"))
         items = [(n, os.path.join(root, image_dir, n + image_ext), os.path.join(root, label_dir, n + label_ext)) for n in names]
-        super().__init__(items, num_classes, scribbles, transform, seed)
+        super().__init__(items, num_classes, scribbles, transform, seed, label_diffusion)
         self.root = root
 
 
@@ -99,6 +113,7 @@ def build_dataset(data: dict, split_cfg: dict, num_classes: int, transform, seed
     return SegmentationFolder(
         data["root"], split_cfg["split"], num_classes, split_cfg["label_dir"], bool(split_cfg.get("scribbles", False)),
         transform, image_dir=data["image_dir"], image_ext=data["image_ext"], list_dir=data["list_dir"], seed=seed,
+        label_diffusion=split_cfg.get("label_diffusion"),
     )  # fmt: skip
 
 
@@ -108,5 +123,5 @@ def build_split(data: dict, which: str, num_classes: int, transform, seed: int =
     if data["format"] == "folder":
         from .own import folder_split
 
-        return folder_split(data["root"], which, num_classes, transform, seed)
+        return folder_split(data["root"], which, num_classes, transform, seed, data["train"]["label_diffusion"])
     return build_dataset(data, data[which], num_classes, transform, seed)

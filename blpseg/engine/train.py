@@ -81,8 +81,13 @@ def _train(cfg, d, resume, on_step) -> dict:
     data = batches(train_set, sampler, start, tc["batch_size"], dc["workers"], d.device)
     result, tic = None, time.perf_counter()
     for it in range(start, total):
+        batch = next(data)
+        # the step's random numbers (the PPM's dropout) depend only on (seed, iteration), as the
+        # samples do on (seed, epoch, index): a resumed run draws what the uninterrupted one drew
+        # (seeded after the batch: a new DataLoader iterator draws from the stream)
+        torch.manual_seed(seed * 2**32 + it)
         try:
-            values = step(next(data), it)
+            values = step(batch, it)
         except NonFiniteLoss as e:
             last = ckpt_path if os.path.isfile(ckpt_path) else resume
             saved = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"

@@ -1,5 +1,6 @@
-"""BLPSeg's network: ResNet backbone, PPM + UPerNet decoder, the two heads and the LAM."""
+"""BLPSeg's network: a backbone (backbone.py), PPM + UPerNet decoder, the two heads and the LAM."""
 
-from .blpseg import BLPSeg, build_model
+from .backbone import build_backbone
+from .blpseg import NETWORK_VERSION, BLPSeg, build_model
 
-__all__ = ["BLPSeg", "build_model"]
+__all__ = ["BLPSeg", "NETWORK_VERSION", "build_backbone", "build_model"]

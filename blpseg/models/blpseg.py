@@ -11,17 +11,21 @@ from torch import Tensor, nn
 
 from lam_ops import LocalAggregation
 
-from .backbone import ResNetBackbone
+from .backbone import build_backbone
 from .decoder import UPerNetDecoder
 from .heads import Head
 
 KEY_MASKS = (None, "labeled", "unlabeled")
+# Bumped whenever a config trains a different network than before (ablation run folders hash it, so
+# runs of an older network are not taken for finished ones). 2: the release's PPM, heads and init.
+NETWORK_VERSION = 2
 
 
 class BLPSeg(nn.Module):
     """Args:
         num_classes: K (background included).
-        backbone, pretrained: a torchvision ResNet and a local state_dict path (or None).
+        backbone, pretrained: a name for `build_backbone` (resnet18/50/101, resnet101_deepstem,
+            timm:<model>) and a local weights file (or None).
         channels: decoder and head width (256).
         lam: apply the Local Aggregation Module to the segmentation logits (False: Table III "w/o").
         similarity, sigma, learnable_sigma, radius, embed_dim, lam_backend: LocalAggregation's options.
@@ -53,13 +57,36 @@ class BLPSeg(nn.Module):
             raise ValueError("key_mask needs the LAM (lam=True)")
         self.num_classes = num_classes
         self.key_mask = key_mask
-        self.backbone = ResNetBackbone(backbone, pretrained)
+        self.backbone = build_backbone(backbone, pretrained)
         self.decoder = UPerNetDecoder(self.backbone.channels, channels)
         self.seg_head = Head(channels, num_classes, channels)
         self.scrib_head = Head(channels, num_classes + 1, channels)
         self.lam = (
             LocalAggregation(3, embed_dim, 4, sigma, learnable_sigma, radius, similarity, lam_backend) if lam else None
         )
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """The release's initialisation outside the backbone: convs Kaiming-normal (fan_out, relu)
+        with zero bias, BN weight 1 and bias 0."""
+        for part in (self.decoder, self.seg_head, self.scrib_head, self.lam):
+            for m in part.modules() if part is not None else ():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+                elif isinstance(m, nn.BatchNorm2d):
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per part: backbone, ppm, fpn (laterals, FPN convs, fusion), the heads, lam."""
+        def count(*modules):
+            return sum(p.numel() for m in modules if m is not None for p in m.parameters())
+
+        d = self.decoder
+        return {"backbone": count(self.backbone), "ppm": count(d.ppm), "fpn": count(d.lateral, d.fpn, d.fuse),
+                "seg_head": count(self.seg_head), "scrib_head": count(self.scrib_head), "lam": count(self.lam)}  # fmt: skip
 
     def forward(self, image: Tensor, target: Optional[Tensor] = None, scribble_head: Optional[bool] = None) -> dict:
         """image (B, 3, H, W) -> {"seg": (B, K, H, W) logits, "scrib": (B, K+1, H, W) logits}.
