@@ -87,5 +87,14 @@ demo-folder: install
 bench: install
 	$(PY) benchmarks/bench_lam.py
 
+# Lint and format checks (configured in pyproject.toml and .clang-format); not part of `make test` yet.
+CXX_SOURCES = $(shell find csrc tests/cpp -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
+.PHONY: lint
+lint: install
+	$(PY) -m pip install -q --group lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run -Werror $(CXX_SOURCES)
+
 clean:
 	rm -rf build *.egg-info lam_ops/_C*.so lam_ops/_C.build.json $(VENV) $(COMPAT_VENV)
