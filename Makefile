@@ -35,7 +35,7 @@ COMPAT_TESTS := tests/test_cpp.py tests/test_cuda.py tests/test_functional.py te
 # oldest supported torch (2.11.0 + triton 3.6.0, the GPU machine's stack) in a second venv.
 # COMPAT=0 skips the second part.
 COMPAT ?= 1
-test: test-default $(if $(filter 1,$(COMPAT)),test-compat)
+test: lint test-default $(if $(filter 1,$(COMPAT)),test-compat)
 
 # (the second venv first: a test imports this venv's build under its torch)
 test-default: install $(if $(filter 1,$(COMPAT)),$(COMPAT_VENV)/.installed)
@@ -87,7 +87,7 @@ demo-folder: install
 bench: install
 	$(PY) benchmarks/bench_lam.py
 
-# Lint and format checks (configured in pyproject.toml and .clang-format); not part of `make test` yet.
+# Lint and format checks (configured in pyproject.toml and .clang-format), the first step of `make test`.
 CXX_SOURCES = $(shell find csrc tests/cpp -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 .PHONY: lint
 lint: install

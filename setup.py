@@ -24,8 +24,13 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def _is_toolkit_root(path):
-    return bool(path) and os.path.isfile(os.path.join(path, "bin", "nvcc")) and bool(
-        glob.glob(os.path.join(path, "lib*", "libcudart*")) or glob.glob(os.path.join(path, "targets", "*", "lib", "libcudart*"))
+    return (
+        bool(path)
+        and os.path.isfile(os.path.join(path, "bin", "nvcc"))
+        and bool(
+            glob.glob(os.path.join(path, "lib*", "libcudart*"))
+            or glob.glob(os.path.join(path, "targets", "*", "lib", "libcudart*"))
+        )
     )
 
 

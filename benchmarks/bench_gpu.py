@@ -44,7 +44,9 @@ GPU_IMPLS = ("triton", "cuda", "flex", "dense")
 def grid(tiny: bool) -> list[Config]:
     if tiny:
         return [Config(2, 3, 4, 8, 8, r) for r in (2, None)]
-    configs = [Config(B, 21, D, s, s, r) for B, D, r, s in itertools.product((2, 10), (16, 256), (12, 18, None), (96, 192))]
+    configs = [
+        Config(B, 21, D, s, s, r) for B, D, r, s in itertools.product((2, 10), (16, 256), (12, 18, None), (96, 192))
+    ]
     return sorted(configs, key=lambda c: (c.admissible_pairs() * (c.C + c.D), c.B))
 
 
@@ -60,7 +62,10 @@ def fits(c: Config, impl: str, budget_gb: float, images: int = 0) -> bool:
     batch); the other implementations are linear in HW."""
     if impl not in ("dense", "reference"):
         return True
-    return peers.PEERS["dense"].memory_estimate(images or c.B, c.C, c.D, c.H, c.W, c.window_positions()) / 2**30 <= budget_gb
+    return (
+        peers.PEERS["dense"].memory_estimate(images or c.B, c.C, c.D, c.H, c.W, c.window_positions()) / 2**30
+        <= budget_gb
+    )
 
 
 def measure_row(fn, device, repeat: int, row_seconds: float) -> dict:
@@ -124,32 +129,61 @@ def run(args) -> dict:
             rows.append(row)
             if len(rows) % len(names) == 0:  # the rows so far, should the run be stopped
                 bench_lam.write_json(args.out / "bench_gpu.json", {"meta": meta, "rows": rows, "complete": False})
-            print(f"{c} {dname} {mode} {name}: {row['status']}" + (f" {1e3 * row['median_s']:.2f} ms" if "median_s" in row else ""), flush=True)
+            print(
+                f"{c} {dname} {mode} {name}: {row['status']}"
+                + (f" {1e3 * row['median_s']:.2f} ms" if "median_s" in row else ""),
+                flush=True,
+            )
     meta["elapsed_s"] = time.perf_counter() - start
     return {"meta": meta, "rows": rows, "complete": True}
 
 
 def markdown(result: dict) -> str:
     meta = result["meta"]
-    lines = report.header("LAM GPU benchmark (benchmarks/bench_gpu.py)", meta, [f"- wall time {meta['elapsed_s']:.0f} s; not run: {meta['not_run'] or 'none'}"])
-    lines += ["", "| config | dtype | mode | impl | median ms | min ms | 1st call s | peak MB | max abs err vs dense fp64 | status |", "|" + "---|" * 10]
+    lines = report.header(
+        "LAM GPU benchmark (benchmarks/bench_gpu.py)",
+        meta,
+        [f"- wall time {meta['elapsed_s']:.0f} s; not run: {meta['not_run'] or 'none'}"],
+    )
+    lines += [
+        "",
+        "| config | dtype | mode | impl | median ms | min ms | 1st call s | peak MB "
+        "| max abs err vs dense fp64 | status |",
+        "|" + "---|" * 10,
+    ]
     num = lambda r, k, s=1.0, fmt=".2f": "" if k not in r else format(s * r[k], fmt)  # noqa: E731
     for r in result["rows"]:
-        lines.append(f"| {r['config']} | {r['dtype']} | {r['mode']} | {r['impl']} | {num(r, 'median_s', 1e3)} | {num(r, 'min_s', 1e3)} | "
-                     f"{num(r, 'first_call_s')} | {num(r, 'peak_mb', fmt='.1f')} | {num(r, 'max_abs_err_vs_dense64', fmt='.2e')} | {r['status']} |")
+        lines.append(
+            f"| {r['config']} | {r['dtype']} | {r['mode']} | {r['impl']} | {num(r, 'median_s', 1e3)} | "
+            f"{num(r, 'min_s', 1e3)} | "
+            f"{num(r, 'first_call_s')} | {num(r, 'peak_mb', fmt='.1f')} | "
+            f"{num(r, 'max_abs_err_vs_dense64', fmt='.2e')} | {r['status']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--device", default="cuda", help="torch device")
     p.add_argument("--out", type=Path, required=True, help="folder for bench_gpu.json and bench_gpu.md")
-    p.add_argument("--impls", nargs="+", help=f"implementations (default: {' '.join(GPU_IMPLS)}; any of bench_lam.py's)")
+    p.add_argument(
+        "--impls", nargs="+", help=f"implementations (default: {' '.join(GPU_IMPLS)}; any of bench_lam.py's)"
+    )
     p.add_argument("--tiny", action="store_true", help="two tiny shapes instead of the grid (for tests on CPU)")
     p.add_argument("--time-budget", type=float, default=200.0, help="seconds; rows after it are listed as not run")
     p.add_argument("--repeat", type=int, default=3, help="timed calls per row after the warm-up call")
-    p.add_argument("--row-seconds", type=float, default=1.0, help="stop repeating a row once its timed calls took this long")
-    p.add_argument("--mem-budget-gb", type=float, default=100.0, help="skip the dense form (and the error's float64 reference, per image) where its HW x HW matrices would exceed this (an H200 has 141 GB)")
+    p.add_argument(
+        "--row-seconds", type=float, default=1.0, help="stop repeating a row once its timed calls took this long"
+    )
+    p.add_argument(
+        "--mem-budget-gb",
+        type=float,
+        default=100.0,
+        help="skip the dense form (and the error's float64 reference, per image) where its HW x HW matrices "
+        "would exceed this (an H200 has 141 GB)",
+    )
     p.add_argument("--note", default="", help="a remark printed in the markdown")
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -23,9 +23,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the memory profiler's start-up chatter
 import torch  # noqa: E402
@@ -52,7 +52,7 @@ class Config:
     D: int
     H: int
     W: int
-    radius: Optional[int]
+    radius: int | None
 
     def __str__(self):
         return f"B{self.B} C{self.C} D{self.D} {self.H}x{self.W} r{self.radius}"
@@ -90,7 +90,7 @@ class Impl:
     # the pairs it computes (dense: every pair; padded windows: every window position), to predict
     # its time from its rate on the configurations already measured
     visited_pairs: Callable[[Config], int]
-    memory_estimate: Optional[Callable[..., float]] = None  # bytes from (B, C, D, H, W, K), for the budget
+    memory_estimate: Callable[..., float] | None = None  # bytes from (B, C, D, H, W, K), for the budget
     compiled: bool = False  # first call compiles: warm up before measuring memory
     no_backward_on: tuple = ()  # device types
 
@@ -112,24 +112,37 @@ def padded_dense_pairs(c: Config) -> int:
 PEER_PAIRS = {"dense": dense_pairs, "flex": Config.admissible_pairs, "natten": padded_dense_pairs}
 
 
-def implementations(device: torch.device, names: Optional[list[str]]) -> list[Impl]:
+def implementations(device: torch.device, names: list[str] | None) -> list[Impl]:
     impls = []
     for name in lam_ops.available_backends(device):
         dense = name in DENSE_BACKENDS
-        impls.append(Impl(
-            name, "lam_ops", functools.partial(lam_ops.local_aggregate, backend=name), True,
-            f"lam_ops backend {name!r}",
-            dense_pairs if dense else Config.admissible_pairs,
-            peers.PEERS["dense"].memory_estimate if dense else None,
-        ))
+        impls.append(
+            Impl(
+                name,
+                "lam_ops",
+                functools.partial(lam_ops.local_aggregate, backend=name),
+                True,
+                f"lam_ops backend {name!r}",
+                dense_pairs if dense else Config.admissible_pairs,
+                peers.PEERS["dense"].memory_estimate if dense else None,
+            )
+        )
     for p in peers.PEERS.values():
         if p.unavailable() is not None:
             continue
-        impls.append(Impl(
-            p.name, "peer", p.fn, p.trainable, p.summary,
-            PEER_PAIRS.get(p.name, window_pairs),
-            p.memory_estimate, compiled=p.name == "flex", no_backward_on=p.no_backward_on,
-        ))
+        impls.append(
+            Impl(
+                p.name,
+                "peer",
+                p.fn,
+                p.trainable,
+                p.summary,
+                PEER_PAIRS.get(p.name, window_pairs),
+                p.memory_estimate,
+                compiled=p.name == "flex",
+                no_backward_on=p.no_backward_on,
+            )
+        )
     if names:
         unknown = set(names) - {i.name for i in impls}
         if unknown:
@@ -160,11 +173,12 @@ class Runner:
         self.rates: dict[tuple[str, str], float] = {}  # best visited-pair rate per (impl, mode)
         self.unsupported: dict[tuple[str, str], str] = {}  # per run: e.g. no backward on this device
 
-    def skip_reason(self, impl: Impl, c: Config, mode: str) -> Optional[str]:
+    def skip_reason(self, impl: Impl, c: Config, mode: str) -> str | None:
         if (impl.name, mode) in self.unsupported:
             return self.unsupported[(impl.name, mode)]
         if mode == "fwd+bwd" and self.device.type in impl.no_backward_on:
-            return f"unsupported: no backward on {self.device.type} (torch {torch.__version__.split('+')[0]} FlexAttention has none)"
+            return f"unsupported: no backward on {self.device.type} (torch {torch.__version__.split('+')[0]} "
+            "FlexAttention has none)"
         if impl.memory_estimate is not None:
             need = impl.memory_estimate(c.B, c.C, c.D, c.H, c.W, c.window_positions()) / 2**30
             if need > self.args.mem_budget_gb:
@@ -177,8 +191,14 @@ class Runner:
         return None
 
     def measure(self, impl: Impl, c: Config, mode: str) -> dict:
-        row = {"impl": impl.name, "kind": impl.kind, "mode": mode, **asdict(c), "config": str(c),
-               "useful_gflop": c.useful_flops(mode) / 1e9}
+        row = {
+            "impl": impl.name,
+            "kind": impl.kind,
+            "mode": mode,
+            **asdict(c),
+            "config": str(c),
+            "useful_gflop": c.useful_flops(mode) / 1e9,
+        }
         reason = self.skip_reason(impl, c, mode)
         if reason is not None:
             return {**row, "status": reason}
@@ -243,10 +263,15 @@ def quick_grid() -> tuple[list[Config], list[Config]]:
     return [Config(1, 3, 4, 12, 12, r) for r in (2, None)], [Config(1, 3, 4, s, s, 2) for s in (8, 12)]
 
 
-def git_commit() -> Optional[str]:
+def git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -258,26 +283,60 @@ def write_json(path: Path, data) -> None:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--full", action="store_true", help="every paper shape: B in {2,10} x C in {21,60} x D in {16,256} x r in {6,12,18,None} at 96x96 (default: the B=2, C=21 slice)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="every paper shape: B in {2,10} x C in {21,60} x D in {16,256} x r in {6,12,18,None} at 96x96 "
+        "(default: the B=2, C=21 slice)",
+    )
     p.add_argument("--quick", action="store_true", help="CI smoke run: tiny shapes, 2 repetitions")
     p.add_argument("--dims", type=int, nargs="+", default=[16, 256], help="guidance feature dims D of the paper shapes")
-    p.add_argument("--sizes", type=int, nargs="*", default=[32, 48, 64, 96, 128, 192], help="image sizes of the sweep (B=2, C=21, D=16, square images); none to skip it")
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        default=[32, 48, 64, 96, 128, 192],
+        help="image sizes of the sweep (B=2, C=21, D=16, square images); none to skip it",
+    )
     p.add_argument("--sweep-radius", type=int, default=12, help="window radius of the image-size sweep")
     p.add_argument("--impls", nargs="*", help="only these backends/peers (default: every available one)")
-    p.add_argument("--modes", nargs="*", choices=MODES, default=list(MODES), help="forward (inference) and/or forward+backward")
+    p.add_argument(
+        "--modes", nargs="*", choices=MODES, default=list(MODES), help="forward (inference) and/or forward+backward"
+    )
     p.add_argument("--device", default="cpu", help="torch device to run on")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     p.add_argument("--repeat", type=int, default=5, help="timed calls per row (after the warm-up call)")
-    p.add_argument("--row-seconds", type=float, default=10.0, help="stop repeating a row once its timed calls took this long (at least one timed call)")
-    p.add_argument("--time-limit", type=float, default=60.0, help="skip a row whose single call is predicted (from the same implementation's rate earlier in the run) to take longer")
-    p.add_argument("--mem-budget-gb", type=float, default=None,
-                   help="skip a row whose estimated peak memory exceeds this, and limit each row's process to it: address "
-                   "space on the CPU (default: 70%% of the memory available at start), the caching allocator's on CUDA "
-                   "(default: 90%% of the GPU's)")
+    p.add_argument(
+        "--row-seconds",
+        type=float,
+        default=10.0,
+        help="stop repeating a row once its timed calls took this long (at least one timed call)",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=60.0,
+        help="skip a row whose single call is predicted (from the same implementation's rate earlier in the run) "
+        "to take longer",
+    )
+    p.add_argument(
+        "--mem-budget-gb",
+        type=float,
+        default=None,
+        help="skip a row whose estimated peak memory exceeds this, and limit each row's process to it: address "
+        "space on the CPU (default: 70%% of the memory available at start), the caching allocator's on CUDA "
+        "(default: 90%% of the GPU's)",
+    )
     p.add_argument("--row-timeout", type=float, default=900.0, help="seconds before a row's process is stopped")
-    p.add_argument("--out", type=Path, default=RESULTS, help="output folder for bench_lam.json, bench_lam.md and the PNG plots")
-    p.add_argument("--note", default="", help="a remark printed in the markdown (e.g. 'machine shared with other jobs')")
+    p.add_argument(
+        "--out", type=Path, default=RESULTS, help="output folder for bench_lam.json, bench_lam.md and the PNG plots"
+    )
+    p.add_argument(
+        "--note", default="", help="a remark printed in the markdown (e.g. 'machine shared with other jobs')"
+    )
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: measure one row (JSON spec) and print its JSON
     args = p.parse_args(argv)
     if args.quick:

@@ -24,7 +24,6 @@ import resource
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 from unittest import mock
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the memory profiler's start-up chatter
@@ -39,6 +38,7 @@ import report  # noqa: E402
 
 import lam_ops  # noqa: E402
 import lam_ops.modules  # noqa: E402
+
 # imported before a configuration limits its memory: scipy's OpenBLAS (via skimage) spins when its
 # start-up allocations fail
 from blpseg.config import resolve  # noqa: E402
@@ -55,7 +55,7 @@ class Shape:
     size: int  # square crop; the logits (and the LAM) are at size / 4
     backbone: str
     channels: int  # decoder and head width
-    radius: Optional[int]
+    radius: int | None
     embed_dim: int
     num_classes: int = 21  # PASCAL VOC
 
@@ -106,13 +106,20 @@ def build_step(name: str, impls: dict, shape: Shape, device: torch.device, amp: 
     schema (losses, AdamW, poly schedule) on `shape`'s model, on one fixed batch."""
     torch.manual_seed(0)
     impl = impls.get(name)
-    cfg = resolve({
-        "data": {"dataset": "voc", "root": "unused"},  # the batch is make_batch's
-        "model": {"backbone": shape.backbone, "channels": shape.channels, "lam": impl is not None,
-                  "radius": shape.radius, "embed_dim": shape.embed_dim,
-                  "lam_backend": impl.name if impl is not None and impl.kind == "lam_ops" else "auto"},
-        "train": {"amp": amp, "iters": 10**6},  # a poly schedule that stays near train.lr
-    })  # fmt: skip
+    cfg = resolve(
+        {
+            "data": {"dataset": "voc", "root": "unused"},  # the batch is make_batch's
+            "model": {
+                "backbone": shape.backbone,
+                "channels": shape.channels,
+                "lam": impl is not None,
+                "radius": shape.radius,
+                "embed_dim": shape.embed_dim,
+                "lam_backend": impl.name if impl is not None and impl.kind == "lam_ops" else "auto",
+            },
+            "train": {"amp": amp, "iters": 10**6},  # a poly schedule that stays near train.lr
+        }
+    )
     model = model_from_config(cfg["model"], shape.num_classes, device)
     losses = build_losses(cfg["loss"], shape.num_classes, device)
     optimization = build_optimization(model, cfg["train"], cfg["train"]["iters"], device)
@@ -152,7 +159,7 @@ def run_row(name: str, args) -> dict:
     return row
 
 
-def skip_reason(impl: Optional[bench_lam.Impl], shape: Shape, budget_gb: float) -> Optional[str]:
+def skip_reason(impl: bench_lam.Impl | None, shape: Shape, budget_gb: float) -> str | None:
     if impl is None or impl.memory_estimate is None:
         return None
     c = shape.lam_config()
@@ -162,17 +169,36 @@ def skip_reason(impl: Optional[bench_lam.Impl], shape: Shape, budget_gb: float) 
     return None
 
 
-COLUMNS = ("configuration", "median s", "min s", "max s", "steps", "first step s", "peak MB", "peak RSS MB",
-           "process peak RSS MB", "status")
+COLUMNS = (
+    "configuration",
+    "median s",
+    "min s",
+    "max s",
+    "steps",
+    "first step s",
+    "peak MB",
+    "peak RSS MB",
+    "process peak RSS MB",
+    "status",
+)
 
 
 def _cells(r: dict) -> list[str]:
     label = {"lam_ops": f"lam_ops `{r['impl']}`", "peer": f"{r['impl']} (peer)"}.get(r["kind"], "without LAM")
     if r["status"] != "ok":
         return [label] + [""] * (len(COLUMNS) - 3) + [report._num(r.get("process_peak_rss_mb"), ".0f"), r["status"]]
-    return [label, report._num(r["median_s"], ".2f"), report._num(r["min_s"], ".2f"), report._num(r["max_s"], ".2f"),
-            str(r["repeats"]), report._num(r["first_step_s"], ".2f"), report._num(r["peak_mb"], ".0f"),
-            report._num(r["peak_rss_mb"], ".0f"), report._num(r["process_peak_rss_mb"], ".0f"), "ok"]
+    return [
+        label,
+        report._num(r["median_s"], ".2f"),
+        report._num(r["min_s"], ".2f"),
+        report._num(r["max_s"], ".2f"),
+        str(r["repeats"]),
+        report._num(r["first_step_s"], ".2f"),
+        report._num(r["peak_mb"], ".0f"),
+        report._num(r["peak_rss_mb"], ".0f"),
+        report._num(r["process_peak_rss_mb"], ".0f"),
+        "ok",
+    ]
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -180,15 +206,22 @@ def markdown(rows: list[dict], meta: dict) -> str:
     fits = [r["impl"] for r in rows if r["status"] == "ok"]
     over = [r["impl"] for r in rows if r["status"].startswith(("skipped", "out of memory"))]
     unknown = [r["impl"] for r in rows if r["impl"] not in fits + over]  # timed out, crashed
-    lines = report.header("BLPSeg training step benchmark (bench_train.py)", meta, [
-        f"- shape `{meta['args']['shape']}`: B={s['batch']}, {s['size']}x{s['size']} crops, {s['backbone']}, "
-        f"decoder width {s['channels']}, K={s['num_classes']}, LAM r={s['radius']}, D={s['embed_dim']} "
-        f"(logits {s['size'] // 4}x{s['size'] // 4}); bfloat16 autocast {'off' if meta['args']['no_amp'] else 'on'} "
-        "(the LAM runs in float32 on the CPU)",
-        f"- memory: {meta['mem_total_gb']:.1f} GB in this machine; each configuration ran in a subprocess "
-        f"limited to {meta['args']['mem_budget_gb']:g} GB "
-        + ("of GPU memory" if meta["machine"]["device"].startswith("cuda") else "of address space beyond its start"),
-    ])
+    lines = report.header(
+        "BLPSeg training step benchmark (bench_train.py)",
+        meta,
+        [
+            f"- shape `{meta['args']['shape']}`: B={s['batch']}, {s['size']}x{s['size']} crops, {s['backbone']}, "
+            f"decoder width {s['channels']}, K={s['num_classes']}, LAM r={s['radius']}, D={s['embed_dim']} "
+            f"(logits {s['size'] // 4}x{s['size'] // 4}); bfloat16 autocast "
+            f"{'off' if meta['args']['no_amp'] else 'on'} "
+            "(the LAM runs in float32 on the CPU)",
+            f"- memory: {meta['mem_total_gb']:.1f} GB in this machine; each configuration ran in a subprocess "
+            f"limited to {meta['args']['mem_budget_gb']:g} GB "
+            + (
+                "of GPU memory" if meta["machine"]["device"].startswith("cuda") else "of address space beyond its start"
+            ),
+        ],
+    )
     lines += [
         "",
         "One step = the training loop's (blpseg/engine/step.py): forward (autocast), BLP loss + scribble loss, "
@@ -203,9 +236,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "|" + "---|" * len(COLUMNS),
         *("| " + " | ".join(_cells(r)) + " |" for r in rows),
         "",
-        f"**Fit in this machine's memory** ({meta['mem_total_gb']:.0f} GB, budget {meta['args']['mem_budget_gb']:g} GB): "
+        f"**Fit in this machine's memory** ({meta['mem_total_gb']:.0f} GB, budget "
+        f"{meta['args']['mem_budget_gb']:g} GB): "
         + (", ".join(f"`{n}`" for n in fits) or "none")
-        + "; **did not**: " + (", ".join(f"`{n}`" for n in over) or "none")
+        + "; **did not**: "
+        + (", ".join(f"`{n}`" for n in over) or "none")
         + ("; **not determined**: " + ", ".join(f"`{n}`" for n in unknown) if unknown else "")
         + " (the status column says why).",
     ]
@@ -213,23 +248,42 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--shape", choices=tuple(SHAPES), default="paper",
-                   help="; ".join(f"{k}: {v}" for k, v in SHAPES.items()))
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--shape", choices=tuple(SHAPES), default="paper", help="; ".join(f"{k}: {v}" for k, v in SHAPES.items())
+    )
     p.add_argument("--quick", action="store_true", help="CI smoke run: --shape quick, 2 timed steps")
-    p.add_argument("--impls", nargs="*", help=f"only these backends/peers (and {NO_LAM!r}); default: every trainable one")
+    p.add_argument(
+        "--impls", nargs="*", help=f"only these backends/peers (and {NO_LAM!r}); default: every trainable one"
+    )
     p.add_argument("--no-amp", action="store_true", help="float32 instead of the bfloat16 autocast training uses")
     p.add_argument("--device", default="cpu", help="torch device to run on")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
-    p.add_argument("--repeat", type=int, default=2,
-                   help="timed steps per configuration, after a warm-up step and a profiled step (the paper "
-                   "shape takes ~80 s a step on 2 shared CPU cores: ~4 steps x 3 configurations ~ 16 min)")
-    p.add_argument("--mem-budget-gb", type=float, default=None,
-                   help="memory limit of each configuration's subprocess: address space on the CPU (default: 70%% of the "
-                   "memory available at start), the caching allocator's on CUDA (default: 90%% of the GPU's)")
-    p.add_argument("--row-timeout", type=float, default=1200.0, help="seconds before a configuration's subprocess is stopped")
-    p.add_argument("--out", type=Path, default=bench_lam.RESULTS, help="output folder for bench_train.json and bench_train.md")
-    p.add_argument("--note", default="", help="a remark printed in the markdown (e.g. 'machine shared with other jobs')")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="timed steps per configuration, after a warm-up step and a profiled step (the paper "
+        "shape takes ~80 s a step on 2 shared CPU cores: ~4 steps x 3 configurations ~ 16 min)",
+    )
+    p.add_argument(
+        "--mem-budget-gb",
+        type=float,
+        default=None,
+        help="memory limit of each configuration's subprocess: address space on the CPU (default: 70%% of the "
+        "memory available at start), the caching allocator's on CUDA (default: 90%% of the GPU's)",
+    )
+    p.add_argument(
+        "--row-timeout", type=float, default=1200.0, help="seconds before a configuration's subprocess is stopped"
+    )
+    p.add_argument(
+        "--out", type=Path, default=bench_lam.RESULTS, help="output folder for bench_train.json and bench_train.md"
+    )
+    p.add_argument(
+        "--note", default="", help="a remark printed in the markdown (e.g. 'machine shared with other jobs')"
+    )
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one configuration and print its JSON
     args = p.parse_args(argv)
     if args.quick:
@@ -272,9 +326,17 @@ def main(argv=None) -> int:
         row = {"impl": name, "kind": impl.kind if impl else "none"}
         reason = skip_reason(impl, shape, args.mem_budget_gb)
         print(f"bench_train: {name} ...", file=sys.stderr, flush=True)
-        row.update({"status": reason} if reason else isolate.run_child(str(Path(__file__).resolve()), child_argv, name, args.row_timeout))
-        print(f"bench_train: {name}: {row['status']}" + (f", {row['median_s']:.2f} s/step" if row["status"] == "ok" else ""),
-              file=sys.stderr, flush=True)
+        row.update(
+            {"status": reason}
+            if reason
+            else isolate.run_child(str(Path(__file__).resolve()), child_argv, name, args.row_timeout)
+        )
+        print(
+            f"bench_train: {name}: {row['status']}"
+            + (f", {row['median_s']:.2f} s/step" if row["status"] == "ok" else ""),
+            file=sys.stderr,
+            flush=True,
+        )
         rows.append(row)
         bench_lam.write_json(args.out / "bench_train.json", {"meta": meta, "rows": rows, "complete": False})
     bench_lam.write_json(args.out / "bench_train.json", {"meta": meta, "rows": rows, "complete": True})

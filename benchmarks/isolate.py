@@ -13,9 +13,8 @@ import resource
 import subprocess
 import sys
 
-import torch
-
 import measure
+import torch
 
 # torch's allocator, Python's, or OpenMP's threads (their stacks) over the address-space limit
 _OOM_MESSAGES = ("MemoryError", "can't allocate", "Thread creation failed", "out of memory")

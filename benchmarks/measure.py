@@ -22,7 +22,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -49,7 +49,7 @@ def summarize(times: list[float]) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": len(times)}
 
 
-def _status_kb(field: str) -> Optional[int]:
+def _status_kb(field: str) -> int | None:
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
@@ -76,7 +76,7 @@ def _release_free_memory() -> None:
         _LIBC.malloc_trim(0)
 
 
-def rss_peak_mb(fn: Callable[[], object]) -> Optional[float]:
+def rss_peak_mb(fn: Callable[[], object]) -> float | None:
     """Resident-set growth (MB) at the peak of fn(), or None where it cannot be measured."""
     _release_free_memory()
     before = _status_kb("VmRSS")
@@ -101,9 +101,7 @@ def allocator_peak_mb(fn: Callable[[], object], device: torch.device) -> float:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted(
-        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
-    )
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     current = peak = 0
     for _, nbytes in events:
         current += nbytes

@@ -1,6 +1,6 @@
 """The implementations a user would write or pick instead of lam_ops, as benchmark peers.
 
-Each peer is `fn(x, f, sigma, radius, key_mask=None) -> out` with lam_ops' contract (LAM_SPEC.md:
+Each peer is `fn(x, f, sigma, radius, key_mask=None) -> out` with lam_ops' contract (docs/operator.md:
 clipped square window, radius None = whole image, key_mask = pixels that may be aggregated from,
 out = 0 for a query with no admissible key) and, where `trainable`, differentiable in x, f and a
 sigma tensor. tests/test_peers.py checks every one against lam_ops' reference backend, so that the
@@ -10,8 +10,8 @@ benchmark compares implementations of the same operator.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ def _sigma(sigma, like: Tensor) -> Tensor:
     return sigma if isinstance(sigma, Tensor) else torch.tensor(float(sigma), dtype=like.dtype, device=like.device)
 
 
-def _half_window(H: int, W: int, radius: Optional[int]) -> tuple[int, int]:
+def _half_window(H: int, W: int, radius: int | None) -> tuple[int, int]:
     """The window half sizes that can hold a pixel: offsets beyond the image are never admissible."""
     if radius is None:
         return H - 1, W - 1
@@ -83,7 +83,7 @@ def unfold(x, f, sigma, radius=None, key_mask=None):
 class _OffsetLoop(torch.autograd.Function):
     """A loop over the window offsets on shifted slices of zero-padded x and f; the forward saves
     the window weights A (B, K, H, W) and the backward is written by hand from them (the gathers
-    of LAM_SPEC.md as scatters into padded buffers)."""
+    of docs/operator.md as scatters into padded buffers)."""
 
     @staticmethod
     def forward(ctx, x, f, sigma, radius, key_mask):
@@ -155,7 +155,7 @@ def _pixel_delta(q_idx, kv_idx, W: int):
 
 
 @functools.lru_cache(maxsize=16)
-def _window_block_mask(H: int, W: int, radius: Optional[int], device: str):
+def _window_block_mask(H: int, W: int, radius: int | None, device: str):
     """The 2D neighbourhood block mask of one image size, built once (as a user would)."""
     return _block_mask(H, W, radius, None, device)
 
@@ -233,8 +233,14 @@ def natten_peer(x, f, sigma, radius=None, key_mask=None):
     layout = lambda t: t.permute(0, 2, 3, 1)[:, :, :, None]  # (B, H, W, heads=1, dim)
     # On CPU NATTEN has only its flex-fna backend, uncompiled (it refuses torch.compile there).
     backend = None if x.is_cuda else "flex-fna"
-    out = natten.na2d(layout(q).contiguous(), layout(k).contiguous(), layout(v).contiguous(),
-                      kernel_size=(2 * ry + 1, 2 * rx + 1), scale=1.0, backend=backend)
+    out = natten.na2d(
+        layout(q).contiguous(),
+        layout(k).contiguous(),
+        layout(v).contiguous(),
+        kernel_size=(2 * ry + 1, 2 * rx + 1),
+        scale=1.0,
+        backend=backend,
+    )
     out = out[:, ry : ry + H, rx : rx + W, 0, :C].permute(0, 3, 1, 2)
     if key_mask is not None:
         seen = F.max_pool2d(key_mask[:, None].to(x.dtype), (2 * ry + 1, 2 * rx + 1), 1, (ry, rx)) > 0
@@ -242,7 +248,7 @@ def natten_peer(x, f, sigma, radius=None, key_mask=None):
     return out
 
 
-def natten_unavailable() -> Optional[str]:
+def natten_unavailable() -> str | None:
     try:
         import natten  # noqa: F401
     except ImportError as e:
@@ -260,7 +266,7 @@ class Peer:
     # Bytes of the largest intermediates of one forward+backward (B, C, D, H, W, K = window
     # positions), used to skip configurations over the memory budget before running them.
     memory_estimate: Callable[[int, int, int, int, int, int], float]
-    unavailable: Callable[[], Optional[str]] = lambda: None  # why it cannot run here, or None
+    unavailable: Callable[[], str | None] = lambda: None  # why it cannot run here, or None
     # Device types where it has no backward. Declared rather than probed: a failed compiled
     # FlexAttention backward leaves torch.compile falling back to the unfused forward afterwards.
     no_backward_on: tuple = ()
@@ -275,15 +281,43 @@ def _natten_memory(B, C, D, H, W, K):
 PEERS = {
     p.name: p
     for p in (
-        Peer("dense", dense, True, "authors' HW x HW P_low * P_dis, window as a mask (autograd)",
-             lambda B, C, D, H, W, K: 4 * 8 * B * (H * W) ** 2),
-        Peer("unfold", unfold, True, "F.unfold of f and x over the window (autograd)",
-             lambda B, C, D, H, W, K: 4 * 3 * B * K * H * W * (D + C + 4)),
-        Peer("offset_loop", offset_loop, True, "loop over window offsets, hand-written backward saving A",
-             lambda B, C, D, H, W, K: 4 * 3 * B * K * H * W),
-        Peer("flex", flex, False, "compiled FlexAttention, score_mod bias + 2D block mask",
-             lambda B, C, D, H, W, K: 4 * 4 * B * H * W * (D + C), no_backward_on=("cpu",)),
-        Peer("natten", natten_peer, False, "NATTEN na2d, bias, clipping and key mask folded into extra channels and padding",
-             _natten_memory, natten_unavailable, no_backward_on=("cpu",)),
+        Peer(
+            "dense",
+            dense,
+            True,
+            "authors' HW x HW P_low * P_dis, window as a mask (autograd)",
+            lambda B, C, D, H, W, K: 4 * 8 * B * (H * W) ** 2,
+        ),
+        Peer(
+            "unfold",
+            unfold,
+            True,
+            "F.unfold of f and x over the window (autograd)",
+            lambda B, C, D, H, W, K: 4 * 3 * B * K * H * W * (D + C + 4),
+        ),
+        Peer(
+            "offset_loop",
+            offset_loop,
+            True,
+            "loop over window offsets, hand-written backward saving A",
+            lambda B, C, D, H, W, K: 4 * 3 * B * K * H * W,
+        ),
+        Peer(
+            "flex",
+            flex,
+            False,
+            "compiled FlexAttention, score_mod bias + 2D block mask",
+            lambda B, C, D, H, W, K: 4 * 4 * B * H * W * (D + C),
+            no_backward_on=("cpu",),
+        ),
+        Peer(
+            "natten",
+            natten_peer,
+            False,
+            "NATTEN na2d, bias, clipping and key mask folded into extra channels and padding",
+            _natten_memory,
+            natten_unavailable,
+            no_backward_on=("cpu",),
+        ),
     )
 }

@@ -27,8 +27,20 @@ def _num(v, fmt):
     return "" if v is None else format(v, fmt)
 
 
-COLUMNS = ("impl", "median ms", "min ms", "max ms", "reps", "1st call s", "peak MB", "peak RSS MB",
-           "GFLOP/s", "% matmul", "x best peer", "status")
+COLUMNS = (
+    "impl",
+    "median ms",
+    "min ms",
+    "max ms",
+    "reps",
+    "1st call s",
+    "peak MB",
+    "peak RSS MB",
+    "GFLOP/s",
+    "% matmul",
+    "x best peer",
+    "status",
+)
 
 
 def _cells(r: dict) -> list[str]:
@@ -37,9 +49,17 @@ def _cells(r: dict) -> list[str]:
     vs = "" if r["vs_best_peer"] is None else f"{r['vs_best_peer']:.2f} ({r['best_peer']})"
     return [
         r["impl"] if r["kind"] == "lam_ops" else f"{r['impl']} (peer)",
-        _num(1e3 * r["median_s"], ".1f"), _num(1e3 * r["min_s"], ".1f"), _num(1e3 * r["max_s"], ".1f"),
-        str(r["repeats"]), _num(r["first_call_s"], ".2f"), _num(r["peak_mb"], ".1f"), _num(r["peak_rss_mb"], ".1f"),
-        _num(r["gflops"], ".2f"), _num(100 * r["matmul_fraction"], ".1f"), vs, "ok",
+        _num(1e3 * r["median_s"], ".1f"),
+        _num(1e3 * r["min_s"], ".1f"),
+        _num(1e3 * r["max_s"], ".1f"),
+        str(r["repeats"]),
+        _num(r["first_call_s"], ".2f"),
+        _num(r["peak_mb"], ".1f"),
+        _num(r["peak_rss_mb"], ".1f"),
+        _num(r["gflops"], ".2f"),
+        _num(100 * r["matmul_fraction"], ".1f"),
+        vs,
+        "ok",
     ]
 
 
@@ -62,10 +82,18 @@ def header(title: str, meta: dict, facts: list[str] = ()) -> list[str]:
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    lines = header("LAM operator benchmark (bench_lam.py)", meta, [
-        f"- float32 matmul rate (2048^3, measured in this run): {meta['matmul_gflops']:.1f} GFLOP/s at the start, "
-        + (f"{meta['matmul_gflops_end']:.1f} at the end" if "matmul_gflops_end" in meta else "run stopped before the end"),
-    ])
+    lines = header(
+        "LAM operator benchmark (bench_lam.py)",
+        meta,
+        [
+            f"- float32 matmul rate (2048^3, measured in this run): {meta['matmul_gflops']:.1f} GFLOP/s at the start, "
+            + (
+                f"{meta['matmul_gflops_end']:.1f} at the end"
+                if "matmul_gflops_end" in meta
+                else "run stopped before the end"
+            ),
+        ],
+    )
     lines += [
         "",
         "Times are wall-clock per call (forward = inference, inputs not requiring grad; fwd+bwd = forward "
@@ -86,8 +114,13 @@ def markdown(rows: list[dict], meta: dict) -> str:
     for section, groups in by_section.items():
         lines += ["", f"## {titles.get(section, section)}"]
         for (config, mode), group in groups.items():
-            lines += ["", f"### {config}, {mode} ({group[0]['useful_gflop']:.2f} useful GFLOP)", "",
-                      "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+            lines += [
+                "",
+                f"### {config}, {mode} ({group[0]['useful_gflop']:.2f} useful GFLOP)",
+                "",
+                "| " + " | ".join(COLUMNS) + " |",
+                "|" + "---|" * len(COLUMNS),
+            ]
             lines += ["| " + " | ".join(_cells(r)) + " |" for r in group]
     return "\n".join(lines) + "\n"
 
@@ -107,8 +140,11 @@ def at_a_glance(rows: list[dict]) -> list[str]:
     for r in rows:
         if r["section"] == "paper":
             groups[(r["config"], r["mode"])].append(r)
-    lines = ["| shape | mode | fastest lam_ops | ms | peak MB | % matmul | dense ms (ratio) | offset_loop ms (ratio) | fastest peer ms (ratio) |",
-             "|" + "---|" * 9]
+    lines = [
+        "| shape | mode | fastest lam_ops | ms | peak MB | % matmul | dense ms (ratio) | offset_loop ms (ratio) "
+        "| fastest peer ms (ratio) |",
+        "|" + "---|" * 9,
+    ]
     for (config, mode), group in groups.items():
         ours = [r for r in group if r["kind"] == "lam_ops" and r["status"] == "ok" and r["impl"] != "reference"]
         if not ours:
@@ -121,7 +157,8 @@ def at_a_glance(rows: list[dict]) -> list[str]:
             f"| {config} | {mode} | {best['impl']} | {1e3 * best['median_s']:.1f} | {best['peak_mb']:.1f} | "
             f"{100 * best['matmul_fraction']:.1f} | {_ms_and_ratio(by_impl.get('dense'), best)} | "
             f"{_ms_and_ratio(by_impl.get('offset_loop'), best)} | "
-            + (f"{fastest['impl']} {_ms_and_ratio(fastest, best)}" if fastest else "") + " |"
+            + (f"{fastest['impl']} {_ms_and_ratio(fastest, best)}" if fastest else "")
+            + " |"
         )
     return lines
 
@@ -151,23 +188,34 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
 
     sweep = [r for r in ok if r["section"] == "sweep"]
     fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), squeeze=False)
-    for ax, mode in zip(axes[0], modes):
+    for ax, mode in zip(axes[0], modes, strict=True):
         series = defaultdict(list)
         for r in sweep:
             if r["mode"] == mode:
                 series[r["impl"]].append((r["H"], r["median_s"], r["min_s"], r["max_s"]))
         for impl, pts in sorted(series.items()):
             pts.sort()
-            ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
-                        yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]], marker="o", capsize=3, label=impl,
-                        color=color[impl])
+            ax.errorbar(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]],
+                marker="o",
+                capsize=3,
+                label=impl,
+                color=color[impl],
+            )
         title = f"{mode}"
         if sweep:
             s = sweep[0]
             title += f": B={s['B']}, C={s['C']}, D={s['D']}, r={s['radius']}"
         sizes = sorted({r["H"] for r in sweep})
-        ax.set(xlabel="image size (H = W)", ylabel="median time per call (s; bars: min to max)", xscale="log",
-               yscale="log", title=title)
+        ax.set(
+            xlabel="image size (H = W)",
+            ylabel="median time per call (s; bars: min to max)",
+            xscale="log",
+            yscale="log",
+            title=title,
+        )
         ax.set_xticks(sizes, [str(v) for v in sizes])
         ax.minorticks_off()
     written.append(_save(fig, out / "time_vs_size.png"))
@@ -188,7 +236,9 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
             series[r["impl"]][str(r["radius"])] = r["peak_mb"]
         for impl, pts in sorted(series.items()):
             xs = [k for k in radii if k in pts]
-            ax.plot([radii.index(k) for k in xs], [max(pts[k], 1e-3) for k in xs], marker="o", label=impl, color=color[impl])
+            ax.plot(
+                [radii.index(k) for k in xs], [max(pts[k], 1e-3) for k in xs], marker="o", label=impl, color=color[impl]
+            )
         ax.set_xticks(range(len(radii)), radii)
         ax.set(xlabel="radius", ylabel="peak extra memory (MB, torch allocator)", yscale="log")
     written.append(_save(fig, out / "memory_vs_radius.png"))

@@ -30,7 +30,9 @@ def _train(args) -> int:
         resume = os.path.join(cfg["out_dir"], "last.pt")
     out = train(cfg, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"run folder: {out['out_dir']} (checkpoint {out['checkpoint']}, metrics train.csv / val.csv, tensorboard/)")
+        print(
+            f"run folder: {out['out_dir']} (checkpoint {out['checkpoint']}, metrics train.csv / val.csv, tensorboard/)"
+        )
     return 0
 
 
@@ -96,9 +98,9 @@ def _analysis_setup(args):
     """(model or None, config, class names, device) from --checkpoint or --config, with the data
     set generated first if it is the synthetic one and missing."""
     from .config import class_names, load_config
+    from .data.prepare import prepare_data
     from .engine.checkpoint import load_model
     from .engine.distributed import Dist
-    from .data.prepare import prepare_data
 
     if args.checkpoint:
         model, cfg, names, device = load_model(args.checkpoint, args.overrides)
@@ -115,8 +117,10 @@ def _items(args, cfg, names, limit):
     data = cfg["data"]
     if data["format"] == "folder":
         if args.split or args.mask_dir or args.scribble_dir:
-            raise ValueError("--split, --mask-dir and --scribble-dir apply to the VOC layout; a data.format=folder "
-                             "analysis reads the images that have both a scribble and a mask")  # fmt: skip
+            raise ValueError(
+                "--split, --mask-dir and --scribble-dir apply to the VOC layout; a data.format=folder "
+                "analysis reads the images that have both a scribble and a mask"
+            )
         return paired_items(cfg, len(names), None, None, None, limit)
     if args.mask_dir is None and data["val"] is None:
         raise ValueError("this config has no data.val section to take the full masks' folder from: pass --mask-dir")
@@ -135,10 +139,10 @@ def _analyze_bias(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     csv_path, png_path = os.path.join(args.out, "bias.csv"), os.path.join(args.out, "bias.png")
     data = cfg["data"]
-    where = f"{data['dataset']}, {args.split or data['train']['split']} split" if data["format"] == "voc" else data["root"]
-    title = where + (
-        f", model {_run_name(args.checkpoint)}" if model is not None else ""
+    where = (
+        f"{data['dataset']}, {args.split or data['train']['split']} split" if data["format"] == "voc" else data["root"]
     )
+    title = where + (f", model {_run_name(args.checkpoint)}" if model is not None else "")
     write_bias(result, csv_path, png_path, title)
     for name in ("masks", "scribbles", "p_scrib", "p_seg"):
         if name in result:
@@ -166,9 +170,11 @@ def _plot_precision(args) -> int:
 
     labels = args.labels or [_run_name(p) for p in args.results]
     if len(labels) != len(args.results):
-        raise ValueError(f"--labels must give one label per result file: {len(args.results)} files, {len(labels)} labels")
+        raise ValueError(
+            f"--labels must give one label per result file: {len(args.results)} files, {len(labels)} labels"
+        )
     results = {}
-    for label, path in zip(labels, args.results):
+    for label, path in zip(labels, args.results, strict=True):
         with open(path) as fh:
             results[label] = json.load(fh)
         if "boundary_precision" not in results[label]:
@@ -189,7 +195,7 @@ def _predict(args) -> int:
     from .engine.checkpoint import load_model
     from .engine.inference import predict_probs
 
-    jobs = list(zip(args.images, prediction_paths(args.images, args.out)))
+    jobs = list(zip(args.images, prediction_paths(args.images, args.out), strict=True))
     check_outputs(jobs, [args.checkpoint])
     model, cfg, _, device = load_model(args.checkpoint, args.overrides)
     ev = cfg["eval"]
@@ -208,7 +214,9 @@ def prediction_paths(images, out_dir: str) -> list[str]:
     if len(set(stems)) == len(stems):
         return [os.path.join(out_dir, s + ".png") for s in stems]
     common = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in images])
-    return [os.path.join(out_dir, os.path.splitext(os.path.relpath(os.path.abspath(p), common))[0] + ".png") for p in images]
+    return [
+        os.path.join(out_dir, os.path.splitext(os.path.relpath(os.path.abspath(p), common))[0] + ".png") for p in images
+    ]
 
 
 def _make_synthetic(args) -> int:
@@ -222,13 +230,16 @@ def _make_synthetic(args) -> int:
 def _export_folder(args) -> int:
     from .config import class_names, load_config
     from .data.own import export_folder
-    from .engine.distributed import Dist
     from .data.prepare import prepare_data
+    from .engine.distributed import Dist
 
     cfg = load_config(args.config, args.overrides)
     prepare_data(cfg, Dist())
     counts = export_folder(cfg["data"], class_names(cfg), args.out)
-    print(f"{counts['train']} training images (scribbles/) and {counts['val']} validation images (masks/) written to {args.out}")
+    print(
+        f"{counts['train']} training images (scribbles/) and {counts['val']} validation images (masks/) written "
+        f"to {args.out}"
+    )
     return 0
 
 
@@ -259,7 +270,9 @@ def _convert(args) -> int:
 def _scribblize(args) -> int:
     from .data.scribbles import scribblize
 
-    n = scribblize(args.mask_dir, args.out_dir, args.seed, width=(args.min_width, args.max_width), min_area=args.min_area)
+    n = scribblize(
+        args.mask_dir, args.out_dir, args.seed, width=(args.min_width, args.max_width), min_area=args.min_area
+    )
     print(f"{n} scribble PNGs written to {args.out_dir}")
     return 0
 
@@ -271,18 +284,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train BLPSeg (under torchrun for DDP)")
     t.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
-    t.add_argument("--resume", nargs="?", const="last", default=None,
-                   help="continue from a checkpoint (with the same settings but for the few a resumed run may "
-                        "change: README, 'Resuming'); without a path, <out_dir>/last.pt")  # fmt: skip
+    t.add_argument(
+        "--resume",
+        nargs="?",
+        const="last",
+        default=None,
+        help="continue from a checkpoint (with the same settings but for the few a resumed run may "
+        "change: README, 'Resuming'); without a path, <out_dir>/last.pt",
+    )
     t.add_argument("--print-config", action="store_true", help="print the resolved config (defaults included) and exit")
     t.add_argument("overrides", **overrides)
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="mIoU, per-class IoU and boundary precision on the config's val split")
     e.add_argument("--checkpoint", required=True, help="a checkpoint written by train (holds its config)")
-    e.add_argument("--split", default=None,
-                   help="evaluate this split instead of data.val's (needed when the run had data.val=null); "
-                        "data.format=folder: root/SPLIT.txt")  # fmt: skip
+    e.add_argument(
+        "--split",
+        default=None,
+        help="evaluate this split instead of data.val's (needed when the run had data.val=null); "
+        "data.format=folder: root/SPLIT.txt",
+    )
     e.add_argument("--out", default=None, help="results JSON (default: eval.json next to the checkpoint)")
     e.add_argument("overrides", **overrides)
     e.set_defaults(func=_eval)
@@ -290,8 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="colourised (palette PNG) masks for images")
     pr.add_argument("images", nargs="+", help="image files")
     pr.add_argument("--checkpoint", required=True)
-    pr.add_argument("--out", default="predictions", help="output folder (default predictions/); inputs are never overwritten")
-    pr.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. eval.flip=true")
+    pr.add_argument(
+        "--out", default="predictions", help="output folder (default predictions/); inputs are never overwritten"
+    )
+    pr.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. eval.flip=true",
+    )
     pr.set_defaults(func=_predict)
 
     i = sub.add_parser("info", help="the configured network's parameter count per part")
@@ -307,18 +337,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_make_synthetic)
 
-    x = sub.add_parser("export-folder", help="write a VOC-layout config's data (e.g. the synthetic set) in the plain folder format")
+    x = sub.add_parser(
+        "export-folder", help="write a VOC-layout config's data (e.g. the synthetic set) in the plain folder format"
+    )
     x.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
     x.add_argument("--out", required=True, help="the folder to write: images/, scribbles/, masks/, classes.txt")
     x.add_argument("overrides", **overrides)
     x.set_defaults(func=_export_folder)
 
-    c = sub.add_parser("convert-scribbles", help="rasterise PASCAL-Scribble XML or labelme JSON scribbles to PNGs (255 = not scribbled)")
+    c = sub.add_parser(
+        "convert-scribbles",
+        help="rasterise PASCAL-Scribble XML or labelme JSON scribbles to PNGs (255 = not scribbled)",
+    )
     c.add_argument("in_dir", help="folder of .xml (--from pascal) or .json (--from labelme) files")
     c.add_argument("out_dir")
-    c.add_argument("--from", dest="source", choices=("pascal", "labelme"), default="pascal",
-                   help="pascal: PASCAL-Scribble XML (default); labelme: labelme JSON line, linestrip, polygon and point shapes")  # fmt: skip
-    c.add_argument("--classes", default="voc", help="voc, context, synthetic, or a classes.txt (one name per line) (default voc)")
+    c.add_argument(
+        "--from",
+        dest="source",
+        choices=("pascal", "labelme"),
+        default="pascal",
+        help="pascal: PASCAL-Scribble XML (default); labelme: labelme JSON line, linestrip, polygon and point shapes",
+    )
+    c.add_argument(
+        "--classes", default="voc", help="voc, context, synthetic, or a classes.txt (one name per line) (default voc)"
+    )
     c.add_argument("--width", type=int, default=3, help="line width in pixels (default 3)")
     c.add_argument("--image-dir", default=None, help="JPEGImages folder, for XML files without <size>")
     c.set_defaults(func=_convert)
@@ -333,16 +375,27 @@ def build_parser() -> argparse.ArgumentParser:
     z.set_defaults(func=_scribblize)
 
     def analysis_args(a, checkpoint_required):
-        a.add_argument("--checkpoint", required=checkpoint_required, default=None, help="a checkpoint written by train (its config is used)")
+        a.add_argument(
+            "--checkpoint",
+            required=checkpoint_required,
+            default=None,
+            help="a checkpoint written by train (its config is used)",
+        )
         if not checkpoint_required:
-            a.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config without --checkpoint (default {DEFAULT_CONFIG})")
-        a.add_argument("--split", default=None, help="image list (default: the config's train split, where the scribbles are)")
+            a.add_argument(
+                "--config", default=DEFAULT_CONFIG, help=f"YAML config without --checkpoint (default {DEFAULT_CONFIG})"
+            )
+        a.add_argument(
+            "--split", default=None, help="image list (default: the config's train split, where the scribbles are)"
+        )
         a.add_argument("--mask-dir", default=None, help="full masks (default: the config's val label_dir)")
         a.add_argument("--scribble-dir", default=None, help="scribbles (default: the config's train label_dir)")
         a.add_argument("--out", default="analysis", help="output folder (default analysis/)")
         a.add_argument("overrides", **overrides)
 
-    b = sub.add_parser("analyze-bias", help="relative boundary distance of scribbles vs full masks (Fig. 1; Fig. 7a with --checkpoint)")
+    b = sub.add_parser(
+        "analyze-bias", help="relative boundary distance of scribbles vs full masks (Fig. 1; Fig. 7a with --checkpoint)"
+    )
     analysis_args(b, checkpoint_required=False)
     b.add_argument("--bins", type=int, default=10)
     b.add_argument("--max-images", type=int, default=None, help="use the first N images of the split")

@@ -19,7 +19,7 @@ import difflib
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 import yaml
 
@@ -57,7 +57,7 @@ class TrainSplit:
     split: str = _f("train")  # split list name (VOC layout) or, for data.format=folder, train.txt if present
     label_dir: str = _f("ScribbleLabels")
     scribbles: bool = _f(True)  # 255 means not scribbled (class K) rather than void
-    label_diffusion: Optional[LabelDiffusion] = _f(None)  # expand the scribbles into SLIC superpixels first (Table VI)
+    label_diffusion: LabelDiffusion | None = _f(None)  # expand the scribbles into SLIC superpixels first (Table VI)
 
 
 @dataclass
@@ -72,15 +72,17 @@ class DataConfig:
     """image_dir, image_ext, list_dir and the label_dir and split of train / val name the VOC
     layout's folders and lists; a data.format=folder root has fixed names (data/own.py)."""
 
-    format: Literal["voc", "folder"] = _f("voc")  # voc: the VOC layout; folder: images/, scribbles/, masks/, classes.txt
-    dataset: Optional[Literal["voc", "context", "synthetic"]] = _f(None)  # class names of the VOC layout
+    format: Literal["voc", "folder"] = _f(
+        "voc"
+    )  # voc: the VOC layout; folder: images/, scribbles/, masks/, classes.txt
+    dataset: Literal["voc", "context", "synthetic"] | None = _f(None)  # class names of the VOC layout
     root: str = _f()
     image_dir: str = _f("JPEGImages")
     image_ext: str = _f(".jpg")
     list_dir: str = _f(os.path.join("ImageSets", "Segmentation"))
-    synthetic: Optional[SyntheticConfig] = _f(None)  # generate the synthetic set under root on first use
+    synthetic: SyntheticConfig | None = _f(None)  # generate the synthetic set under root on first use
     train: TrainSplit = _f(TrainSplit())
-    val: Optional[ValSplit] = _f(ValSplit())  # null: no evaluation during training
+    val: ValSplit | None = _f(ValSplit())  # null: no evaluation during training
     crop: int = _f(384, ge=1)
     scale: list[float] = _f([0.75, 1.25], gt=0)
     workers: int = _f(0, ge=0)
@@ -89,16 +91,16 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = _f("resnet101_deepstem")  # resnet18|50|101, resnet101_deepstem (the release's), timm:<model>
-    pretrained: Optional[str] = _f(None)  # the backbone's weights: a local file (README, The model)
+    pretrained: str | None = _f(None)  # the backbone's weights: a local file (README, The model)
     channels: int = _f(256, ge=1)
     lam: bool = _f(True)
     similarity: Literal["both", "features", "position"] = _f("both")
     sigma: float = _f(6.0, gt=0)
     learnable_sigma: bool = _f(False)
-    radius: Optional[int] = _f(None, ge=1)
+    radius: int | None = _f(None, ge=1)
     embed_dim: int = _f(256, ge=1)
     lam_backend: str = _f("auto")
-    key_mask: Optional[Literal["labeled", "unlabeled"]] = _f(None)
+    key_mask: Literal["labeled", "unlabeled"] | None = _f(None)
 
 
 @dataclass
@@ -125,29 +127,29 @@ class LossConfig:
     seg: Literal["blp", "ce", "focal"] = _f("blp")
     seg_options: dict = _f({"gamma": 2.0, "normalize": "weights"})  # checked against SEG_OPTIONS[seg]
     unlabeled_weight: float = _f(0.02, ge=0)
-    self_training_from: Optional[int] = _f(None, ge=0)  # iteration; null: no self-training
+    self_training_from: int | None = _f(None, ge=0)  # iteration; null: no self-training
     pseudo_threshold: float = _f(0.9, gt=0, le=1)
 
 
 @dataclass
 class TrainConfig:
     epochs: int = _f(40, ge=1)
-    iters: Optional[int] = _f(None, ge=1)  # overrides epochs
+    iters: int | None = _f(None, ge=1)  # overrides epochs
     batch_size: int = _f(10, ge=1)  # per process
     lr: float = _f(3.0e-5, gt=0)
     weight_decay: float = _f(0.01, ge=0)
     poly_power: float = _f(0.9, ge=0)
-    amp: Union[bool, Literal["bfloat16", "float16"]] = _f(True)
+    amp: bool | Literal["bfloat16", "float16"] = _f(True)
     log_every: int = _f(10, ge=1)
-    checkpoint_every: Optional[int] = _f(None, ge=1)  # null: every epoch
-    eval_every: Optional[int] = _f(None, ge=1)  # null: at the end only
+    checkpoint_every: int | None = _f(None, ge=1)  # null: every epoch
+    eval_every: int | None = _f(None, ge=1)  # null: at the end only
 
 
 @dataclass
 class EvalConfig:
     scales: list[float] = _f([1.0], gt=0)
     flip: bool = _f(False)
-    crf: Union[bool, dict] = _f(False)  # true or DenseCRF parameters
+    crf: bool | dict = _f(False)  # true or DenseCRF parameters
     boundary_bins: int = _f(10, ge=1)
 
 
@@ -156,7 +158,7 @@ class Config:
     out_dir: str = _f("runs/blpseg")
     seed: int = _f(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = _f("auto")
-    threads: Optional[int] = _f(None, ge=1)  # CPU threads per process; null: one per core
+    threads: int | None = _f(None, ge=1)  # CPU threads per process; null: one per core
     data: DataConfig = _f()
     model: ModelConfig = _f(ModelConfig())
     loss: LossConfig = _f(LossConfig())
@@ -168,9 +170,21 @@ class Config:
 # checkpoints and evaluates, where the data and the initial weights are read from, and which
 # (numerically equivalent) LAM kernel runs. Everything else is fixed by the checkpoint.
 RESUME_MAY_CHANGE = (
-    "out_dir", "device", "threads", "data.root", "data.workers", "data.val", "model.pretrained", "model.lam_backend",
-    "train.epochs", "train.iters", "train.log_every", "train.checkpoint_every", "train.eval_every", "eval",
-)  # fmt: skip
+    "out_dir",
+    "device",
+    "threads",
+    "data.root",
+    "data.workers",
+    "data.val",
+    "model.pretrained",
+    "model.lam_backend",
+    "train.epochs",
+    "train.iters",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.eval_every",
+    "eval",
+)
 
 
 # ---------------------------------------------------------------- checking
@@ -269,7 +283,11 @@ def _check(value, tp, key: str, meta) -> Any:
         if not isinstance(value, str) or not value:
             raise ValueError(f"{key}: expected a non-empty string, got {value!r}")
         return value
-    for bound, ok, word in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"), ("le", lambda v, b: v <= b, "<=")):
+    for bound, ok, word in (
+        ("ge", lambda v, b: v >= b, ">="),
+        ("gt", lambda v, b: v > b, ">"),
+        ("le", lambda v, b: v <= b, "<="),
+    ):
         if meta.get(bound) is not None and not ok(value, meta[bound]):
             raise ValueError(f"{key}: must be {word} {meta[bound]}, got {value!r}")
     return value

@@ -7,7 +7,6 @@ Targets are (B, H, W) int64: a class id 0..K-1 where scribbled, K where not scri
 from __future__ import annotations
 
 import inspect
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -127,7 +126,7 @@ def build_seg_loss(name: str, **options) -> nn.Module:
 
 
 @torch.no_grad()
-def pseudo_labels(seg_logits: Tensor, target: Tensor, threshold: float = 0.9, present: Optional[Tensor] = None) -> Tensor:
+def pseudo_labels(seg_logits: Tensor, target: Tensor, threshold: float = 0.9, present: Tensor | None = None) -> Tensor:
     """Self-training targets (the authors' release): each unscribbled pixel (target K) takes the
     argmax of p_seg over the classes present in its image's scribbles where that probability is
     >= threshold; scribbled and padding pixels keep their target. `present` (B, K) bool gives those

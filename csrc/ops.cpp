@@ -7,7 +7,7 @@ TORCH_LIBRARY(lam_ops, m) {
   // log-sum-exp (-inf for a
   // query with no admissible key). radius None = the whole image.
   m.def("forward(Tensor x, Tensor f, Tensor sigma, int? radius, Tensor? key_mask) -> (Tensor out, Tensor lse)");
-  // Gradients of the contract (LAM_SPEC.md), gather form; dsigma is 0-dim, sigma's dtype.
+  // Gradients of the contract (docs/operator.md), gather form; dsigma is 0-dim, sigma's dtype.
   m.def(
       "backward(Tensor grad_out, Tensor x, Tensor f, Tensor sigma, int? radius, Tensor? key_mask, "
       "Tensor out, Tensor lse) -> (Tensor dx, Tensor df, Tensor dsigma)");

@@ -49,9 +49,14 @@ def plot(rows, scales, path):
     for s in scales:
         mine = [r for r in rows if r["scale"] == s and r["radius"] != "global"]
         radii = sorted({r["radius"] for r in mine})
-        for ax, key in zip(axes, ("rel_l2", "label_flips")):
-            ax.plot(radii, [np.mean([r[key] for r in mine if r["radius"] == q]) for q in radii], marker="o", label=f"f x {s}")
-    for ax, name in zip(axes, ("relative L2 error vs global", "share of pixels with another argmax")):
+        for ax, key in zip(axes, ("rel_l2", "label_flips"), strict=True):
+            ax.plot(
+                radii,
+                [np.mean([r[key] for r in mine if r["radius"] == q]) for q in radii],
+                marker="o",
+                label=f"f x {s}",
+            )
+    for ax, name in zip(axes, ("relative L2 error vs global", "share of pixels with another argmax"), strict=True):
         ax.set_xlabel("radius (logit grid)")
         ax.set_yscale("log")
         ax.set_title(name, fontsize=9)
@@ -76,7 +81,9 @@ def main(argv=None):
     for name, rgb in images(args.num_synthetic, args.size):
         x, f, sigma = lam_inputs(model, normalize(rgb)[None].to(device))
         norms = f.norm(dim=1)
-        lines.append(f"{name}: logit grid {tuple(x.shape[-2:])}, |f| median {norms.median():.2f}, sigma {float(sigma):.2f}")
+        lines.append(
+            f"{name}: logit grid {tuple(x.shape[-2:])}, |f| median {norms.median():.2f}, sigma {float(sigma):.2f}"
+        )
         print(lines[-1], flush=True)
         rows += [{"image": name, **r} for r in window_errors(x, f, sigma, args.radii, args.scales)]
     os.makedirs(args.out, exist_ok=True)
@@ -90,10 +97,13 @@ def main(argv=None):
         for r in args.radii:
             key = "global" if r is None else r
             mine = [q for q in rows if q["scale"] == s and q["radius"] == key]
-            lines.append(f"{s:>6} {key!s:>7} {np.mean([q['rel_l2'] for q in mine]):>26.2e} {np.mean([q['label_flips'] for q in mine]):>12.2e}")
+            lines.append(
+                f"{s:>6} {key!s:>7} {np.mean([q['rel_l2'] for q in mine]):>26.2e} "
+                f"{np.mean([q['label_flips'] for q in mine]):>12.2e}"
+            )
     with open(os.path.join(args.out, "summary.txt"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
-    print("\n".join(lines[1 + len(rows) // (len(args.radii) * len(args.scales)):]))
+    print("\n".join(lines[1 + len(rows) // (len(args.radii) * len(args.scales)) :]))
     print(f"results in {args.out} (fidelity.csv, fidelity.png, summary.txt)")
 
 

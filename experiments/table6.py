@@ -20,4 +20,6 @@ ROWS = {
 }
 
 if __name__ == "__main__":
-    run_table("table6", "Table VI: label diffusion (superpixels) and gradient diffusion (LAM), CE loss", ROWS, sys.argv[1:])
+    run_table(
+        "table6", "Table VI: label diffusion (superpixels) and gradient diffusion (LAM), CE loss", ROWS, sys.argv[1:]
+    )

@@ -77,7 +77,11 @@ def run_checks(device: str, names: list[str]) -> list[tuple[str, str, str, str]]
     """(backend, check, status, detail) rows; status ok, FAIL or n/a."""
     rows = []
     for name in names:
-        checks = [] if name == "reference" else [(f"vs reference {str(d).replace('torch.', '')}", compare, (name, d, device)) for d in DTYPES]
+        checks = (
+            []
+            if name == "reference"
+            else [(f"vs reference {str(d).replace('torch.', '')}", compare, (name, d, device)) for d in DTYPES]
+        )
         checks.append(("gradcheck", gradcheck, (name, device)))
         for label, fn, fn_args in checks:
             t0 = time.perf_counter()
@@ -96,24 +100,38 @@ def bench(device: str, out: Path, backends: list[str]) -> int:
     tiny shapes on a CPU, the paper's B=2, C=21, D=16 slice at 96x96 on a GPU."""
     bench_dir = Path(__file__).resolve().parent.parent / "benchmarks"
     if not (bench_dir / "bench_lam.py").is_file():
-        print(f"--bench needs benchmarks/bench_lam.py of the source checkout, not found at {bench_dir}", file=sys.stderr)
+        print(
+            f"--bench needs benchmarks/bench_lam.py of the source checkout, not found at {bench_dir}", file=sys.stderr
+        )
         return 1
     sys.path.insert(0, str(bench_dir))
     import bench_lam
 
     cpu = torch.device(device).type == "cpu"
     grid = ["--quick"] if cpu else ["--dims", "16", "--sizes", "--repeat", "3"]
-    peers = [p for p in (("dense", "unfold") if cpu else ("dense", "flex")) if bench_lam.peers.PEERS[p].unavailable() is None]
+    peers = [
+        p for p in (("dense", "unfold") if cpu else ("dense", "flex")) if bench_lam.peers.PEERS[p].unavailable() is None
+    ]
     impls = [b for b in backends if b != "reference"] + peers  # reference: the dense form again
-    return bench_lam.main([*grid, "--impls", *impls, "--device", device, "--out", str(out), "--note", "python -m lam_ops.check --bench"])
+    return bench_lam.main(
+        [*grid, "--impls", *impls, "--device", device, "--out", str(out), "--note", "python -m lam_ops.check --bench"]
+    )
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lam_ops.check", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(
+        prog="python -m lam_ops.check",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     p.add_argument("--device", default="cpu", help="torch device to check (cpu, cuda, cuda:1, ...)")
-    p.add_argument("--backends", nargs="+", choices=list(BACKENDS), help="only these (default: every backend usable on --device)")
-    p.add_argument("--bench", action="store_true", help="then a short benchmark against the peers (benchmarks/bench_lam.py)")
+    p.add_argument(
+        "--backends", nargs="+", choices=list(BACKENDS), help="only these (default: every backend usable on --device)"
+    )
+    p.add_argument(
+        "--bench", action="store_true", help="then a short benchmark against the peers (benchmarks/bench_lam.py)"
+    )
     p.add_argument("--bench-out", type=Path, help="folder for the benchmark's files (default: a new temporary folder)")
     args = p.parse_args(argv)
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -15,7 +14,7 @@ from .backends import BACKENDS
 BACKEND_NAMES = ("auto",) + tuple(BACKENDS)
 
 
-def available_backends(device: Union[str, torch.device] = "cpu") -> list[str]:
+def available_backends(device: str | torch.device = "cpu") -> list[str]:
     """The backends that can run on `device`, fastest first."""
     device = torch.device(device)
     return [name for name, b in BACKENDS.items() if b.unavailable(device) is None]
@@ -41,7 +40,7 @@ def check_backend_name(name) -> None:
 
 
 def _validate(x, f, sigma, radius, key_mask) -> Tensor:
-    """Checks every argument against the contract (LAM_SPEC.md) and returns sigma as a 0-dim tensor.
+    """Checks every argument against the contract (docs/operator.md) and returns sigma as a 0-dim tensor.
 
     Nothing here reads a tensor's value on the host (a GPU sync, and a graph break under
     torch.compile): a sigma tensor is checked on its device by an asynchronous assert, which raises
@@ -130,7 +129,8 @@ def _report_auto_choice(backend, dtype: torch.dtype, x, f, sigma, radius, key_ma
         fused = [b for b in BACKENDS.values() if b.name != "reference"]
         why = "; ".join(f"{b.name}: {b.unsupported(x, f, sigma, radius, key_mask)}" for b in fused)
         warnings.warn(
-            f"lam_ops: backend='auto' fell back to the dense 'reference' backend for a {tuple(x.shape)} {x.dtype} input "
+            f"lam_ops: backend='auto' fell back to the dense 'reference' backend for a {tuple(x.shape)} "
+            f"{x.dtype} input "
             f"on {x.device}: it stores B x HW x HW = {B * (H * W) ** 2:,} logits. No fused backend runs it ({why}).",
             stacklevel=4,
         )
@@ -168,9 +168,9 @@ def local_aggregate_with_lse(x, f, sigma, radius=None, key_mask=None, backend="a
 def local_aggregate(
     x: Tensor,
     f: Tensor,
-    sigma: Union[float, Tensor],
-    radius: Optional[int] = None,
-    key_mask: Optional[Tensor] = None,
+    sigma: float | Tensor,
+    radius: int | None = None,
+    key_mask: Tensor | None = None,
     backend: str = "auto",
 ) -> Tensor:
     """Local Aggregation (BLPSeg's LAM): for every pixel j,
@@ -183,6 +183,6 @@ def local_aggregate(
     may be aggregated from. backend: "auto" (the fastest that runs the input), "reference", "cpp",
     "cuda" or "triton"; "auto" computes half inputs on the CPU in float32 with the fused kernel,
     logs its choice (logger "lam_ops", debug) and warns when it falls back to the dense reference
-    on a large input. See LAM_SPEC.md for the full contract.
+    on a large input. See docs/operator.md for the full contract.
     """
     return local_aggregate_with_lse(x, f, sigma, radius, key_mask, backend)[0]

@@ -14,7 +14,6 @@ import os
 import platform
 import sys
 from importlib import metadata
-from typing import Optional
 
 import torch
 
@@ -23,7 +22,7 @@ from .backends import BACKENDS
 from .backends.compiled import _IMPORT_ERROR as EXTENSION_ERROR
 
 
-def _triton_version() -> Optional[str]:
+def _triton_version() -> str | None:
     try:
         import triton
     except ImportError:
@@ -31,7 +30,7 @@ def _triton_version() -> Optional[str]:
     return triton.__version__
 
 
-def _package_version() -> Optional[str]:
+def _package_version() -> str | None:
     try:
         return metadata.version("blpseg")
     except metadata.PackageNotFoundError:  # a source checkout on PYTHONPATH
@@ -46,10 +45,18 @@ def devices() -> list[str]:
 
 
 def collect() -> dict:
-    gpus = [
-        {"device": f"cuda:{i}", "name": torch.cuda.get_device_name(i), "capability": ".".join(map(str, torch.cuda.get_device_capability(i)))}
-        for i in range(torch.cuda.device_count())
-    ] if torch.cuda.is_available() else []
+    gpus = (
+        [
+            {
+                "device": f"cuda:{i}",
+                "name": torch.cuda.get_device_name(i),
+                "capability": ".".join(map(str, torch.cuda.get_device_capability(i))),
+            }
+            for i in range(torch.cuda.device_count())
+        ]
+        if torch.cuda.is_available()
+        else []
+    )
     return {
         "versions": {
             "lam_ops (blpseg)": _package_version() or "not installed (source checkout)",
@@ -81,15 +88,27 @@ def render(info: dict) -> str:
         lines.append(f"  {ext['error']}")
     build = ext["build"]
     if build:
-        lines.append(f"  built {build.get('date')} against torch {build.get('torch')} (CUDA {build.get('torch_cuda')}), python {build.get('python')}")
+        lines.append(
+            f"  built {build.get('date')} against torch {build.get('torch')} (CUDA {build.get('torch_cuda')}), "
+            f"python {build.get('python')}"
+        )
         lines.append(f"  C++ compiler: {build.get('cxx')}")
         if build.get("cuda_kernels"):
-            lines.append(f"  CUDA kernels: nvcc {build.get('nvcc')}, TORCH_CUDA_ARCH_LIST={build.get('cuda_arch_list')}")
+            lines.append(
+                f"  CUDA kernels: nvcc {build.get('nvcc')}, TORCH_CUDA_ARCH_LIST={build.get('cuda_arch_list')}"
+            )
         else:
             lines.append("  CUDA kernels: not built (no toolkit found, or LAM_OPS_CUDA=0)")
     elif ext["file"]:
         lines.append("  no build record (_C.build.json): built before lam_ops recorded its builds")
-    lines += ["", "GPUs: " + (", ".join(f"{g['device']} {g['name']} (sm_{g['capability'].replace('.', '')})" for g in info["gpus"]) or "none")]
+    lines += [
+        "",
+        "GPUs: "
+        + (
+            ", ".join(f"{g['device']} {g['name']} (sm_{g['capability'].replace('.', '')})" for g in info["gpus"])
+            or "none"
+        ),
+    ]
     lines += ["", "backends (usable, or why not):"]
     for name, per_device in info["backends"].items():
         for device, why in per_device.items():

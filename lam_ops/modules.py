@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +61,7 @@ class LocalAggregation(nn.Module):
         patch_size: int = 4,
         sigma: float = 6.0,
         learnable_sigma: bool = False,
-        radius: Optional[int] = 24,
+        radius: int | None = 24,
         similarity: str = "both",
         backend: str = "auto",
     ):
@@ -97,7 +96,7 @@ class LocalAggregation(nn.Module):
             f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
         return f
 
-    def forward(self, logits: Tensor, image: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
+    def forward(self, logits: Tensor, image: Tensor, key_mask: Tensor | None = None) -> Tensor:
         # Computed in the logits' dtype (a float64 model with float64 logits in float64; under
         # autocast, f follows the logits). Half precision on the CPU is computed in float32 by
         # backend="auto" (local_aggregate); sigma is used in the accumulation type whatever its dtype.

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -18,8 +17,8 @@ class Case:
     D: int
     H: int
     W: int
-    radius: Optional[int]
-    mask: Optional[str] = None  # None, "random", "sparse" (some queries see no key), "empty" (a whole image)
+    radius: int | None
+    mask: str | None = None  # None, "random", "sparse" (some queries see no key), "empty" (a whole image)
     sigma: float = 1.5
     contiguous: bool = True
 
@@ -85,4 +84,6 @@ def assert_matches_reference(case: Case, backend: str, dtype=torch.float32, devi
     for name, w in want.items():
         g = got[name].detach().cpu().to(torch.float64)
         t = tolerance_for(name, w, tol)
-        torch.testing.assert_close(g, w.detach(), **t, equal_nan=False, msg=lambda m: f"{case} {backend} {name}: {m}")
+        torch.testing.assert_close(
+            g, w.detach(), **t, equal_nan=False, msg=lambda m, name=name: f"{case} {backend} {name}: {m}"
+        )

@@ -18,7 +18,6 @@ import json
 import os
 import sys
 import warnings
-from typing import Optional
 
 import torch
 
@@ -30,7 +29,7 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 BUILD_RECORD = os.path.join(PACKAGE_DIR, "_C.build.json")
 
 
-def read_build_record(path: str = BUILD_RECORD) -> Optional[dict]:
+def read_build_record(path: str = BUILD_RECORD) -> dict | None:
     """What setup.py recorded about the build, or None where there is no (readable) record."""
     try:
         with open(path) as fh:
@@ -48,7 +47,9 @@ def rebuild_command() -> str:
     return f"{sys.executable} -m pip install --no-build-isolation --no-deps --force-reinstall blpseg"
 
 
-def build_mismatch(record: Optional[dict], version: str = torch.__version__, git: Optional[str] = torch.version.git_version) -> Optional[str]:
+def build_mismatch(
+    record: dict | None, version: str = torch.__version__, git: str | None = torch.version.git_version
+) -> str | None:
     """Why an extension built as `record` says must not be loaded into torch `version`, or None."""
     if record is None:
         return None
@@ -62,7 +63,7 @@ def build_mismatch(record: Optional[dict], version: str = torch.__version__, git
     )
 
 
-def load_extension(module: str = "lam_ops._C", record_path: str = BUILD_RECORD) -> Optional[ImportError]:
+def load_extension(module: str = "lam_ops._C", record_path: str = BUILD_RECORD) -> ImportError | None:
     """Imports the extension (which registers its operators) unless its record says it was built
     for another torch. Returns None once loaded, else the reason as an ImportError, after a
     warning where the extension exists but cannot be used."""

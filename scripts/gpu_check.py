@@ -30,8 +30,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # The tests of the GPU code (those present: test_lam_edge_cases.py comes from another branch);
 # the interpreter subprocess of test_triton.py runs in CPU CI already.
-GPU_TESTS = [t for t in ("tests/test_cuda.py", "tests/test_triton.py", "tests/test_functional.py", "tests/test_modules.py",
-                         "tests/test_lam_edge_cases.py") if (ROOT / t).is_file()]
+GPU_TESTS = [
+    t
+    for t in (
+        "tests/test_cuda.py",
+        "tests/test_triton.py",
+        "tests/test_functional.py",
+        "tests/test_modules.py",
+        "tests/test_lam_edge_cases.py",
+    )
+    if (ROOT / t).is_file()
+]
 DESELECT = ["tests/test_triton.py::test_interpreter_subprocess"]
 
 
@@ -50,7 +59,10 @@ def missing_requirements() -> list[str]:
     except ImportError as e:
         return [f"torch cannot be imported ({e})"]
     if not torch.cuda.is_available():
-        missing.append(f"a CUDA GPU (torch {torch.__version__}, CUDA runtime {torch.version.cuda}: torch.cuda.is_available() is False)")
+        missing.append(
+            f"a CUDA GPU (torch {torch.__version__}, CUDA runtime {torch.version.cuda}: "
+            f"torch.cuda.is_available() is False)"
+        )
     spec = importlib.util.spec_from_file_location("lam_setup", ROOT / "setup.py")
     setup = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(setup)
@@ -79,12 +91,24 @@ class Steps:
             fh.write(f"$ {' '.join(cmd)}\n")
             fh.flush()
             try:
-                rc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=fh, stderr=subprocess.STDOUT,
-                                    timeout=max(1.0, timeout)).returncode
+                rc = subprocess.run(
+                    cmd,
+                    cwd=ROOT,
+                    env={**os.environ, **(env or {})},
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    timeout=max(1.0, timeout),
+                ).returncode
                 status = "ok" if rc == 0 else f"failed (exit status {rc})"
             except subprocess.TimeoutExpired:
                 status = f"timed out after {timeout:.0f} s"
-        step = {"step": name, "command": " ".join(cmd), "status": status, "seconds": round(time.monotonic() - t0, 1), "log": log}
+        step = {
+            "step": name,
+            "command": " ".join(cmd),
+            "status": status,
+            "seconds": round(time.monotonic() - t0, 1),
+            "log": log,
+        }
         self.steps.append(step)
         print(f"   {status} in {step['seconds']} s (log: {self.out / log})", flush=True)
         tail = (self.out / log).read_text(errors="replace").strip().splitlines()[-3:]
@@ -95,8 +119,15 @@ class Steps:
         ok = bool(self.steps) and all(s["status"] == "ok" for s in self.steps)
         data = {**facts, "passed": ok, "seconds": round(time.monotonic() - self.start, 1), "steps": self.steps}
         (self.out / "gpu_check.json").write_text(json.dumps(data, indent=1))
-        lines = ["# make gpu-check", "", *[f"- {k}: {v}" for k, v in facts.items()], f"- total: {data['seconds']} s; passed: {ok}", "",
-                 "| step | status | seconds | log |", "|---|---|---|---|"]
+        lines = [
+            "# make gpu-check",
+            "",
+            *[f"- {k}: {v}" for k, v in facts.items()],
+            f"- total: {data['seconds']} s; passed: {ok}",
+            "",
+            "| step | status | seconds | log |",
+            "|---|---|---|---|",
+        ]
         lines += [f"| {s['step']} | {s['status']} | {s['seconds']} | {s['log']} |" for s in self.steps]
         (self.out / "gpu_check.md").write_text("\n".join(lines) + "\n")
         print(f"{'PASSED' if ok else 'FAILED'}: summary in {self.out}/gpu_check.md", flush=True)
@@ -104,10 +135,21 @@ class Steps:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("out", nargs="?", type=Path, default=Path(os.environ.get("OUT") or ROOT / "gpu_check_results"), help="results folder")
-    p.add_argument("--budget", type=float, default=450.0, help="seconds for everything (the benchmark gets what is left)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    p.add_argument(
+        "out",
+        nargs="?",
+        type=Path,
+        default=Path(os.environ.get("OUT") or ROOT / "gpu_check_results"),
+        help="results folder",
+    )
+    p.add_argument(
+        "--budget", type=float, default=450.0, help="seconds for everything (the benchmark gets what is left)"
+    )
     p.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1), help="build jobs and pytest-xdist workers")
     args = p.parse_args(argv)
 
@@ -120,8 +162,12 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     caps = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
     arch = arch_list(caps)
-    facts = {"gpus": ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())),
-             "TORCH_CUDA_ARCH_LIST": arch, "torch": torch.__version__, "python": sys.version.split()[0]}
+    facts = {
+        "gpus": ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())),
+        "TORCH_CUDA_ARCH_LIST": arch,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+    }
     print(f"gpu-check: {facts}", flush=True)
     steps, py = Steps(args.out, args.budget), sys.executable
     build_env = {"LAM_OPS_CUDA": "1", "TORCH_CUDA_ARCH_LIST": arch, "MAX_JOBS": str(args.jobs)}
@@ -130,13 +176,22 @@ def main(argv=None) -> int:
         steps.run("check", [py, "-m", "lam_ops.check", "--device", "cuda"], "check.log", min(120, steps.left() - 200))
         xdist = ["-n", str(args.jobs)] if importlib.util.find_spec("xdist") else []
         deselect = [a for d in DESELECT for a in ("--deselect", d)]
-        steps.run("tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *xdist, *deselect, *GPU_TESTS], "tests.log",
-                  steps.left() - 120, {"LAM_OPS_CUDA": "1"})
+        steps.run(
+            "tests",
+            [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *xdist, *deselect, *GPU_TESTS],
+            "tests.log",
+            steps.left() - 120,
+            {"LAM_OPS_CUDA": "1"},
+        )
         # Rows start until the benchmark's budget is spent; a row under way may take a minute more
         # (it writes its rows as it goes, should the timeout stop it).
         bench_budget = max(30.0, steps.left() - 90)
-        steps.run("benchmark", [py, "benchmarks/bench_gpu.py", "--out", str(args.out), "--time-budget", str(int(bench_budget))],
-                  "bench.log", max(60.0, steps.left() - 10))
+        steps.run(
+            "benchmark",
+            [py, "benchmarks/bench_gpu.py", "--out", str(args.out), "--time-budget", str(int(bench_budget))],
+            "bench.log",
+            max(60.0, steps.left() - 10),
+        )
     return 0 if steps.summary(facts) else 1
 
 

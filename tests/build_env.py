@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,7 +16,7 @@ def _setup_module():
     return module
 
 
-def cuda_toolkit() -> Optional[str]:
+def cuda_toolkit() -> str | None:
     """The CUDA toolkit root that setup.py and CMakeLists.txt build with, or None."""
     return _setup_module().find_cuda_home()
 

@@ -3,9 +3,17 @@ shared part lives in lam_ops/testing.py, which `python -m lam_ops.check` uses to
 
 from lam_ops.testing import TOLERANCES, Case, assert_matches_reference, make_inputs, run_with_grads, tolerance_for
 
-__all__ = ["EDGE_CASES", "TOLERANCES", "Case", "assert_matches_reference", "make_inputs", "run_with_grads", "tolerance_for"]
+__all__ = [
+    "EDGE_CASES",
+    "TOLERANCES",
+    "Case",
+    "assert_matches_reference",
+    "make_inputs",
+    "run_with_grads",
+    "tolerance_for",
+]
 
-# The edge cases of DEVELOPERS.md: borders, r = 0, windows larger than the image, radius None,
+# The edge cases every backend is tested on: borders, r = 0, windows larger than the image, radius None,
 # key masks (with queries that see no key), B = 1, odd sizes, non-contiguous inputs.
 EDGE_CASES = [
     Case(1, 3, 4, 5, 7, 0),

@@ -21,8 +21,13 @@ ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PY
 
 
 def run(*args):
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), *args],
-                          capture_output=True, text=True, env=ENV, timeout=900)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=900,
+    )
 
 
 def test_quick_run_writes_complete_results(tmp_path):
@@ -58,7 +63,9 @@ def test_dense_lam_over_budget_is_skipped_before_running():
     paper = bench_train.SHAPES["paper"]
     # 8 bytes x 4 HW x HW float32 matrices per image: 10 x 9216^2 x 32 B = 25.3 GiB
     for name in ("dense", "reference"):
-        assert bench_train.skip_reason(impls[name], paper, 16.0) == "skipped: its LAM would need ~25 GB > budget 16.0 GB"
+        assert (
+            bench_train.skip_reason(impls[name], paper, 16.0) == "skipped: its LAM would need ~25 GB > budget 16.0 GB"
+        )
         assert bench_train.skip_reason(impls[name], paper, 32.0) is None
     assert bench_train.skip_reason(impls["offset_loop"], paper, 16.0) is None
     assert bench_train.skip_reason(impls["cpp"], paper, 0.001) is None  # no estimate: the limit catches it
@@ -71,7 +78,9 @@ def test_peer_replaces_the_lam_function():
     logits, image = torch.randn(2, 5, 6, 7), torch.randn(2, 3, 24, 28)
     impl = {i.name: i for i in bench_train.implementations(torch.device("cpu"))}["offset_loop"]
     calls = []
-    spy = bench_train.bench_lam.Impl(impl.name, "peer", lambda *a: calls.append(a) or impl.fn(*a), True, "", impl.visited_pairs)
+    spy = bench_train.bench_lam.Impl(
+        impl.name, "peer", lambda *a: calls.append(a) or impl.fn(*a), True, "", impl.visited_pairs
+    )
     with bench_train.lam_function(spy):
         out = lam(logits, image)
     assert len(calls) == 1 and calls[0][3] == 2 and calls[0][4] is None  # radius, key mask

@@ -16,13 +16,28 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_lam  # noqa: E402
 
-MEASURED = ("median_s", "min_s", "max_s", "repeats", "first_call_s", "peak_mb", "gflops", "matmul_fraction", "vs_best_peer")
+MEASURED = (
+    "median_s",
+    "min_s",
+    "max_s",
+    "repeats",
+    "first_call_s",
+    "peak_mb",
+    "gflops",
+    "matmul_fraction",
+    "vs_best_peer",
+)
 
 
 def run_bench(*args, timeout=900):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_lam.py"), *args],
-                          capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_lam.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.parametrize("H,W,radius", [(5, 7, 0), (6, 5, 2), (4, 4, 10), (5, 6, None), (1, 9, 3), (96, 96, 12)])
@@ -72,10 +87,14 @@ def test_a_row_over_the_memory_limit_is_a_row_and_the_run_goes_on(tmp_path):
 
 
 def test_an_allocation_over_the_limit_raises_an_out_of_memory_status():
-    code = ("import torch, isolate\n"
-            "isolate.limit_memory(0.2, torch.device('cpu'))\n"
-            "try:\n    torch.empty(2**28).fill_(1)\n"
-            "except Exception as e:\n    print(isolate.failure_status(e))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "benchmarks", timeout=120)
+    code = (
+        "import torch, isolate\n"
+        "isolate.limit_memory(0.2, torch.device('cpu'))\n"
+        "try:\n    torch.empty(2**28).fill_(1)\n"
+        "except Exception as e:\n    print(isolate.failure_status(e))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "benchmarks", timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("out of memory: "), proc.stdout

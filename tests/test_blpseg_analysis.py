@@ -83,10 +83,18 @@ def test_relative_distance_per_class_uses_the_deepest_region_of_the_class():
 def synthetic_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     make_synthetic(str(root / "data"), num_train=4, num_val=2, size=32, seed=0)
-    cfg = load_config(str(ROOT / "configs" / "synthetic.yaml"), [
-        f"out_dir={root / 'run'}", f"data.root={root / 'data'}", "data.crop=32", *TINY_MODEL,
-        "train.batch_size=2", "train.iters=2", "loss.self_training_from=null",
-    ])  # fmt: skip
+    cfg = load_config(
+        str(ROOT / "configs" / "synthetic.yaml"),
+        [
+            f"out_dir={root / 'run'}",
+            f"data.root={root / 'data'}",
+            "data.crop=32",
+            *TINY_MODEL,
+            "train.batch_size=2",
+            "train.iters=2",
+            "loss.self_training_from=null",
+        ],
+    )
     train(cfg)
     return root
 
@@ -154,8 +162,17 @@ def voc_photo(tmp_path_factory):
     write_label(str(root / "SegmentationClassAug" / f"{name}.png"), mask)
     write_label(str(root / "ScribbleLabels" / f"{name}.png"), simulate_scribbles(mask, np.random.default_rng(0)))
     (root / "ImageSets" / "Segmentation" / "train_aug.txt").write_text(name + "\n")
-    cfg = load_config(str(ROOT / "configs" / "voc_scribble.yaml"), [f"data.root={root}", "model.backbone=resnet18",
-                      "model.pretrained=null", "model.radius=6", "threads=1", *TINY_MODEL])  # fmt: skip
+    cfg = load_config(
+        str(ROOT / "configs" / "voc_scribble.yaml"),
+        [
+            f"data.root={root}",
+            "model.backbone=resnet18",
+            "model.pretrained=null",
+            "model.radius=6",
+            "threads=1",
+            *TINY_MODEL,
+        ],
+    )
     torch.manual_seed(0)
     model = build_model(21, **{**cfg["model"], "pretrained": None})
     save_checkpoint({"model": model.state_dict(), "config": cfg}, str(root / "init.pt"))
@@ -164,7 +181,9 @@ def voc_photo(tmp_path_factory):
 
 def test_analysis_commands_on_the_voc_photo(voc_photo, tmp_path):
     config = str(ROOT / "configs" / "voc_scribble.yaml")
-    assert cli.main(["analyze-bias", "--config", config, "--out", str(tmp_path / "plain"), f"data.root={voc_photo}"]) == 0
+    assert (
+        cli.main(["analyze-bias", "--config", config, "--out", str(tmp_path / "plain"), f"data.root={voc_photo}"]) == 0
+    )
     mean = read_csv(tmp_path / "plain" / "bias.csv")[-1]
     assert float(mean["scribbles"]) > float(mean["masks"])
     ckpt = str(voc_photo / "init.pt")
@@ -191,8 +210,22 @@ def test_window_errors_vanish_once_the_window_covers_the_image(synthetic_run):
 
 def test_fidelity_script_writes_csv_and_png(synthetic_run, tmp_path):
     script = runpy.run_path(str(ROOT / "experiments" / "lam_fidelity.py"))
-    script["main"](["--checkpoint", str(synthetic_run / "run" / "last.pt"), "--out", str(tmp_path),
-                    "--num-synthetic", "1", "--size", "64", "--radii", "2,global", "--scales", "1"])  # fmt: skip
+    script["main"](
+        [
+            "--checkpoint",
+            str(synthetic_run / "run" / "last.pt"),
+            "--out",
+            str(tmp_path),
+            "--num-synthetic",
+            "1",
+            "--size",
+            "64",
+            "--radii",
+            "2,global",
+            "--scales",
+            "1",
+        ]
+    )
     rows = read_csv(tmp_path / "fidelity.csv")
     assert [r["image"] for r in rows] == ["voc_photo"] * 2 + ["synthetic_64_0"] * 2
     assert (tmp_path / "fidelity.png").stat().st_size > 0
@@ -208,15 +241,27 @@ def test_lam_inputs_needs_a_lam():
 
 
 def test_table_runs_resumes_and_summarises(tmp_path, monkeypatch, capsys):
-    args = ["--results", str(tmp_path), "--seeds", "0,1", f"data.root={tmp_path / 'data'}",
-            "data.synthetic={num_train: 4, num_val: 2, size: 32}", "data.crop=32", *TINY_MODEL,
-            "train.batch_size=2", "train.iters=1", "loss.self_training_from=null"]  # fmt: skip
+    args = [
+        "--results",
+        str(tmp_path),
+        "--seeds",
+        "0,1",
+        f"data.root={tmp_path / 'data'}",
+        "data.synthetic={num_train: 4, num_val: 2, size: 32}",
+        "data.crop=32",
+        *TINY_MODEL,
+        "train.batch_size=2",
+        "train.iters=1",
+        "loss.self_training_from=null",
+    ]
     monkeypatch.setattr(sys, "argv", ["table1.py", *args])
     runpy.run_path(str(ROOT / "experiments" / "table1.py"), run_name="__main__")
     trained = capsys.readouterr().out.count("table1: ")
     assert trained == 6  # 3 rows x 2 seeds
     runs = read_csv(tmp_path / "table1" / "runs.csv")
-    assert [(r["row"], r["seed"]) for r in runs] == [(row, s) for row in ("baseline (CE)", "+ LAM", "+ LAM + BLP") for s in "01"]
+    assert [(r["row"], r["seed"]) for r in runs] == [
+        (row, s) for row in ("baseline (CE)", "+ LAM", "+ LAM + BLP") for s in "01"
+    ]
     assert len({r["run"] for r in runs}) == 6
     summary = read_csv(tmp_path / "table1" / "summary.csv")
     for row in summary:
@@ -236,7 +281,9 @@ def test_run_folders_name_the_config_not_where_it_lives():
 
     # as the runner names runs: from what the file and the overrides state, defaults not filled in
     cfg = load_config(str(ROOT / "configs" / "synthetic.yaml"), resolved=False)
-    moved = load_config(str(ROOT / "configs" / "synthetic.yaml"), ["data.root=/elsewhere", "out_dir=/x"], resolved=False)
+    moved = load_config(
+        str(ROOT / "configs" / "synthetic.yaml"), ["data.root=/elsewhere", "out_dir=/x"], resolved=False
+    )
     assert run_dir("r", cfg) == run_dir("r", moved)
     for change in ("seed=1", "model.sigma=4.0", "loss.seg=ce", "data.synthetic.size=32"):
         changed = load_config(str(ROOT / "configs" / "synthetic.yaml"), [change], resolved=False)
@@ -253,5 +300,7 @@ def test_committed_runs_keep_their_names():
         rows = runpy.run_path(str(ROOT / "experiments" / f"{table}.py"))["ROWS"]
         for label, overrides in rows.items():
             for seed in (0, 1, 2):
-                folder = run_dir(str(ROOT / "results" / "ablations"), apply_overrides(base, [*overrides, f"seed={seed}"]))
+                folder = run_dir(
+                    str(ROOT / "results" / "ablations"), apply_overrides(base, [*overrides, f"seed={seed}"])
+                )
                 assert os.path.isfile(os.path.join(folder, "val.json")), (table, label, seed)

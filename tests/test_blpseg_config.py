@@ -27,7 +27,10 @@ SYNTHETIC = str(ROOT / "configs" / "synthetic.yaml")
         ("train.lr=.nan", "train.lr: expected a finite number"),
         ("model.lam=yes please", "model.lam: expected true or false"),
         ("model.similarity=colour", "model.similarity: expected one of 'both', 'features', 'position'"),
-        ("train.amp=float32", "train.amp: expected true or false or expected one of 'bfloat16', 'float16', got 'float32'"),
+        (
+            "train.amp=float32",
+            "train.amp: expected true or false or expected one of 'bfloat16', 'float16', got 'float32'",
+        ),
         ("loss.pseudo_threshold=1.5", "loss.pseudo_threshold: must be <= 1"),
         ("data.scale=[1.2, 0.8]", "data.scale: expected [low, high]"),
         ("eval.scales=[1, 0]", "eval.scales[1]: must be > 0"),
@@ -64,11 +67,22 @@ def test_defaults_fill_in_and_resolving_is_idempotent():
 
 
 def test_context_inherits_the_voc_config_and_states_only_the_data():
-    voc, context = load_config(str(ROOT / "configs" / "voc_scribble.yaml")), load_config(str(ROOT / "configs" / "context_scribble.yaml"))
+    voc, context = (
+        load_config(str(ROOT / "configs" / "voc_scribble.yaml")),
+        load_config(str(ROOT / "configs" / "context_scribble.yaml")),
+    )
     assert {k.split(":")[0].split(".")[0] for k in fixed_differences(voc, context, ())} == {"data", "out_dir"}
-    assert context["data"]["train"] == {"split": "train", "label_dir": "ScribbleLabelsContext", "scribbles": True,
-                                        "label_diffusion": None}
-    lines = [l for l in (ROOT / "configs" / "context_scribble.yaml").read_text().splitlines() if l and not l.startswith("#")]
+    assert context["data"]["train"] == {
+        "split": "train",
+        "label_dir": "ScribbleLabelsContext",
+        "scribbles": True,
+        "label_diffusion": None,
+    }
+    lines = [
+        line
+        for line in (ROOT / "configs" / "context_scribble.yaml").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     assert len(lines) < 12 and lines[0] == "base: voc_scribble.yaml"
 
 
@@ -88,7 +102,12 @@ def test_base_files_merge_relative_to_the_file_and_refuse_loops(tmp_path):
 
 
 def test_print_config_shows_the_resolved_config(capsys):
-    assert cli.main(["train", "--config", str(ROOT / "configs" / "context_scribble.yaml"), "--print-config", "train.lr=1e-4"]) == 0
+    assert (
+        cli.main(
+            ["train", "--config", str(ROOT / "configs" / "context_scribble.yaml"), "--print-config", "train.lr=1e-4"]
+        )
+        == 0
+    )
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed == load_config(str(ROOT / "configs" / "context_scribble.yaml"), ["train.lr=1e-4"])
     assert printed["model"]["backbone"] == "resnet101_deepstem" and printed["data"]["dataset"] == "context"
@@ -103,6 +122,8 @@ def test_overrides_recreate_a_null_section():
 
 def test_fixed_differences_name_the_keys_a_resume_cannot_change():
     cfg = load_config(SYNTHETIC)
-    new = load_config(SYNTHETIC, ["model.sigma=2", "train.lr=1e-2", "train.epochs=99", "eval.flip=true", "data.root=/x"])
+    new = load_config(
+        SYNTHETIC, ["model.sigma=2", "train.lr=1e-2", "train.epochs=99", "eval.flip=true", "data.root=/x"]
+    )
     assert fixed_differences(cfg, new) == ["model.sigma: 6.0 -> 2.0", "train.lr: 0.001 -> 0.01"]
     assert "train.epochs" in RESUME_MAY_CHANGE and "model.sigma" not in RESUME_MAY_CHANGE

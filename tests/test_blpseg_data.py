@@ -209,8 +209,14 @@ def _modes(grey):
         "I;16": (i16, rgb),
         "I": (Image.fromarray(g16.astype(np.int32), "I"), rgb),
         "F": (Image.fromarray(grey.astype(np.float32) / 255, "F"), rgb),
-        "P": (Image.fromarray(grey, "L").convert("P"), np.asarray(Image.fromarray(grey, "L").convert("P").convert("RGB"))),
-        "CMYK": (Image.fromarray(rgb, "RGB").convert("CMYK"), np.asarray(Image.fromarray(rgb, "RGB").convert("CMYK").convert("RGB"))),
+        "P": (
+            Image.fromarray(grey, "L").convert("P"),
+            np.asarray(Image.fromarray(grey, "L").convert("P").convert("RGB")),
+        ),
+        "CMYK": (
+            Image.fromarray(rgb, "RGB").convert("CMYK"),
+            np.asarray(Image.fromarray(rgb, "RGB").convert("CMYK").convert("RGB")),
+        ),
     }
 
 
@@ -278,7 +284,7 @@ def test_scribblize_refuses_to_write_over_its_masks(tmp_path):
     write_label(str(masks / "a.png"), np.ones((20, 20), np.uint8))
     before = (masks / "a.png").read_bytes()
     os.symlink(masks, tmp_path / "link")
-    for out in (masks, tmp_path / "link", tmp_path / "M" / "." ):
+    for out in (masks, tmp_path / "link", tmp_path / "M" / "."):
         with pytest.raises(ValueError, match="would overwrite the input"):
             from blpseg.data.scribbles import scribblize
 
@@ -305,8 +311,19 @@ def test_check_outputs_refuses_overwrites_and_collisions(tmp_path):
 def labelme_file(path, shapes, h=10, w=12):
     import json
 
-    path.write_text(json.dumps({"version": "5.4.1", "flags": {}, "shapes": shapes, "imagePath": "x.jpg",
-                                "imageData": None, "imageHeight": h, "imageWidth": w}))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "version": "5.4.1",
+                "flags": {},
+                "shapes": shapes,
+                "imagePath": "x.jpg",
+                "imageData": None,
+                "imageHeight": h,
+                "imageWidth": w,
+            }
+        )
+    )
 
 
 def shape(label, kind, points):
@@ -317,12 +334,15 @@ def test_labelme_shapes_are_drawn_as_scribbles(tmp_path):
     from blpseg.data.labelme import convert_labelme, rasterize_labelme
 
     names = ("background", "cat", "dog")
-    labelme_file(tmp_path / "a.json", [
-        shape("background", "line", [[0, 0], [11, 0]]),
-        shape("cat", "linestrip", [[2, 2], [2, 5], [5, 5]]),
-        shape("dog", "polygon", [[7, 2], [10, 2], [10, 6]]),
-        shape("cat", "point", [[9, 8]]),
-    ])  # fmt: skip
+    labelme_file(
+        tmp_path / "a.json",
+        [
+            shape("background", "line", [[0, 0], [11, 0]]),
+            shape("cat", "linestrip", [[2, 2], [2, 5], [5, 5]]),
+            shape("dog", "polygon", [[7, 2], [10, 2], [10, 6]]),
+            shape("cat", "point", [[9, 8]]),
+        ],
+    )
     label = rasterize_labelme(str(tmp_path / "a.json"), names, width=1)
     expected = np.full((10, 12), NOT_SCRIBBLED, np.uint8)
     expected[0, :] = 0
@@ -364,8 +384,17 @@ def test_labelme_cli_with_a_classes_file(tmp_path, capsys):
     (tmp_path / "classes.txt").write_text("background\ncat\n")
     (tmp_path / "json").mkdir()
     labelme_file(tmp_path / "json" / "x.json", [shape("cat", "linestrip", [[1, 1], [8, 1]])])
-    args = ["convert-scribbles", str(tmp_path / "json"), str(tmp_path / "scribbles"), "--from", "labelme",
-            "--classes", str(tmp_path / "classes.txt"), "--width", "1"]  # fmt: skip
+    args = [
+        "convert-scribbles",
+        str(tmp_path / "json"),
+        str(tmp_path / "scribbles"),
+        "--from",
+        "labelme",
+        "--classes",
+        str(tmp_path / "classes.txt"),
+        "--width",
+        "1",
+    ]
     assert cli.main(args) == 0
     assert (read_label(str(tmp_path / "scribbles" / "x.png"))[1, 1:9] == 1).all()
     (tmp_path / "json" / "broken.json").write_text("{")

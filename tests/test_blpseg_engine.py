@@ -20,8 +20,8 @@ from blpseg.engine import builders
 from blpseg.engine.checkpoint import load_checkpoint
 from blpseg.engine.distributed import Dist
 from blpseg.engine.inference import dense_crf, predict_probs
-from blpseg.engine.step import NonFiniteLoss, TrainStep
 from blpseg.engine.metrics import BoundaryPrecision, confusion_matrix, iou_from_confusion, relative_boundary_distance
+from blpseg.engine.step import NonFiniteLoss, TrainStep
 from blpseg.engine.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,8 +104,11 @@ def test_configs_load_and_name_valid_options():
         assert {"data", "model", "loss", "train", "eval"} <= set(cfg)
     voc = load_config(str(ROOT / "configs" / "voc_scribble.yaml"))
     assert (voc["model"]["backbone"], voc["data"]["crop"], voc["train"]["batch_size"], voc["train"]["epochs"]) == (
-        "resnet101_deepstem", 384, 10, 40,
-    )  # fmt: skip
+        "resnet101_deepstem",
+        384,
+        10,
+        40,
+    )
 
 
 # ---------------------------------------------------------------- training
@@ -122,12 +125,22 @@ def tiny_config(data_root, out_dir, *extra):
     return load_config(
         str(ROOT / "configs" / "synthetic.yaml"),
         [
-            f"out_dir={out_dir}", f"data.root={data_root}", "data.crop=32", "device=cpu",
-            "model.channels=16", "model.embed_dim=8", "model.lam_backend=auto",
-            "train.batch_size=2", "train.iters=4", "train.log_every=1", "train.checkpoint_every=2",
-            "loss.self_training_from=2", "loss.pseudo_threshold=0.3", *extra,
+            f"out_dir={out_dir}",
+            f"data.root={data_root}",
+            "data.crop=32",
+            "device=cpu",
+            "model.channels=16",
+            "model.embed_dim=8",
+            "model.lam_backend=auto",
+            "train.batch_size=2",
+            "train.iters=4",
+            "train.log_every=1",
+            "train.checkpoint_every=2",
+            "loss.self_training_from=2",
+            "loss.pseudo_threshold=0.3",
+            *extra,
         ],
-    )  # fmt: skip
+    )
 
 
 def read_csv(path):
@@ -174,7 +187,7 @@ def test_resume_gives_the_same_next_steps(trained, data_root, tmp_path):
     train(cfg, resume=str(tmp_path / "last.pt"))
     a, b = read_csv(Path(cfg_a["out_dir"]) / "train.csv"), read_csv(tmp_path / "train.csv")
     assert [int(r["iteration"]) for r in b] == [1, 2, 3, 4]  # the interrupted run's row 3 replaced, not repeated
-    for ra, rb in zip(a[2:], b[-2:]):  # iterations 3 and 4
+    for ra, rb in zip(a[2:], b[-2:], strict=True):  # iterations 3 and 4
         assert ra["iteration"] == rb["iteration"] and float(ra["loss"]) == pytest.approx(float(rb["loss"]), rel=1e-5)
     final_a = load_checkpoint(str(Path(cfg_a["out_dir"]) / "last.pt"))["model"]
     final_b = load_checkpoint(str(tmp_path / "last.pt"))["model"]
@@ -221,20 +234,23 @@ def test_train_step_switches_to_pseudo_labels_and_stops_before_updating_on_nan(d
     g = torch.Generator().manual_seed(1)
     target = torch.full((2, 32, 32), K)
     target[:, 4:8, 4:20], target[:, 20:24, 8:28] = 0, 1  # two scribbled classes per image
-    batch = {"image": torch.randn(2, 3, 32, 32, generator=g), "target": target,
-             "classes": torch.tensor([[True, True] + [False] * (K - 2)] * 2)}  # fmt: skip
+    batch = {
+        "image": torch.randn(2, 3, 32, 32, generator=g),
+        "target": target,
+        "classes": torch.tensor([[True, True] + [False] * (K - 2)] * 2),
+    }
     before, after = make_step(), make_step()
     weights = [p.detach().clone() for p in before.net.parameters()]
     seg_scrib, seg_pseudo = before(batch, 1), after(batch, 2)  # self_training_from=2
     assert seg_scrib[1] == pytest.approx(seg_pseudo[1], rel=1e-6)  # the scribble head's loss: the same
     assert seg_scrib[0] != pytest.approx(seg_pseudo[0], rel=1e-3)
-    assert any(not torch.equal(w, p) for w, p in zip(weights, before.net.parameters()))
+    assert any(not torch.equal(w, p) for w, p in zip(weights, before.net.parameters(), strict=True))
     assert before.optimization.scheduler.last_epoch == 1
 
     weights = [p.detach().clone() for p in before.net.parameters()]
     with pytest.raises(NonFiniteLoss, match="the loss is not finite"):
         before({**batch, "image": torch.full((2, 3, 32, 32), float("nan"))}, 3)
-    assert all(torch.equal(w, p) for w, p in zip(weights, before.net.parameters()))
+    assert all(torch.equal(w, p) for w, p in zip(weights, before.net.parameters(), strict=True))
     assert before.optimization.scheduler.last_epoch == 1
 
 
@@ -243,8 +259,18 @@ def test_two_process_ddp_on_cpu(data_root, tmp_path):
     config = tmp_path / "ddp.yaml"
     config.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "blpseg", "train", "--config", str(config)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "blpseg",
+        "train",
+        "--config",
+        str(config),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 x cpu" in proc.stdout + proc.stderr
@@ -255,7 +281,19 @@ def test_two_process_ddp_on_cpu(data_root, tmp_path):
 # ---------------------------------------------------------------- command line
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["predict"], ["make-synthetic"], ["export-folder"], ["convert-scribbles"], ["scribblize"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["train"],
+        ["eval"],
+        ["predict"],
+        ["make-synthetic"],
+        ["export-folder"],
+        ["convert-scribbles"],
+        ["scribblize"],
+    ],
+)
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(command + ["--help"])
@@ -265,7 +303,20 @@ def test_help(command, capsys):
 def test_cli_eval_and_predict(trained, data_root, tmp_path, capsys):
     cfg, _ = trained
     ckpt = os.path.join(cfg["out_dir"], "last.pt")
-    assert cli.main(["eval", "--checkpoint", ckpt, "--out", str(tmp_path / "e.json"), "eval.flip=true", "eval.scales=[0.75,1.0]"]) == 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                "--checkpoint",
+                ckpt,
+                "--out",
+                str(tmp_path / "e.json"),
+                "eval.flip=true",
+                "eval.scales=[0.75,1.0]",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "mIoU" in out and "stripes" in out and (tmp_path / "e.json").exists()
     assert (tmp_path / "e_boundary_precision.png").stat().st_size > 0
@@ -277,7 +328,12 @@ def test_cli_eval_and_predict(trained, data_root, tmp_path, capsys):
 
 
 def test_cli_data_commands(data_root, tmp_path):
-    assert cli.main(["make-synthetic", "--root", str(tmp_path / "syn"), "--num-train", "2", "--num-val", "1", "--size", "24"]) == 0
+    assert (
+        cli.main(
+            ["make-synthetic", "--root", str(tmp_path / "syn"), "--num-train", "2", "--num-val", "1", "--size", "24"]
+        )
+        == 0
+    )
     assert (tmp_path / "syn" / "ImageSets" / "Segmentation" / "val.txt").exists()
     assert cli.main(["scribblize", str(data_root / "SegmentationClass"), str(tmp_path / "scrib")]) == 0
     assert len(os.listdir(tmp_path / "scrib")) == 10
@@ -388,7 +444,12 @@ def test_a_run_without_val_can_be_evaluated_and_analysed(trained_without_val, tm
         assert json.load(fh)["split"] == "train"
     assert cli.main(["analyze-bias", "--checkpoint", ckpt, "--out", str(tmp_path / "a")]) == 1
     assert "--mask-dir" in capsys.readouterr().err
-    assert cli.main(["analyze-bias", "--checkpoint", ckpt, "--mask-dir", "SegmentationClass", "--out", str(tmp_path / "a")]) == 0
+    assert (
+        cli.main(
+            ["analyze-bias", "--checkpoint", ckpt, "--mask-dir", "SegmentationClass", "--out", str(tmp_path / "a")]
+        )
+        == 0
+    )
     assert (tmp_path / "a" / "bias.csv").exists()
 
 
@@ -416,7 +477,20 @@ def test_predict_never_overwrites_its_inputs(trained, data_root, tmp_path, capsy
     assert cli.main(["predict", str(d / "a" / "x.png"), "--checkpoint", ckpt, "--out", str(d / "a")]) == 1
     assert "would overwrite the input" in capsys.readouterr().err
     assert (d / "a" / "x.png").read_bytes() == before
-    assert cli.main(["predict", str(d / "a" / "x.png"), str(d / "b" / "x.png"), "--checkpoint", ckpt, "--out", str(tmp_path / "p")]) == 0
+    assert (
+        cli.main(
+            [
+                "predict",
+                str(d / "a" / "x.png"),
+                str(d / "b" / "x.png"),
+                "--checkpoint",
+                ckpt,
+                "--out",
+                str(tmp_path / "p"),
+            ]
+        )
+        == 0
+    )
     from blpseg.data.io import read_label
 
     a, b = read_label(str(tmp_path / "p" / "a" / "x.png")), read_label(str(tmp_path / "p" / "b" / "x.png"))
@@ -436,11 +510,26 @@ def test_own_folder_end_to_end(data_root, tmp_path, capsys):
     assert cli.main(["export-folder", *syn, "--out", str(folder)]) == 0
     assert sorted(os.listdir(folder)) == ["classes.txt", "images", "masks", "scribbles"]
     assert len(os.listdir(folder / "scribbles")) == 8 and len(os.listdir(folder / "masks")) == 2
-    assert cli.main(["export-folder", "--config", str(ROOT / "configs" / "own_data.yaml"), "--out", str(tmp_path / "x")]) == 1
+    assert (
+        cli.main(["export-folder", "--config", str(ROOT / "configs" / "own_data.yaml"), "--out", str(tmp_path / "x")])
+        == 1
+    )
     run = tmp_path / "run"
-    args = ["train", "--config", str(ROOT / "configs" / "own_data.yaml"), f"data.root={folder}", f"out_dir={run}",
-            "device=cpu", "data.crop=32", "model.channels=16", "model.embed_dim=8", "model.lam_backend=auto",
-            "train.batch_size=2", "train.iters=2", "loss.self_training_from=null"]  # fmt: skip
+    args = [
+        "train",
+        "--config",
+        str(ROOT / "configs" / "own_data.yaml"),
+        f"data.root={folder}",
+        f"out_dir={run}",
+        "device=cpu",
+        "data.crop=32",
+        "model.channels=16",
+        "model.embed_dim=8",
+        "model.lam_backend=auto",
+        "train.batch_size=2",
+        "train.iters=2",
+        "loss.self_training_from=null",
+    ]
     assert cli.main(args) == 0
     assert "mIoU" in capsys.readouterr().out and (run / "val.json").exists()
     state = load_checkpoint(str(run / "last.pt"))

@@ -113,7 +113,13 @@ def test_pseudo_labels_keep_scribbles_and_use_present_classes():
     # with only class 0 scribbled, class 1 is absent too: nothing is pseudo-labelled
     assert pseudo_labels(logits, target, threshold=0.9).tolist() == target.tolist()
     # a lower threshold takes the unsure pixel
-    assert pseudo_labels(torch.cat([logits, logits], dim=2), target_with_1, threshold=0.5)[0, 0].tolist() == [0, 1, K, 1, 255]
+    assert pseudo_labels(torch.cat([logits, logits], dim=2), target_with_1, threshold=0.5)[0, 0].tolist() == [
+        0,
+        1,
+        K,
+        1,
+        255,
+    ]
     # classes given explicitly (from the whole image) override what the target shows
     present = torch.tensor([[True, False, True]])
     assert pseudo_labels(logits, target, threshold=0.9, present=present).tolist() == [[[0, K, 2, K, 255]]]

@@ -202,7 +202,9 @@ def test_ppm_branches_have_no_relu_and_upsample_with_aligned_corners():
     ppm(x)
 
     def expected(align):
-        return torch.cat([x] + [F.interpolate(b(x), (5, 7), mode="bilinear", align_corners=align) for b in ppm.branches], 1)
+        return torch.cat(
+            [x] + [F.interpolate(b(x), (5, 7), mode="bilinear", align_corners=align) for b in ppm.branches], 1
+        )
 
     torch.testing.assert_close(seen["x"], expected(True))
     assert not torch.allclose(seen["x"], expected(False))

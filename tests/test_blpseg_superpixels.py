@@ -61,10 +61,16 @@ def test_the_dataset_expands_training_scribbles(tmp_path):
     make_synthetic(str(tmp_path), num_train=4, num_val=1, size=48, seed=0)
     args = (str(tmp_path), "train", 5, "Scribbles")
     plain = SegmentationFolder(*args, scribbles=True, transform=EvalTransform(), image_ext=".png")
-    diffused = SegmentationFolder(*args, scribbles=True, transform=EvalTransform(), image_ext=".png",
-                                  label_diffusion={"segments": 50, "compactness": 10.0})  # fmt: skip
-    masks = SegmentationFolder(str(tmp_path), "train", 5, "SegmentationClass", scribbles=False,
-                               transform=EvalTransform(), image_ext=".png")  # fmt: skip
+    diffused = SegmentationFolder(
+        *args,
+        scribbles=True,
+        transform=EvalTransform(),
+        image_ext=".png",
+        label_diffusion={"segments": 50, "compactness": 10.0},
+    )
+    masks = SegmentationFolder(
+        str(tmp_path), "train", 5, "SegmentationClass", scribbles=False, transform=EvalTransform(), image_ext=".png"
+    )
     labeled = right = 0
     for i in range(4):
         a, b, m = plain[i]["target"], diffused[i]["target"], masks[i]["target"]
@@ -86,7 +92,10 @@ def test_the_config_key_reaches_the_training_split(tmp_path):
     config = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml")
     cfg = load_config(config, [f"data.root={tmp_path}", "data.train.label_diffusion={segments: 20}"])
     assert cfg["data"]["train"]["label_diffusion"] == {"segments": 20, "compactness": 10.0}
-    assert build_split(cfg["data"], "train", 5, EvalTransform()).label_diffusion == {"segments": 20, "compactness": 10.0}
+    assert build_split(cfg["data"], "train", 5, EvalTransform()).label_diffusion == {
+        "segments": 20,
+        "compactness": 10.0,
+    }
     assert build_split(cfg["data"], "val", 5, EvalTransform()).label_diffusion is None
     with pytest.raises(ValueError, match="data.train.label_diffusion.n_segments"):
         load_config(config, ["data.train.label_diffusion={n_segments: 20}"])

@@ -12,7 +12,6 @@ import sys
 
 import pytest
 import torch.utils
-
 from build_env import ROOT, cuda_toolkit
 
 pytestmark = [
@@ -26,7 +25,9 @@ pytestmark = [
 
 def _run(cmd, cwd=None):
     result = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, cmd))} failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+    )
     return result.stdout
 
 
@@ -34,8 +35,19 @@ def _run(cmd, cwd=None):
 def build_dir(tmp_path_factory):
     build = tmp_path_factory.mktemp("cmake")
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    _run(["cmake", "-S", ROOT, "-B", build, *generator, "-DCMAKE_BUILD_TYPE=Release", "-DLAM_OPS_CUDA=OFF",
-          f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"])
+    _run(
+        [
+            "cmake",
+            "-S",
+            ROOT,
+            "-B",
+            build,
+            *generator,
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DLAM_OPS_CUDA=OFF",
+            f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+        ]
+    )
     _run(["cmake", "--build", build, "--parallel", os.environ.get("MAX_JOBS", "2")])
     return build
 
@@ -67,5 +79,7 @@ print("ok")
 def test_library_loads_with_torch_ops(build_dir):
     library = next(p for p in build_dir.iterdir() if p.name.startswith("liblam_ops."))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", _LOAD, str(library)], capture_output=True, text=True, env=env, cwd=build_dir)
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD, str(library)], capture_output=True, text=True, env=env, cwd=build_dir
+    )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-6000:]

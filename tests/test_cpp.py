@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from lam_cases import EDGE_CASES, Case, assert_matches_reference, make_inputs, run_with_grads
 
 import lam_ops
-from lam_cases import EDGE_CASES, Case, assert_matches_reference, make_inputs, run_with_grads
 
 pytestmark = pytest.mark.skipif(
     "cpp" not in lam_ops.available_backends("cpu"), reason="lam_ops._C is not built (pip install -e .)"

@@ -5,10 +5,10 @@ test_cuda_emulated (tests/test_cmake.py)."""
 
 import pytest
 import torch
-
-import lam_ops
 from build_env import cuda_mode, cuda_toolkit
 from lam_cases import EDGE_CASES, TOLERANCES, Case, assert_matches_reference, make_inputs, run_with_grads, tolerance_for
+
+import lam_ops
 from lam_ops.backends import BACKENDS
 from lam_ops.backends.compiled import _IMPORT_ERROR, OPS
 
@@ -61,18 +61,30 @@ def test_half_matches_cpp_on_the_same_values(case, dtype):
     x, f, sigma, key_mask = make_inputs(case, dtype, "cuda", requires_grad=False)
     g = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(dtype).cuda()
     out, lse = torch.ops.lam_ops.forward(x, f, sigma, case.radius, key_mask)
-    got = dict(zip(("out", "lse"), (out, lse)))
-    got.update(zip(("dx", "df", "dsigma"), torch.ops.lam_ops.backward(g, x, f, sigma, case.radius, key_mask, out, lse)))
+    got = dict(zip(("out", "lse"), (out, lse), strict=True))
+    got.update(
+        zip(
+            ("dx", "df", "dsigma"),
+            torch.ops.lam_ops.backward(g, x, f, sigma, case.radius, key_mask, out, lse),
+            strict=True,
+        )
+    )
     cpu = lambda t: None if t is None else t.cpu().double()
     x, f, sigma, key_mask, g = map(cpu, (x, f, sigma, key_mask, g))
     key_mask = None if key_mask is None else key_mask.bool()
-    want = dict(zip(("out", "lse"), torch.ops.lam_ops.forward(x, f, sigma, case.radius, key_mask)))
+    want = dict(zip(("out", "lse"), torch.ops.lam_ops.forward(x, f, sigma, case.radius, key_mask), strict=True))
     # Delta_j = g_j . out_j from the same rounded out as the kernel's.
-    want.update(zip(("dx", "df", "dsigma"), torch.ops.lam_ops.backward(g, x, f, sigma, case.radius, key_mask, cpu(out), want["lse"])))
+    want.update(
+        zip(
+            ("dx", "df", "dsigma"),
+            torch.ops.lam_ops.backward(g, x, f, sigma, case.radius, key_mask, cpu(out), want["lse"]),
+            strict=True,
+        )
+    )
     tol = HALF_TOLERANCES[dtype]
     for name, w in want.items():
         t = tolerance_for(name, w, tol)
-        torch.testing.assert_close(cpu(got[name]), w, **t, msg=lambda m: f"{case} {name}: {m}")
+        torch.testing.assert_close(cpu(got[name]), w, **t, msg=lambda m, name=name: f"{case} {name}: {m}")
 
 
 @requires_gpu
@@ -85,7 +97,7 @@ def test_matches_cpp(case, dtype):
     tol = dict(atol=1e-12, rtol=1e-10) if dtype == torch.float64 else TOLERANCES[torch.float32]
     for name, w in want.items():
         t = tolerance_for(name, w, tol)
-        torch.testing.assert_close(got[name].cpu(), w, **t, msg=lambda m: f"{case} {name}: {m}")
+        torch.testing.assert_close(got[name].cpu(), w, **t, msg=lambda m, name=name: f"{case} {name}: {m}")
 
 
 @requires_gpu
@@ -150,7 +162,9 @@ def test_empty_sizes(shape):
     f = torch.randn(B, D, H, W, device="cuda", requires_grad=True)
     sigma = torch.tensor(1.5, device="cuda", requires_grad=True)
     out, lse = lam_ops.local_aggregate_with_lse(x, f, sigma, 1, backend="cuda")
-    want, want_lse = lam_ops.local_aggregate_with_lse(x.detach().cpu().double(), f.detach().cpu().double(), 1.5, 1, backend="reference")
+    want, want_lse = lam_ops.local_aggregate_with_lse(
+        x.detach().cpu().double(), f.detach().cpu().double(), 1.5, 1, backend="reference"
+    )
     torch.testing.assert_close(out.cpu().double(), want, **TOLERANCES[torch.float32])
     torch.testing.assert_close(lse.cpu().double(), want_lse, **TOLERANCES[torch.float32])
     dx, df, dsigma = torch.autograd.grad((out * torch.randn_like(out)).sum(), (x, f, sigma))
@@ -170,7 +184,7 @@ def test_masked_nonfinite_keys_never_influence_anything(value):
             xv[0, :, 4, 0] = value
         out, lse = torch.ops.lam_ops.forward(xv, f, sigma, 2, key_mask)
         runs.append((out, lse, *torch.ops.lam_ops.backward(torch.ones_like(out), xv, f, sigma, 2, key_mask, out, lse)))
-    for a, b in zip(*runs):
+    for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b)
 
 
@@ -188,7 +202,9 @@ def test_extreme_sigma(sigma):
 @requires_gpu
 def test_second_derivatives_raise_naming_the_reference():
     x, f, sigma, _ = make_inputs(Case(1, 2, 3, 4, 5, 1), torch.float32, "cuda")
-    (dx,) = torch.autograd.grad(lam_ops.local_aggregate(x, f, sigma, 1, backend="cuda").pow(2).sum(), (x,), create_graph=True)
+    (dx,) = torch.autograd.grad(
+        lam_ops.local_aggregate(x, f, sigma, 1, backend="cuda").pow(2).sum(), (x,), create_graph=True
+    )
     with pytest.raises(RuntimeError, match="reference"):
         torch.autograd.grad(dx.sum(), (f,))
 
@@ -208,7 +224,7 @@ print(h.hexdigest())
 @requires_gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_bitwise_deterministic_across_processes(backend):
-    """LAM_SPEC.md: bitwise equal results across processes on one machine and build (triton's
+    """docs/operator.md: bitwise equal results across processes on one machine and build (triton's
     configuration is a fixed rule, not timed)."""
     import os
     import subprocess
@@ -220,7 +236,14 @@ def test_bitwise_deterministic_across_processes(backend):
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "LAM_OPS_TRITON_AUTOTUNE")}
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(tests), env.get("PYTHONPATH", "")])
     digests = [
-        subprocess.run([sys.executable, "-c", _DIGEST, tests, backend], env=env, capture_output=True, text=True, timeout=600, check=True).stdout
+        subprocess.run(
+            [sys.executable, "-c", _DIGEST, tests, backend],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+        ).stdout
         for _ in range(2)
     ]
     assert digests[0] == digests[1] and len(digests[0].strip()) == 64

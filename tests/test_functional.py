@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from lam_cases import EDGE_CASES, Case, make_inputs
 
 import lam_ops
-from lam_cases import EDGE_CASES, Case, make_inputs
 from lam_ops.backends.reference import reference_forward, window_mask
 
 

@@ -1,4 +1,4 @@
-"""The contract's "Edge cases and numerics" and "Errors" (LAM_SPEC.md), one test per case seen to
+"""The contract's "Edge cases and numerics" and "Errors" (docs/operator.md), one test per case seen to
 fail: empty sizes, second derivatives, extreme sigma, non-finite values, sigma checked on the
 device (eager and torch.compile, no host read), the backward's argument check, half on the CPU."""
 
@@ -25,7 +25,9 @@ def _inputs(B=1, C=3, D=4, H=5, W=6, dtype=torch.float32, seed=0):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("shape", [(1, 3, 4, 0, 7), (1, 3, 4, 7, 0), (0, 3, 4, 5, 5), (2, 0, 0, 4, 5), (2, 3, 0, 4, 5), (2, 0, 4, 4, 5)])
+@pytest.mark.parametrize(
+    "shape", [(1, 3, 4, 0, 7), (1, 3, 4, 7, 0), (0, 3, 4, 5, 5), (2, 0, 0, 4, 5), (2, 3, 0, 4, 5), (2, 0, 4, 4, 5)]
+)
 def test_empty_sizes_follow_the_formula(backend, shape):
     """cpp died of SIGFPE on H = 0, W = 0 and C = D = 0. With D = 0 the logits are the distance
     term alone."""
@@ -51,7 +53,9 @@ def test_second_derivative_of_a_fused_backend_raises_and_names_reference():
     x.requires_grad_(), f.requires_grad_()
     out = local_aggregate(x, f, 1.5, 2, backend="cpp")
     (df,) = torch.autograd.grad(out.square().sum(), f, create_graph=True)  # first derivatives: fine
-    torch.testing.assert_close(df, torch.autograd.grad(local_aggregate(x, f, 1.5, 2, backend="reference").square().sum(), f)[0])
+    torch.testing.assert_close(
+        df, torch.autograd.grad(local_aggregate(x, f, 1.5, 2, backend="reference").square().sum(), f)[0]
+    )
     with pytest.raises(RuntimeError, match=r"backend 'cpp' has no second derivatives.*backend=\"reference\""):
         torch.autograd.grad(df.square().sum(), x)
 
@@ -73,7 +77,13 @@ def test_reference_second_derivatives_are_right():
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize(
     "sigma, dtype",
-    [(1e-20, torch.float32), (1e-40, torch.float32), (1e-160, torch.float64), (5e-324, torch.float64), (1e-30, torch.float64)],
+    [
+        (1e-20, torch.float32),
+        (1e-40, torch.float32),
+        (1e-160, torch.float64),
+        (5e-324, torch.float64),
+        (1e-30, torch.float64),
+    ],
 )
 def test_tiny_sigma_gives_x_not_zeros(backend, sigma, dtype):
     """The own pixel's distance term is exactly 0 for any sigma: out = x, gradients finite."""

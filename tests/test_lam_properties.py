@@ -8,15 +8,14 @@ HYPOTHESIS_PROFILE=long searches much further.
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lam_cases import TOLERANCES, tolerance_for
 
 import lam_ops
-from lam_cases import TOLERANCES, tolerance_for
 from lam_ops import local_aggregate_with_lse
 
 FUSED_CPU = [b for b in lam_ops.available_backends("cpu") if b != "reference"]
@@ -36,15 +35,16 @@ class Example:
     x: torch.Tensor
     f: torch.Tensor
     sigma: torch.Tensor
-    radius: Optional[int]
-    key_mask: Optional[torch.Tensor]
+    radius: int | None
+    key_mask: torch.Tensor | None
     finite: bool
 
     def __repr__(self):
         km = None if self.key_mask is None else f"{int(self.key_mask.sum())}/{self.key_mask.numel()} keys"
         return (
             f"Example(x={tuple(self.x.shape)} {self.x.dtype} strides {self.x.stride()}, D={self.f.shape[1]}, "
-            f"sigma={self.sigma.item():.3g} {self.sigma.dtype}, radius={self.radius}, key_mask={km}, finite={self.finite})"
+            f"sigma={self.sigma.item():.3g} {self.sigma.dtype}, radius={self.radius}, key_mask={km}, "
+            f"finite={self.finite})"
         )
 
 
@@ -128,7 +128,7 @@ def _run(ex: Example, backend: str, grads: bool):
     res = {"out": out, "lse": lse}
     if grads:
         g = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=out.dtype)
-        res.update(zip(("dx", "df", "dsigma"), torch.autograd.grad(out, (x, f, sigma), g)))
+        res.update(zip(("dx", "df", "dsigma"), torch.autograd.grad(out, (x, f, sigma), g), strict=True))
     return res
 
 
@@ -170,7 +170,7 @@ def test_masked_and_outside_keys_never_reach_an_output(ex):
     for backend in FUSED_CPU + ["reference"]:
         a = local_aggregate_with_lse(ex.x, ex.f, ex.sigma, ex.radius, ex.key_mask, backend=backend)
         b = local_aggregate_with_lse(*poisoned, ex.sigma, ex.radius, ex.key_mask, backend=backend)
-        for name, u, v in zip(("out", "lse"), a, b):
+        for name, u, v in zip(("out", "lse"), a, b, strict=True):
             u, v = (t.movedim(1, -1)[ex.key_mask] if name == "out" else t[ex.key_mask] for t in (u, v))
             assert torch.equal(u.isnan(), v.isnan()), f"{backend} {name}: a masked key's NaN reached an output"
             ok = ~u.isnan()  # equal up to the order of the sums (cpp sums such blocks apart)
@@ -187,7 +187,7 @@ def test_float64_gradcheck(ex):
     x, f = (t.detach().clone() if t.numel() else torch.empty(t.shape, dtype=t.dtype) for t in (ex.x, ex.f))
     x, f = x.requires_grad_(), f.requires_grad_()
     for backend in FUSED_CPU:
-        fn = lambda x, f, s: local_aggregate_with_lse(x, f, s, ex.radius, ex.key_mask, backend=backend)
+        fn = lambda x, f, s, backend=backend: local_aggregate_with_lse(x, f, s, ex.radius, ex.key_mask, backend=backend)
         # the lse of a query without keys is -inf (constant): compare the finite outputs only
-        finite = lambda x, f, s: tuple(torch.where(torch.isfinite(t), t, 0) for t in fn(x, f, s))
+        finite = lambda x, f, s, fn=fn: tuple(torch.where(torch.isfinite(t), t, 0) for t in fn(x, f, s))
         assert torch.autograd.gradcheck(finite, (x, f, sigma.clone().requires_grad_()), fast_mode=True)

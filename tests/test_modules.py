@@ -35,7 +35,10 @@ def test_matches_the_functional_operator_on_the_guidance_features():
 def test_ablations_change_the_weights():
     torch.manual_seed(0)
     logits, image = torch.randn(1, 4, 8, 8), torch.randn(1, 3, 32, 32)
-    outs = {s: LocalAggregation(embed_dim=8, radius=3, similarity=s, sigma=1.0)(logits, image) for s in ("both", "features", "position")}
+    outs = {
+        s: LocalAggregation(embed_dim=8, radius=3, similarity=s, sigma=1.0)(logits, image)
+        for s in ("both", "features", "position")
+    }
     # position only: the weights depend on the distance alone, identical for every image
     other = LocalAggregation(embed_dim=8, radius=3, similarity="position", sigma=1.0)(logits, torch.randn(1, 3, 32, 32))
     torch.testing.assert_close(outs["position"], other)
@@ -124,5 +127,5 @@ def test_torch_compile_fullgraph_matches_eager_forward_and_backward():
     comp_out = compiled(image)
     comp_grads = torch.autograd.grad(comp_out.square().sum(), list(model.parameters()))
     torch.testing.assert_close(comp_out, eager_out, atol=1e-5, rtol=1e-4)
-    for a, b in zip(comp_grads, eager_grads):
+    for a, b in zip(comp_grads, eager_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)

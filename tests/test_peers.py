@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from lam_cases import EDGE_CASES, TOLERANCES, Case, make_inputs, run_with_grads, tolerance_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -30,7 +29,9 @@ def assert_close_to_reference(got, case, dtype):
     for name, value in got.items():
         w = want[name].detach()
         t = tolerance_for(name, w, tol)
-        torch.testing.assert_close(value.detach().to(torch.float64), w, **t, msg=lambda m: f"{case} {name}: {m}")
+        torch.testing.assert_close(
+            value.detach().to(torch.float64), w, **t, msg=lambda m, name=name: f"{case} {name}: {m}"
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
@@ -44,14 +45,17 @@ def test_offset_loop_gradcheck():
     # its backward is written by hand
     for case in (Case(2, 3, 4, 5, 6, 1, "sparse"), Case(1, 2, 3, 4, 5, None, "random")):
         x, f, sigma, key_mask = make_inputs(case, torch.float64)
-        fn = lambda x, f, sigma: peers.offset_loop(x, f, sigma, case.radius, key_mask)
+        fn = lambda x, f, sigma, r=case.radius, m=key_mask: peers.offset_loop(x, f, sigma, r, m)
         assert torch.autograd.gradcheck(fn, (x, f, sigma))
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.skipif(p.unavailable() is not None, reason=f"{n}: {p.unavailable()}"))
-    for n, p in peers.PEERS.items()
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.skipif(p.unavailable() is not None, reason=f"{n}: {p.unavailable()}"))
+        for n, p in peers.PEERS.items()
+    ],
+)
 def test_python_float_sigma(name):
     case = Case(1, 3, 4, 6, 7, 2)
     x, f, _, _ = make_inputs(case, requires_grad=False)

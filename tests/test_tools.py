@@ -85,8 +85,13 @@ def test_gpu_check_architectures():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: gpu-check would run")
 def test_gpu_check_stops_at_once_without_a_gpu(tmp_path):
     """Exit status 2 and what is missing; nothing written; nothing installed (no pip anywhere)."""
-    run = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(tmp_path / "out")], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHON=sys.executable), timeout=120)
+    run = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHON=sys.executable),
+        timeout=120,
+    )
     assert run.returncode == 2, run.stdout + run.stderr
     assert "missing" in run.stderr and "a CUDA GPU" in run.stderr
     assert not (tmp_path / "out").exists()
@@ -101,7 +106,12 @@ def test_gpu_benchmark_code_path_on_cpu(tmp_path):
         import bench_gpu
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    assert bench_gpu.main(["--device", "cpu", "--tiny", "--impls", "cpp", "dense", "--repeat", "1", "--out", str(tmp_path)]) == 0
+    assert (
+        bench_gpu.main(
+            ["--device", "cpu", "--tiny", "--impls", "cpp", "dense", "--repeat", "1", "--out", str(tmp_path)]
+        )
+        == 0
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench_gpu.json", "bench_gpu.md"]
     rows = json.loads((tmp_path / "bench_gpu.json").read_text())["rows"]
     assert len(rows) == 2 * 2 * 2 * 2  # configs x dtypes x modes x impls

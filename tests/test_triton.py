@@ -17,9 +17,9 @@ import tempfile
 
 import pytest
 import torch
+from lam_cases import EDGE_CASES, TOLERANCES, Case, assert_matches_reference, make_inputs, run_with_grads
 
 import lam_ops
-from lam_cases import EDGE_CASES, TOLERANCES, Case, assert_matches_reference, make_inputs, run_with_grads
 from lam_ops.backends.triton import ops
 
 pytestmark = pytest.mark.skipif(ops._IMPORT_ERROR is not None, reason=f"triton is not installed ({ops._IMPORT_ERROR})")
@@ -71,9 +71,15 @@ def test_interpreter_subprocess():
     env = dict(os.environ, TRITON_INTERPRET="1")
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-        env=env, cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True, text=True, timeout=1200,
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
-    assert run.returncode == 0, f"the interpreter run of {__file__} failed:\n{run.stdout[-20000:]}\n{run.stderr[-5000:]}"
+    assert run.returncode == 0, (
+        f"the interpreter run of {__file__} failed:\n{run.stdout[-20000:]}\n{run.stderr[-5000:]}"
+    )
     print(run.stdout.strip().splitlines()[-1])
 
 
@@ -141,7 +147,7 @@ def test_gradient_of_a_broadcast_grad_out(device):
         x, f, sigma, key_mask = make_inputs(case, dtype, dev)
         out = lam_ops.local_aggregate(x, f, sigma, case.radius, key_mask, backend=backend)
         got[backend] = [g.cpu().double() for g in torch.autograd.grad(out.sum(), (x, f, sigma))]
-    for a, b in zip(got["triton"], got["reference"]):
+    for a, b in zip(got["triton"], got["reference"], strict=True):
         torch.testing.assert_close(a, b, **TOLERANCES[torch.float32])
 
 
@@ -158,9 +164,11 @@ def test_inputs_are_read_through_their_strides(device):
     for xv, fv, mv in (views, (x, f, key_mask)):
         xv, fv = xv.requires_grad_(), fv.requires_grad_()
         out = lam_ops.local_aggregate(xv, fv, sigma, case.radius, mv, backend="triton")
-        runs.append((out, *torch.autograd.grad(out, (xv, fv), torch.ones_like(out).to(memory_format=torch.channels_last))))
+        runs.append(
+            (out, *torch.autograd.grad(out, (xv, fv), torch.ones_like(out).to(memory_format=torch.channels_last)))
+        )
     assert not views[0].is_contiguous() and not views[2].is_contiguous()
-    for a, b in zip(*runs):
+    for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b)
 
 
@@ -183,7 +191,7 @@ def test_torch_compile_traces_without_graph_breaks(device):
     out = compiled(x, f, sigma)
     grads = torch.autograd.grad(out.sum(), (x, f, sigma))
     torch.testing.assert_close(out, want)
-    for g, w in zip(grads, want_grads):
+    for g, w in zip(grads, want_grads, strict=True):
         torch.testing.assert_close(g, w)
 
 
@@ -192,16 +200,20 @@ def test_operators_pass_opcheck(device):
     x, f, sigma, key_mask = make_inputs(case, device=device)
     out, lse = torch.ops.lam_ops.triton_forward(x, f, sigma, 1, key_mask)
     # AOT dispatch traces through the kernels, which only compiled (GPU) kernels allow.
-    tests = ("test_schema", "test_autograd_registration", "test_faketensor") + (() if device == "cpu" else ("test_aot_dispatch_dynamic",))
+    tests = ("test_schema", "test_autograd_registration", "test_faketensor") + (
+        () if device == "cpu" else ("test_aot_dispatch_dynamic",)
+    )
     torch.library.opcheck(torch.ops.lam_ops.triton_forward, (x, f, sigma, 1, key_mask), test_utils=tests)
     g = torch.randn_like(out)
     torch.library.opcheck(
-        torch.ops.lam_ops.triton_backward, (g, x.detach(), f.detach(), sigma.detach(), 1, key_mask, out.detach(), lse), test_utils=tests
+        torch.ops.lam_ops.triton_backward,
+        (g, x.detach(), f.detach(), sigma.detach(), 1, key_mask, out.detach(), lse),
+        test_utils=tests,
     )
 
 
 def test_autocast_leaves_the_dtypes_alone(device):
-    # The operator casts nothing (LAM_SPEC: errors): under autocast it runs the inputs' dtype.
+    # The operator casts nothing (docs/operator.md, errors): under autocast it runs the inputs' dtype.
     case = Case(1, 3, 4, 5, 6, 2)
     for dtype in (torch.float32,) if device == "cpu" else (torch.float32, torch.float16):
         x, f, sigma, _ = make_inputs(case, dtype, device)
@@ -216,10 +228,17 @@ def test_autocast_leaves_the_dtypes_alone(device):
 # Every D bucket of the rule (BLOCK_D <= 64, 128, 256; the authors' D = 256) on A100 (sm_80) and
 # H100 (sm_90), with C = 21 and a key mask; float16 lowers like bfloat16 (one sample of it).
 FIT_CASES = [
-    ("fp32", torch.float32, 64, 80), ("fp32", torch.float32, 64, 90), ("fp32", torch.float32, 128, 80),
-    ("fp32", torch.float32, 128, 90), ("fp32", torch.float32, 256, 80), ("fp32", torch.float32, 256, 90),
-    ("bf16", torch.bfloat16, 64, 90), ("bf16", torch.bfloat16, 128, 80), ("bf16", torch.bfloat16, 128, 90),
-    ("bf16", torch.bfloat16, 256, 90), ("fp16", torch.float16, 256, 80),
+    ("fp32", torch.float32, 64, 80),
+    ("fp32", torch.float32, 64, 90),
+    ("fp32", torch.float32, 128, 80),
+    ("fp32", torch.float32, 128, 90),
+    ("fp32", torch.float32, 256, 80),
+    ("fp32", torch.float32, 256, 90),
+    ("bf16", torch.bfloat16, 64, 90),
+    ("bf16", torch.bfloat16, 128, 80),
+    ("bf16", torch.bfloat16, 128, 90),
+    ("bf16", torch.bfloat16, 256, 90),
+    ("fp16", torch.float16, 256, 80),
 ]
 # Shared memory per block (opt-in maximum): sm_80 163 KiB, sm_90 227 KiB.
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
@@ -236,10 +255,23 @@ def _compile_report(kernel, constexprs, options, dtype, arch):
     from triton.compiler import ASTSource
 
     acc = "*fp32"
-    pointers = dict(x=f"*{dtype}", f=f"*{dtype}", g=f"*{dtype}", out=f"*{dtype}", dx=f"*{dtype}", df=f"*{dtype}",
-                    sigma=acc, lse=acc, delta=acc, dsig=acc, mask="*i1")
+    pointers = dict(
+        x=f"*{dtype}",
+        f=f"*{dtype}",
+        g=f"*{dtype}",
+        out=f"*{dtype}",
+        dx=f"*{dtype}",
+        df=f"*{dtype}",
+        sigma=acc,
+        lse=acc,
+        delta=acc,
+        dsig=acc,
+        mask="*i1",
+    )
     signature = {a: pointers.get(a, "i32") for a in kernel.arg_names if a not in constexprs}
-    compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", arch, 32), options=options)
+    compiled = triton.compile(
+        ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", arch, 32), options=options
+    )
     ptx = compiled.asm["ptx"]
     ptxas = os.path.join(os.path.dirname(triton.backends.nvidia.__file__), "bin", "ptxas")
     with tempfile.TemporaryDirectory() as tmp:
@@ -247,8 +279,12 @@ def _compile_report(kernel, constexprs, options, dtype, arch):
         with open(src, "w") as fh:
             fh.write(ptx)
         target = re.search(r"^\.target\s+(\S+)", ptx, re.M)[1]
-        report = subprocess.run([ptxas, "-v", f"-arch={target}", src, "-o", os.path.join(tmp, "k.cubin")],
-                                capture_output=True, text=True, check=True).stderr
+        report = subprocess.run(
+            [ptxas, "-v", f"-arch={target}", src, "-o", os.path.join(tmp, "k.cubin")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stderr
     regs = int(re.search(r"Used (\d+) registers", report)[1])
     spills = int(re.search(r"(\d+) bytes spill stores", report)[1])
     return regs, spills, compiled.metadata.shared
@@ -264,8 +300,15 @@ def test_chosen_configurations_fit_the_gpus(name, dtype, D, arch):
         config = dict(ops.TILES, **ops.LAUNCH[kind])
         tiles = {k: v for k, v in config.items() if k.isupper()}
         options = {k: v for k, v in config.items() if not k.isupper()}
-        constexprs = dict(BLOCK_C=32, BLOCK_D=D, HAS_MASK=True, UPCAST=False, I64=False, **tiles,
-                          PRECISION="ieee" if name == "fp32" else "tf32")
+        constexprs = dict(
+            BLOCK_C=32,
+            BLOCK_D=D,
+            HAS_MASK=True,
+            UPCAST=False,
+            I64=False,
+            **tiles,
+            PRECISION="ieee" if name == "fp32" else "tf32",
+        )
         regs, spills, shared = _compile_report(kernel, constexprs, options, name, arch)
         print(f"{kind} {name} D={D} sm_{arch} {config}: {regs} registers, {spills} B spilled, {shared} B shared")
         assert spills == 0, f"{kind} {config} spills registers on sm_{arch} ({regs} registers, {spills} B spill stores)"
@@ -303,8 +346,14 @@ def test_sizes_and_strides_are_not_specialised_on():
     """A new image size reuses the compiled kernels: triton specialises an int argument on being 1
     and on divisibility by 16, which H, W and the outer strides change with the image."""
     for kernel in (ops.kernels.lam_forward_kernel, ops.kernels.lam_backward_kernel, ops.kernels.lam_delta_kernel):
-        names = kernel.kwargs["do_not_specialize"] if INTERPRETED else [p.name for p in kernel.params if p.do_not_specialize]
-        varying = [a for a in kernel.arg_names if a in ("H", "W", "R") or (a[0] == "s" and a[-1] in "bch" and len(a) == 3)]
+        names = (
+            kernel.kwargs["do_not_specialize"]
+            if INTERPRETED
+            else [p.name for p in kernel.params if p.do_not_specialize]
+        )
+        varying = [
+            a for a in kernel.arg_names if a in ("H", "W", "R") or (a[0] == "s" and a[-1] in "bch" and len(a) == 3)
+        ]
         assert len(varying) >= 5 and set(varying) <= set(names), (kernel.arg_names, names)
 
 
@@ -331,7 +380,9 @@ def test_64_bit_offsets_where_an_image_exceeds_2_31_elements():
     # Expanded (stride 0) and meta tensors: the sizes, without the memory.
     assert not ops.needs_int64(torch.empty(2, 256, 512, 512, device="meta"))
     assert ops.needs_int64(torch.empty(1, 256, 2048, 4096, device="meta"))  # 2^31 elements in one image
-    assert ops.needs_int64(torch.empty(2, 2, 2, 2, device="meta").as_strided((2, 2, 2, 2), (2**32, 2**31, 1, 1)))  # channel 1 at 2^31
+    assert ops.needs_int64(
+        torch.empty(2, 2, 2, 2, device="meta").as_strided((2, 2, 2, 2), (2**32, 2**31, 1, 1))
+    )  # channel 1 at 2^31
     assert not ops.needs_int64(torch.empty(1, 1, 1, 1).expand(4, 256, 1024, 1024)[:, :1])
 
 
@@ -355,7 +406,9 @@ def test_capability_check_says_why():
         x = x.cuda() if torch.cuda.is_available() else x
     if backend.unavailable(x.device) is None:
         if not INTERPRETED:
-            assert "float64 only under the interpreter" in backend.unsupported(x.double(), f.double(), sigma.double(), 1, None)
+            assert "float64 only under the interpreter" in backend.unsupported(
+                x.double(), f.double(), sigma.double(), 1, None
+            )
         assert "float8" in backend.unsupported(x.to(torch.float8_e4m3fn), f.to(torch.float8_e4m3fn), sigma, 1, None)
         wide = torch.zeros(1, ops.MAX_CHANNELS + 1, 5, 6, device=x.device)
         assert f"<= {ops.MAX_CHANNELS}" in backend.unsupported(wide, f, sigma, 1, None)
@@ -373,10 +426,12 @@ def test_auto_never_picks_the_interpreter():
     assert select_backend("auto", x, x, torch.tensor(1.0), 1, None).name in ("cpp", "reference")
 
 
-# Edge cases and numerics (LAM_SPEC.md): in the interpreter on CPU tensors, compiled on a GPU.
+# Edge cases and numerics (docs/operator.md): in the interpreter on CPU tensors, compiled on a GPU.
 
 
-@pytest.mark.parametrize("shape", [(0, 3, 4, 5, 6), (2, 3, 4, 0, 6), (2, 3, 4, 5, 0), (2, 0, 4, 5, 6), (2, 3, 0, 5, 6), (1, 0, 0, 3, 4)])
+@pytest.mark.parametrize(
+    "shape", [(0, 3, 4, 5, 6), (2, 3, 4, 0, 6), (2, 3, 4, 5, 0), (2, 0, 4, 5, 6), (2, 3, 0, 5, 6), (1, 0, 0, 3, 4)]
+)
 def test_empty_sizes(shape, device):
     """B, H, W, C or D = 0: the formula's result, never a crash (with D = 0 the logits are the
     distance term alone, with C = 0 lse still is)."""
@@ -386,7 +441,9 @@ def test_empty_sizes(shape, device):
     f = torch.randn(B, D, H, W, generator=g).to(device).requires_grad_()
     sigma = torch.tensor(1.5, device=device, requires_grad=True)
     out, lse = lam_ops.local_aggregate_with_lse(x, f, sigma, 1, backend="triton")
-    want, want_lse = lam_ops.local_aggregate_with_lse(x.detach().cpu().double(), f.detach().cpu().double(), 1.5, 1, backend="reference")
+    want, want_lse = lam_ops.local_aggregate_with_lse(
+        x.detach().cpu().double(), f.detach().cpu().double(), 1.5, 1, backend="reference"
+    )
     assert out.shape == x.shape and lse.shape == (B, H, W)
     torch.testing.assert_close(out.cpu().double(), want, **TOLERANCES[torch.float32])
     torch.testing.assert_close(lse.cpu().double(), want_lse, **TOLERANCES[torch.float32])
@@ -433,7 +490,7 @@ def test_masked_nonfinite_keys_never_influence_anything(what, device):
     got = _all_results(*_planted(device, masked=True, **vals))
     want = _all_results(*_planted(device, masked=True))
     if what == "x":  # x acts only as a key: nothing may change, gradients included
-        for name, a, b in zip(("out", "lse", "dx", "df", "dsigma"), got, want):
+        for name, a, b in zip(("out", "lse", "dx", "df", "dsigma"), got, want, strict=True):
             assert torch.equal(a, b), name
         return
     # f at (4, 0) is still that pixel's own query: its out and lse (and the gradients that flow
@@ -459,8 +516,13 @@ def test_extreme_sigma(sigma, device):
         torch.testing.assert_close(out, want, atol=0, rtol=0)
         assert dsigma == 0
     else:
-        want = _all_results(*[t.detach().cpu().double().requires_grad_(t.requires_grad) if t.is_floating_point() else t.cpu()
-                              for t in (x, f, s, key_mask)], backend="reference")
+        want = _all_results(
+            *[
+                t.detach().cpu().double().requires_grad_(t.requires_grad) if t.is_floating_point() else t.cpu()
+                for t in (x, f, s, key_mask)
+            ],
+            backend="reference",
+        )
         torch.testing.assert_close(out.cpu().double(), want[0], **TOLERANCES[torch.float32])
 
 
@@ -492,5 +554,5 @@ def test_torch_compile_with_dynamic_sizes(device):
         grads = torch.autograd.grad(out.sum(), (x, f, sigma))
         want = call(x, f, sigma)
         torch.testing.assert_close(out, want)
-        for g, w in zip(grads, torch.autograd.grad(want.sum(), (x, f, sigma))):
+        for g, w in zip(grads, torch.autograd.grad(want.sum(), (x, f, sigma)), strict=True):
             torch.testing.assert_close(g, w)

@@ -78,11 +78,15 @@ OTHER_PYTHON = os.environ.get("LAM_OPS_OTHER_TORCH_PYTHON")
 
 
 @requires_build
-@pytest.mark.skipif(not OTHER_PYTHON, reason="LAM_OPS_OTHER_TORCH_PYTHON (a python with another torch; `make test` sets it) is unset")
+@pytest.mark.skipif(
+    not OTHER_PYTHON, reason="LAM_OPS_OTHER_TORCH_PYTHON (a python with another torch; `make test` sets it) is unset"
+)
 def test_real_other_torch(tmp_path):
     """This venv's build under the other venv's torch: refused by the record, and without the
     record the real undefined-symbol error is translated."""
-    other = subprocess.run([OTHER_PYTHON, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True, check=True).stdout.strip()
+    other = subprocess.run(
+        [OTHER_PYTHON, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert other != torch.__version__
     package = _copy_package(tmp_path)
     assert f"built for torch {torch.__version__} but torch {other} is running" in _import_copy(OTHER_PYTHON, tmp_path)

@@ -43,8 +43,8 @@ def boundary_band_precision(result: dict) -> float:
 def run_table(name: str, title: str, rows: dict[str, list[str]], argv=None) -> str:
     """Trains what is missing of `rows` (label -> overrides) and writes <results>/<name>/
     runs.csv, summary.csv and table.md; returns that folder."""
-    from ..engine.distributed import Dist
     from ..data.prepare import prepare_data
+    from ..engine.distributed import Dist
     from ..engine.train import train
 
     p = argparse.ArgumentParser(prog=name, description=title)
@@ -54,7 +54,11 @@ def run_table(name: str, title: str, rows: dict[str, list[str]], argv=None) -> s
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every row, e.g. train.epochs=4")
     args = p.parse_args(argv)
     base = load_config(args.config, args.overrides, resolved=False)
-    runs = [(label, seed, apply_overrides(base, [*overrides, f"seed={seed}"])) for label, overrides in rows.items() for seed in args.seeds]
+    runs = [
+        (label, seed, apply_overrides(base, [*overrides, f"seed={seed}"]))
+        for label, overrides in rows.items()
+        for seed in args.seeds
+    ]
     for _, _, cfg in runs:
         resolve(cfg)  # every row's mistakes before the first run trains
     # One data set for every seed: the seeds vary initialisation and sampling, not the data.
@@ -69,8 +73,15 @@ def run_table(name: str, title: str, rows: dict[str, list[str]], argv=None) -> s
             train(cfg, resume=last if os.path.isfile(last) else None)
         with open(done) as fh:
             result = json.load(fh)
-        records.append({"row": label, "seed": seed, "run": cfg["out_dir"], "miou": result["miou"],
-                        "boundary_precision": boundary_band_precision(result)})  # fmt: skip
+        records.append(
+            {
+                "row": label,
+                "seed": seed,
+                "run": cfg["out_dir"],
+                "miou": result["miou"],
+                "boundary_precision": boundary_band_precision(result),
+            }
+        )
     return write_table(os.path.join(args.results, name), title, list(rows), records)
 
 
@@ -107,10 +118,15 @@ def write_table(folder: str, title: str, labels: list[str], records: list[dict])
         w.writeheader()
         w.writerows(summary)
     lines = [f"### {title}", "", "| | seeds | mIoU (%) | boundary precision (%) |", "|---|---|---|---|"]
-    lines += [f"| {s['row']} | {s['seeds']} | {_cell(s['miou_mean'], s['miou_std'])} | {_cell(s['bp_mean'], s['bp_std'])} |"
-              for s in summary]  # fmt: skip
-    lines += ["", "Mean ± sample std over seeds on the synthetic val split; boundary precision: pixel",
-              "precision within the first tenth of relative distance to the object boundary."]  # fmt: skip
+    lines += [
+        f"| {s['row']} | {s['seeds']} | {_cell(s['miou_mean'], s['miou_std'])} | {_cell(s['bp_mean'], s['bp_std'])} |"
+        for s in summary
+    ]
+    lines += [
+        "",
+        "Mean ± sample std over seeds on the synthetic val split; boundary precision: pixel",
+        "precision within the first tenth of relative distance to the object boundary.",
+    ]
     with open(os.path.join(folder, "table.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -7,7 +7,7 @@ max_c p_seg (Fig. 7a)."""
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -33,7 +33,13 @@ class BiasHistogram:
         self.mass = {name: np.zeros(bins) for name in SERIES}
         self.moment = {name: 0.0 for name in SERIES}  # weighted sum of distances, for the mean
 
-    def update(self, mask: np.ndarray, scribbled: np.ndarray, p_scrib: Optional[np.ndarray] = None, p_seg: Optional[np.ndarray] = None) -> None:
+    def update(
+        self,
+        mask: np.ndarray,
+        scribbled: np.ndarray,
+        p_scrib: np.ndarray | None = None,
+        p_seg: np.ndarray | None = None,
+    ) -> None:
         """mask: (H, W) full labels (ignore_index = void); scribbled: (H, W) bool, the pixels an
         annotator labeled; p_scrib, p_seg: (H, W) per-pixel weights, e.g. max over classes."""
         rel = relative_boundary_distance(mask, self.ignore_index, per="class")
@@ -66,7 +72,9 @@ def model_probs(model: nn.Module, image: Tensor) -> tuple[Tensor, Tensor]:
     return F.softmax(out["seg"].float(), dim=1), F.softmax(out["scrib"].float(), dim=1)
 
 
-def paired_items(cfg: dict, num_classes: int, split: str, mask_dir: str, scribble_dir: str, limit: Optional[int] = None) -> Iterator[dict]:
+def paired_items(
+    cfg: dict, num_classes: int, split: str, mask_dir: str, scribble_dir: str, limit: int | None = None
+) -> Iterator[dict]:
     """The images of `split` with their full mask (mask_dir) and scribbles (scribble_dir) from the
     config's data root: dicts with name, image (3, H, W) normalised, mask (H, W) int64 and
     scribbled (H, W) bool."""
@@ -75,13 +83,20 @@ def paired_items(cfg: dict, num_classes: int, split: str, mask_dir: str, scribbl
         masks, scribbles = paired_folder_items(data["root"], num_classes, EvalTransform())
     else:
         masks = build_dataset(data, {"split": split, "label_dir": mask_dir}, num_classes, EvalTransform())
-        scribbles = build_dataset(data, {"split": split, "label_dir": scribble_dir, "scribbles": True}, num_classes, EvalTransform())
+        scribbles = build_dataset(
+            data, {"split": split, "label_dir": scribble_dir, "scribbles": True}, num_classes, EvalTransform()
+        )
     for i in range(len(masks) if limit is None else min(limit, len(masks))):
         m, s = masks[i], scribbles[i]
-        yield {"name": m["name"], "image": m["image"], "mask": m["target"].numpy(), "scribbled": (s["target"] < num_classes).numpy()}
+        yield {
+            "name": m["name"],
+            "image": m["image"],
+            "mask": m["target"].numpy(),
+            "scribbled": (s["target"] < num_classes).numpy(),
+        }
 
 
-def annotation_bias(items, bins: int = 10, model: Optional[nn.Module] = None, device="cpu") -> dict:
+def annotation_bias(items, bins: int = 10, model: nn.Module | None = None, device="cpu") -> dict:
     """Fig. 1 (and 7a with a model) over `items` from paired_items: {"edges", series -> {fraction, mean}}."""
     hist = BiasHistogram(bins)
     for item in items:

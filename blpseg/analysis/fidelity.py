@@ -7,7 +7,7 @@ the floor of the error)."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +37,9 @@ def lam_inputs(model: nn.Module, image: Tensor) -> tuple[Tensor, Tensor, Tensor]
 
 
 @torch.no_grad()
-def window_errors(x: Tensor, f: Tensor, sigma: Tensor, radii: Sequence[Optional[int]], scales: Sequence[float], backend: str = "auto") -> list[dict]:
+def window_errors(
+    x: Tensor, f: Tensor, sigma: Tensor, radii: Sequence[int | None], scales: Sequence[float], backend: str = "auto"
+) -> list[dict]:
     """One row per (scale, radius): the relative L2 error ||out_r - out|| / ||out||, the largest
     absolute error, and the share of pixels whose argmax class differs from the global operator's."""
     rows = []
@@ -47,10 +49,14 @@ def window_errors(x: Tensor, f: Tensor, sigma: Tensor, radii: Sequence[Optional[
         for r in radii:
             out = local_aggregate(x, f * s, sigma, r, None, backend)
             diff = out - exact
-            rows.append({
-                "scale": s, "radius": "global" if r is None else r,
-                "radius_over_sigma": float("nan") if r is None else r / float(sigma),
-                "rel_l2": float(diff.norm() / exact.norm()), "max_abs": float(diff.abs().max()),
-                "label_flips": float((out.argmax(1) != label).float().mean()),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "scale": s,
+                    "radius": "global" if r is None else r,
+                    "radius_over_sigma": float("nan") if r is None else r / float(sigma),
+                    "rel_l2": float(diff.norm() / exact.norm()),
+                    "max_abs": float(diff.abs().max()),
+                    "label_flips": float((out.argmax(1) != label).float().mean()),
+                }
+            )
     return rows

@@ -13,7 +13,12 @@ import numpy as np  # noqa: E402
 from ..data.classes import palette  # noqa: E402
 from ..data.transforms import denormalize  # noqa: E402
 
-LABELS = {"masks": "full masks", "scribbles": "scribbles", "p_scrib": "weighted by max p_scrib", "p_seg": "weighted by max p_seg"}
+LABELS = {
+    "masks": "full masks",
+    "scribbles": "scribbles",
+    "p_scrib": "weighted by max p_scrib",
+    "p_seg": "weighted by max p_seg",
+}
 
 
 def write_bias(result: dict, csv_path: str, png_path: str, title: str = "") -> None:
@@ -26,10 +31,15 @@ def write_bias(result: dict, csv_path: str, png_path: str, title: str = "") -> N
         for i in range(len(edges) - 1):
             w.writerow([f"{edges[i]:.4f}", f"{edges[i + 1]:.4f}", *(f"{result[s]['fraction'][i]:.6f}" for s in series)])
         w.writerow(["mean", "", *(f"{result[s]['mean']:.6f}" for s in series)])
-    centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+    centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
     fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=120)
     for s in series:
-        ax.plot(centres, [100 * v for v in result[s]["fraction"]], marker="o", label=f"{LABELS[s]} (mean {result[s]['mean']:.2f})")
+        ax.plot(
+            centres,
+            [100 * v for v in result[s]["fraction"]],
+            marker="o",
+            label=f"{LABELS[s]} (mean {result[s]['mean']:.2f})",
+        )
     ax.set_xlabel("relative distance to the boundary (0: boundary, 1: deepest)")
     ax.set_ylabel("share of pixels (%)")
     ax.set_title(title, fontsize=9)
@@ -50,7 +60,7 @@ def plot_loss_maps(rows: list[tuple[dict, dict]], path: str) -> None:
         on = item["scribbled"]
         rgb[on] = colours[np.clip(item["mask"][on], 0, 255)] / 255.0
         panels = (rgb, maps["p_scrib"], maps["p_seg"], maps["weight"])
-        for c, (ax, panel) in enumerate(zip(axes[r], panels)):
+        for c, (ax, panel) in enumerate(zip(axes[r], panels, strict=True)):
             im = ax.imshow(panel, vmin=0, vmax=1, cmap=None if c == 0 else "viridis", interpolation="nearest")
             if c > 0:
                 fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)

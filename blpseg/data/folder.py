@@ -10,7 +10,6 @@ and, through `build_split`, the plain folder format of one's own data (own.py).
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import numpy as np
 import torch
@@ -30,14 +29,25 @@ class LabeledImages(Dataset):
     the scribbles are expanded into superpixels before the transforms (Table VI).
     """
 
-    def __init__(self, items: list[tuple[str, str, str]], num_classes: int, scribbles: bool, transform, seed: int = 0,
-                 label_diffusion: Optional[dict] = None):  # fmt: skip
+    def __init__(
+        self,
+        items: list[tuple[str, str, str]],
+        num_classes: int,
+        scribbles: bool,
+        transform,
+        seed: int = 0,
+        label_diffusion: dict | None = None,
+    ):
         if label_diffusion is not None and not (scribbles and isinstance(label_diffusion, dict)):
-            raise ValueError("label_diffusion needs scribbles: true and a mapping {segments, compactness}, "
-                             f"got {label_diffusion!r}")  # fmt: skip
+            raise ValueError(
+                "label_diffusion needs scribbles: true and a mapping {segments, compactness}, "
+                f"got {label_diffusion!r}"
+            )
         if label_diffusion is not None and not set(label_diffusion) <= {"segments", "compactness"}:
-            raise ValueError(f"label_diffusion: unknown keys {sorted(set(label_diffusion) - {'segments', 'compactness'})} "
-                             "(known: segments, compactness)")  # fmt: skip
+            raise ValueError(
+                f"label_diffusion: unknown keys {sorted(set(label_diffusion) - {'segments', 'compactness'})} "
+                "(known: segments, compactness)"
+            )
         self.items, self.names = items, [name for name, _, _ in items]
         self.num_classes, self.scribbles, self.transform = num_classes, scribbles, transform
         self.seed, self.epoch, self.label_diffusion = seed, 0, label_diffusion
@@ -89,10 +99,13 @@ class SegmentationFolder(LabeledImages):
         label_ext: str = ".png",
         list_dir: str = os.path.join("ImageSets", "Segmentation"),
         seed: int = 0,
-        label_diffusion: Optional[dict] = None,
+        label_diffusion: dict | None = None,
     ):
         names = read_split_list(os.path.join(root, list_dir, f"{split}.txt"))
-        items = [(n, os.path.join(root, image_dir, n + image_ext), os.path.join(root, label_dir, n + label_ext)) for n in names]
+        items = [
+            (n, os.path.join(root, image_dir, n + image_ext), os.path.join(root, label_dir, n + label_ext))
+            for n in names
+        ]
         super().__init__(items, num_classes, scribbles, transform, seed, label_diffusion)
         self.root = root
 
@@ -111,10 +124,18 @@ def build_dataset(data: dict, split_cfg: dict, num_classes: int, transform, seed
     """A VOC-layout split: `data` is a resolved config's data section, `split_cfg` a mapping with
     split, label_dir and optionally scribbles (false when absent)."""
     return SegmentationFolder(
-        data["root"], split_cfg["split"], num_classes, split_cfg["label_dir"], bool(split_cfg.get("scribbles", False)),
-        transform, image_dir=data["image_dir"], image_ext=data["image_ext"], list_dir=data["list_dir"], seed=seed,
+        data["root"],
+        split_cfg["split"],
+        num_classes,
+        split_cfg["label_dir"],
+        bool(split_cfg.get("scribbles", False)),
+        transform,
+        image_dir=data["image_dir"],
+        image_ext=data["image_ext"],
+        list_dir=data["list_dir"],
+        seed=seed,
         label_diffusion=split_cfg.get("label_diffusion"),
-    )  # fmt: skip
+    )
 
 
 def build_split(data: dict, which: str, num_classes: int, transform, seed: int = 0) -> LabeledImages:

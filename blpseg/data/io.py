@@ -92,7 +92,9 @@ def check_outputs(jobs, inputs=()) -> None:
     seen: dict = {}
     for src, out in jobs:
         if _identity(out) in sources:
-            raise ValueError(f"the output {out} would overwrite the input {sources[_identity(out)]}; choose another output")
+            raise ValueError(
+                f"the output {out} would overwrite the input {sources[_identity(out)]}; choose another output"
+            )
         key = os.path.realpath(out)
         if key in seen and seen[key] != src:
             raise ValueError(f"{seen[key]} and {src} would both be written to {out}")

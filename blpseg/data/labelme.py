@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -29,7 +29,7 @@ def rasterize_labelme(path: str, class_names: Sequence[str], width: int = 3) -> 
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"cannot parse labelme JSON {path}: {e}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("shapes"), list):
-        raise ValueError(f"{path} is not a labelme file (no \"shapes\" list)")
+        raise ValueError(f'{path} is not a labelme file (no "shapes" list)')
     h, w = doc.get("imageHeight"), doc.get("imageWidth")
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, w)):
         raise ValueError(f"{path}: imageHeight and imageWidth must be positive integers, got {h!r} x {w!r}")
@@ -37,7 +37,9 @@ def rasterize_labelme(path: str, class_names: Sequence[str], width: int = 3) -> 
     for i, shape in enumerate(doc["shapes"]):
         kind = shape.get("shape_type") or "polygon"  # labelme's own default
         if kind not in SCRIBBLE_SHAPES:
-            raise ValueError(f"{path}: shape {i} ({shape.get('label')!r}) is a {kind!r}; scribbles are {', '.join(SCRIBBLE_SHAPES)}")
+            raise ValueError(
+                f"{path}: shape {i} ({shape.get('label')!r}) is a {kind!r}; scribbles are {', '.join(SCRIBBLE_SHAPES)}"
+            )
         try:
             points = [(float(x), float(y)) for x, y in shape["points"]]
         except (KeyError, TypeError, ValueError):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-from typing import Optional
 
 from PIL import Image
 from tqdm import tqdm
@@ -64,9 +63,10 @@ def _labels(root: str, folder: str) -> dict[str, str]:
     return {os.path.splitext(os.path.basename(p))[0]: p for p in sorted(glob.glob(os.path.join(root, folder, "*.png")))}
 
 
-def folder_split(root: str, which: str, num_classes: int, transform, seed: int = 0,
-                 label_diffusion: Optional[dict] = None) -> Optional[LabeledImages]:  # fmt: skip
-    """"train" (scribbles), "val" (masks), or any NAME with root/NAME.txt (masks). None for "val"
+def folder_split(
+    root: str, which: str, num_classes: int, transform, seed: int = 0, label_diffusion: dict | None = None
+) -> LabeledImages | None:
+    """ "train" (scribbles), "val" (masks), or any NAME with root/NAME.txt (masks). None for "val"
     when the folder has no validation images (no masks/ beyond the scribbled images, no val.txt).
     `label_diffusion` applies to "train" (LabeledImages)."""
     images = _images(root)
@@ -91,8 +91,14 @@ def folder_split(root: str, which: str, num_classes: int, transform, seed: int =
         if n not in labels:
             where = os.path.join(root, SCRIBBLES if which == "train" else MASKS)
             raise FileNotFoundError(f"{n!r} ({which}) has no label {os.path.join(where, n + '.png')}")
-    return LabeledImages([(n, images[n], labels[n]) for n in names], num_classes, which == "train", transform, seed,
-                         label_diffusion if which == "train" else None)  # fmt: skip
+    return LabeledImages(
+        [(n, images[n], labels[n]) for n in names],
+        num_classes,
+        which == "train",
+        transform,
+        seed,
+        label_diffusion if which == "train" else None,
+    )
 
 
 def export_folder(data: dict, class_names, out: str) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import glob
 import os
 from collections import deque
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from defusedxml import ElementTree
@@ -21,7 +21,7 @@ from .regions import connected_regions
 NOT_SCRIBBLED = 255
 
 
-def parse_scribble_xml(path: str) -> tuple[Optional[tuple[int, int]], list[tuple[str, list[tuple[float, float]]]]]:
+def parse_scribble_xml(path: str) -> tuple[tuple[int, int] | None, list[tuple[str, list[tuple[float, float]]]]]:
     """PASCAL-Scribble XML -> ((height, width) or None, [(tag, [(x, y), ...]), ...]). Parsed with
     defusedxml: the files come from outside."""
     try:
@@ -88,15 +88,19 @@ def draw_strokes(path: str, size: tuple[int, int], strokes, width: int = 3) -> n
 
 
 def convert_scribbles(
-    xml_dir: str, out_dir: str, class_names: Sequence[str], width: int = 3, image_dir: Optional[str] = None
+    xml_dir: str, out_dir: str, class_names: Sequence[str], width: int = 3, image_dir: str | None = None
 ) -> int:
     """Rasterises every <id>.xml of `xml_dir` to `out_dir`/<id>.png; sizes come from the XML or, when
     it has none, from `image_dir`/<id>.jpg. Returns the number of files written."""
     paths = sorted(glob.glob(os.path.join(xml_dir, "*.xml")))
     if not paths:
         raise FileNotFoundError(f"no .xml files in {xml_dir}")
-    images = [os.path.join(image_dir, os.path.splitext(os.path.basename(p))[0] + ".jpg") for p in paths] if image_dir else []
-    check_outputs([(p, os.path.join(out_dir, os.path.splitext(os.path.basename(p))[0] + ".png")) for p in paths], images)
+    images = (
+        [os.path.join(image_dir, os.path.splitext(os.path.basename(p))[0] + ".jpg") for p in paths] if image_dir else []
+    )
+    check_outputs(
+        [(p, os.path.join(out_dir, os.path.splitext(os.path.basename(p))[0] + ".png")) for p in paths], images
+    )
     for path in tqdm(paths, desc="convert-scribbles", unit="file"):
         name = os.path.splitext(os.path.basename(path))[0]
         size = None

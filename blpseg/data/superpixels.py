@@ -11,7 +11,9 @@ from skimage.segmentation import slic
 NOT_SCRIBBLED = 255
 
 
-def expand_scribbles(image: np.ndarray, scribbles: np.ndarray, segments: int = 100, compactness: float = 10.0) -> np.ndarray:
+def expand_scribbles(
+    image: np.ndarray, scribbles: np.ndarray, segments: int = 100, compactness: float = 10.0
+) -> np.ndarray:
     """image (H, W, 3) uint8, scribbles (H, W) with class ids and 255 where not scribbled ->
     the expanded scribbles, same encoding. `segments` and `compactness` are SLIC's n_segments
     and compactness (in Lab colour, scikit-image's default)."""

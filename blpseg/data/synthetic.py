@@ -40,9 +40,7 @@ def _colour_field(hue: float, sat: float, val: float, texture: np.ndarray, rng) 
     S = texture.shape[0]
     y, x = np.mgrid[0:S, 0:S].astype(np.float32) / S
     gradient = rng.uniform(-0.15, 0.15) * x + rng.uniform(-0.15, 0.15) * y  # uneven lighting
-    hsv = np.stack(
-        [np.full((S, S), hue % 1.0), np.full((S, S), sat), np.clip(val + gradient + texture, 0, 1)], axis=-1
-    )
+    hsv = np.stack([np.full((S, S), hue % 1.0), np.full((S, S), sat), np.clip(val + gradient + texture, 0, 1)], axis=-1)
     return hsv2rgb(hsv)
 
 
@@ -64,7 +62,9 @@ def make_scene(S: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
     for _ in range(int(rng.integers(1, 5))):
         c = int(rng.integers(1, len(SYNTHETIC_CLASSES)))
         hue = (c - 1) / 4 + rng.uniform(-0.2, 0.2)
-        field = _colour_field(hue, rng.uniform(0.35, 0.9), rng.uniform(0.35, 0.85), _texture(SYNTHETIC_CLASSES[c], S, rng), rng)
+        field = _colour_field(
+            hue, rng.uniform(0.35, 0.9), rng.uniform(0.35, 0.85), _texture(SYNTHETIC_CLASSES[c], S, rng), rng
+        )
         rr, cc = _shape(S, rng)
         image[rr, cc] = field[rr, cc]
         mask[rr, cc] = c
@@ -75,7 +75,9 @@ def make_scene(S: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
 def make_synthetic(root: str, num_train: int = 300, num_val: int = 60, size: int = 64, seed: int = 0) -> str:
     """Writes the set under `root` (VOC layout, .png images) and returns root. The split lists are
     written last, so an interrupted run leaves no usable half set."""
-    names = {split: [f"{split}_{i:05d}" for i in range(n)] for split, n in zip(SPLITS, (num_train, num_val))}
+    names = {
+        split: [f"{split}_{i:05d}" for i in range(n)] for split, n in zip(SPLITS, (num_train, num_val), strict=True)
+    }
     for split_index, split in enumerate(SPLITS):
         for i, name in enumerate(tqdm(names[split], desc=f"synthetic {split}", unit="image")):
             rng = np.random.default_rng([seed, split_index, i])

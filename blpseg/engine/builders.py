@@ -6,8 +6,8 @@ losses, and the batches of the training set epoch after epoch. The training loop
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +21,7 @@ from .sampler import ResumableSampler
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def amp_dtype(value) -> Optional[torch.dtype]:
+def amp_dtype(value) -> torch.dtype | None:
     """train.amp: false, true (bfloat16: no loss scaling needed), or 'bfloat16' / 'float16'
     (float16, as the authors' release trained, for GPUs without bfloat16: with a GradScaler)."""
     if value is False or value is None:
@@ -56,8 +56,11 @@ class Optimization:
     scaler: torch.amp.GradScaler
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict()}  # fmt: skip
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """From a checkpoint; one of a run without loss scaling has an empty (or no) scaler state."""
@@ -94,10 +97,10 @@ class Losses:
 
     seg: nn.Module
     scrib: nn.Module
-    self_training_from: Optional[int]
+    self_training_from: int | None
     pseudo_threshold: float
 
-    def __call__(self, out: dict, target: Tensor, classes: Optional[Tensor], iteration: int) -> tuple[Tensor, Tensor]:
+    def __call__(self, out: dict, target: Tensor, classes: Tensor | None, iteration: int) -> tuple[Tensor, Tensor]:
         """(segmentation loss, scribble loss); `classes` (B, K) bool, the classes scribbled in each
         image, is read only while self-training."""
         seg_target = target
@@ -122,7 +125,12 @@ def batches(
         sampler.set_epoch(epoch, b)
         train_set.set_epoch(epoch)
         yield from DataLoader(
-            train_set, batch_size, sampler=sampler, num_workers=workers, drop_last=True,
-            pin_memory=device.type == "cuda", persistent_workers=False,
-        )  # fmt: skip
+            train_set,
+            batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            drop_last=True,
+            pin_memory=device.type == "cuda",
+            persistent_workers=False,
+        )
         epoch, b = epoch + 1, 0

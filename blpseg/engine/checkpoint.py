@@ -40,7 +40,18 @@ def load_checkpoint(path: str) -> dict:
 
 
 # What `blpseg eval/predict/...` overrides may not change on a trained model: its architecture.
-MODEL_FIXED_MAY_CHANGE = ("out_dir", "seed", "device", "threads", "data", "loss", "train", "eval", "model.pretrained", "model.lam_backend")
+MODEL_FIXED_MAY_CHANGE = (
+    "out_dir",
+    "seed",
+    "device",
+    "threads",
+    "data",
+    "loss",
+    "train",
+    "eval",
+    "model.pretrained",
+    "model.lam_backend",
+)
 
 
 def checkpoint_config(state: dict, overrides=()) -> tuple[dict, tuple[str, ...]]:

@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch import nn
 
 
-@dataclass
+@dataclass(frozen=True)
 class Dist:
     rank: int = 0
     world_size: int = 1
@@ -19,6 +19,9 @@ class Dist:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+SINGLE_PROCESS = Dist()  # one process on the CPU: the default of the functions that take a Dist
 
 
 def set_threads(threads) -> None:

@@ -8,13 +8,15 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data.transforms import denormalize
-from .distributed import Dist, all_reduce_sum
+from .distributed import SINGLE_PROCESS, Dist, all_reduce_sum
 from .inference import dense_crf, predict_probs
 from .metrics import BoundaryPrecision, confusion_matrix, iou_from_confusion
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset, num_classes: int, cfg: dict, d: Dist = Dist(), progress: bool = True) -> dict:
+def evaluate(
+    model: nn.Module, dataset, num_classes: int, cfg: dict, d: Dist = SINGLE_PROCESS, progress: bool = True
+) -> dict:
     """`cfg` is a resolved config's eval section: scales, flip, crf (bool or CRF parameters), boundary_bins."""
     was_training = model.training
     model.eval()
@@ -41,7 +43,7 @@ def evaluate(model: nn.Module, dataset, num_classes: int, cfg: dict, d: Dist = D
 
 def format_table(result: dict, class_names) -> str:
     rows = [f"{'class':<16}{'IoU':>8}"]
-    rows += [f"{name:<16}{100 * v:>8.2f}" for name, v in zip(class_names, result["iou"])]
+    rows += [f"{name:<16}{100 * v:>8.2f}" for name, v in zip(class_names, result["iou"], strict=True)]
     rows.append(f"{'mIoU':<16}{100 * result['miou']:>8.2f}")
     rows.append(f"{'pixel acc.':<16}{100 * result['pixel_acc']:>8.2f}")
     bands = " ".join(f"{100 * v:.1f}" for v in result["boundary_precision"])

@@ -3,7 +3,7 @@ dense CRF (pydensecrf2, an optional extra)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,14 @@ def predict_probs(model: nn.Module, image: Tensor, scales: Sequence[float] = (1.
     return total / (len(scales) * (2 if flip else 1))
 
 
-CRF_DEFAULTS = {"iterations": 10, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 50, "bilateral_srgb": 13, "bilateral_compat": 10}
+CRF_DEFAULTS = {
+    "iterations": 10,
+    "gaussian_sxy": 3,
+    "gaussian_compat": 3,
+    "bilateral_sxy": 50,
+    "bilateral_srgb": 13,
+    "bilateral_compat": 10,
+}
 
 
 def dense_crf(image: np.ndarray, probs: np.ndarray, **params) -> np.ndarray:
@@ -43,5 +50,10 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, **params) -> np.ndarray:
     d = dcrf.DenseCRF2D(W, H, K)
     d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs.astype(np.float32))))
     d.addPairwiseGaussian(sxy=p["gaussian_sxy"], compat=p["gaussian_compat"])
-    d.addPairwiseBilateral(sxy=p["bilateral_sxy"], srgb=p["bilateral_srgb"], rgbim=np.ascontiguousarray(image), compat=p["bilateral_compat"])
+    d.addPairwiseBilateral(
+        sxy=p["bilateral_sxy"],
+        srgb=p["bilateral_srgb"],
+        rgbim=np.ascontiguousarray(image),
+        compat=p["bilateral_compat"],
+    )
     return np.asarray(d.inference(p["iterations"]), dtype=np.float32).reshape(K, H, W)

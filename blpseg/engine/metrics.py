@@ -10,7 +10,9 @@ from scipy import ndimage
 from ..data.regions import connected_regions
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
     """(K, K) int64 counts, rows = ground truth, columns = prediction; ignore_index pixels skipped."""
     keep = target != ignore_index
     t, p = target[keep].long(), pred[keep].long()
@@ -60,7 +62,9 @@ class BoundaryPrecision:
         valid = ~np.isnan(rel)
         band = np.clip(np.digitize(rel[valid], self.edges[1:-1]), 0, len(self.total) - 1)
         self.total += np.bincount(band, minlength=len(self.total))
-        self.correct += np.bincount(band, weights=(pred[valid] == target[valid]), minlength=len(self.total)).astype(np.int64)
+        self.correct += np.bincount(band, weights=(pred[valid] == target[valid]), minlength=len(self.total)).astype(
+            np.int64
+        )
 
     def result(self) -> list[float]:
         return (self.correct / np.maximum(self.total, 1)).tolist()

@@ -16,9 +16,7 @@ class ResumableSampler(Sampler):
         self.rank, self.world_size = rank, world_size
         self.batches_per_epoch = size // (batch_size * world_size)
         if self.batches_per_epoch == 0:
-            raise ValueError(
-                f"{size} training images make no full batch of {batch_size} x {world_size} processes"
-            )
+            raise ValueError(f"{size} training images make no full batch of {batch_size} x {world_size} processes")
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:

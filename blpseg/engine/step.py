@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
@@ -24,7 +23,7 @@ class TrainStep:
     net: nn.Module  # the model, wrapped for DDP when there is more than one process
     losses: Losses
     optimization: Optimization
-    dtype: Optional[torch.dtype]  # autocast dtype (builders.amp_dtype); None: float32
+    dtype: torch.dtype | None  # autocast dtype (builders.amp_dtype); None: float32
     dist: distributed.Dist
 
     def __call__(self, batch: dict, iteration: int) -> list[float]:

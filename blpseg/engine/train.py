@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from tqdm import tqdm
@@ -26,7 +26,7 @@ from .sampler import ResumableSampler
 from .step import NonFiniteLoss, TrainStep
 
 
-def train(cfg: dict, resume: Optional[str] = None, on_step: Optional[Callable[[int, float], None]] = None) -> dict:
+def train(cfg: dict, resume: str | None = None, on_step: Callable[[int, float], None] | None = None) -> dict:
     """Trains as `cfg` (a config mapping, resolved here) says; `resume` is a checkpoint to continue
     from, whose fixed settings (config.RESUME_MAY_CHANGE lists the others) must equal the config's.
     `on_step(iteration, loss)` is called after every step. Returns the final validation result (or
@@ -64,8 +64,9 @@ def _train(cfg, d, resume, on_step) -> dict:
         model.load_state_dict(state["model"])
         optimization.load_state_dict(state)
         start = int(state["iteration"])
-    step = TrainStep(distributed.wrap(model, d), build_losses(cfg["loss"], K, d.device), optimization,
-                     amp_dtype(tc["amp"]), d)  # fmt: skip
+    step = TrainStep(
+        distributed.wrap(model, d), build_losses(cfg["loss"], K, d.device), optimization, amp_dtype(tc["amp"]), d
+    )
     ckpt_path = os.path.join(out_dir, "last.pt")
     ckpt_every = int(tc["checkpoint_every"] or sampler.batches_per_epoch)
     eval_every, log_every = int(tc["eval_every"] or 0), tc["log_every"]
@@ -102,8 +103,13 @@ def _train(cfg, d, resume, on_step) -> dict:
             logger.log("train", done, row)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
         if d.is_main and (done % ckpt_every == 0 or done == total):
-            state = {"model": model.state_dict(), **optimization.state_dict(), "iteration": done, "config": cfg,
-                     "class_names": list(names)}  # fmt: skip
+            state = {
+                "model": model.state_dict(),
+                **optimization.state_dict(),
+                "iteration": done,
+                "config": cfg,
+                "class_names": list(names),
+            }
             save_checkpoint(state, ckpt_path)
         if val_set is not None and (done == total or (eval_every and done % eval_every == 0)):
             result = _evaluate(model, val_set, names, cfg, d, logger, done)
@@ -137,8 +143,12 @@ def _open_run_folder(cfg: dict, val_set) -> None:
 
 def _train_row(values: list[float], optimization, model, sec_per_iter: float) -> dict:
     """A train.csv row: the step's losses, the learning rate, the LAM's sigma, the time per step."""
-    row = {"loss": sum(values), "loss_seg": values[0], "loss_scrib": values[1],
-           "lr": optimization.scheduler.get_last_lr()[0]}  # fmt: skip
+    row = {
+        "loss": sum(values),
+        "loss_seg": values[0],
+        "loss_scrib": values[1],
+        "lr": optimization.scheduler.get_last_lr()[0],
+    }
     if model.lam is not None:
         row["sigma"] = float(model.lam.sigma)
     row["sec_per_iter"] = sec_per_iter
@@ -148,8 +158,15 @@ def _train_row(values: list[float], optimization, model, sec_per_iter: float) ->
 def _evaluate(model, val_set, names, cfg: dict, d, logger: MetricLogger, done: int) -> dict:
     """Evaluates on the validation set and logs it to val.csv (and the console)."""
     result = evaluate(model, val_set, len(names), cfg["eval"], d, progress=False)
-    logger.log("val", done, {"miou": result["miou"], "pixel_acc": result["pixel_acc"],
-                             **{f"iou/{n}": v for n, v in zip(names, result["iou"])}})  # fmt: skip
+    logger.log(
+        "val",
+        done,
+        {
+            "miou": result["miou"],
+            "pixel_acc": result["pixel_acc"],
+            **{f"iou/{n}": v for n, v in zip(names, result["iou"], strict=True)},
+        },
+    )
     if d.is_main:
         tqdm.write(f"iteration {done}: val mIoU {100 * result['miou']:.2f}")
     return result

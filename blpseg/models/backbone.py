@@ -15,7 +15,6 @@ Nothing is downloaded: `weights` is a local file or None (random initialisation)
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import torch
 import torchvision
@@ -29,7 +28,7 @@ BACKBONES = (*TORCHVISION_RESNETS, DEEPSTEM, TIMM_PREFIX + "<model>")
 REDUCTIONS = (4, 8, 16, 32)
 
 
-def build_backbone(name: str, weights: Optional[str] = None) -> nn.Module:
+def build_backbone(name: str, weights: str | None = None) -> nn.Module:
     """A module mapping (B, 3, H, W) to a list of 4 maps at REDUCTIONS, with `.channels` (4 ints)."""
     if not isinstance(name, str):
         raise ValueError(f"backbone must be one of {BACKBONES}, got {name!r}")
@@ -72,15 +71,16 @@ class ResNetBackbone(nn.Module):
     layer1..4), so its state_dict keys are the weights file's. The file's classifier (fc.*) is
     ignored; every other key must match."""
 
-    def __init__(self, net: torchvision.models.ResNet, weights: Optional[str] = None):
+    def __init__(self, net: torchvision.models.ResNet, weights: str | None = None):
         super().__init__()
         if weights:
             load_weights(net, weights, ignore=("fc.",))
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         # a stage's output channels: its last BN's (bn3 of a Bottleneck, bn2 of a BasicBlock)
-        self.channels = tuple([m for m in layer.modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
-                              for layer in self.stages())  # fmt: skip
+        self.channels = tuple(
+            [m for m in layer.modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features for layer in self.stages()
+        )
 
     def stages(self) -> list[nn.Module]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]
@@ -98,9 +98,10 @@ class TimmBackbone(nn.Module):
     """A timm model built with features_only=True, keeping the deepest stage at each of the
     strides 4, 8, 16, 32 (timm's feature_info gives each stage's reduction and channels)."""
 
-    def __init__(self, model_name: str, weights: Optional[str] = None):
+    def __init__(self, model_name: str, weights: str | None = None):
         super().__init__()
         import timm  # here, not at the top: importing timm takes a second that other backbones need not pay
+
         if not timm.is_model(model_name):
             raise ValueError(f"backbone 'timm:{model_name}': timm has no model {model_name!r}")
         try:
@@ -147,7 +148,9 @@ def _timm_weights(timm, model_name: str, path: str) -> dict:
         raise ValueError(f"{path!r} does not match timm model {model_name!r}: {e}") from e
     missing = [k for k in missing if not k.startswith(classifier)]
     if missing or unexpected:
-        raise ValueError(f"{path!r} does not match timm model {model_name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"{path!r} does not match timm model {model_name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return state
 
 

@@ -4,8 +4,6 @@ never trains the backbone)."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -23,30 +21,30 @@ NETWORK_VERSION = 2
 
 class BLPSeg(nn.Module):
     """Args:
-        num_classes: K (background included).
-        backbone, pretrained: a name for `build_backbone` (resnet18/50/101, resnet101_deepstem,
-            timm:<model>) and a local weights file (or None).
-        channels: decoder and head width (256).
-        lam: apply the Local Aggregation Module to the segmentation logits (False: Table III "w/o").
-        similarity, sigma, learnable_sigma, radius, embed_dim, lam_backend: LocalAggregation's options.
-        key_mask: None (aggregate from every pixel), "labeled" or "unlabeled" (aggregate only from
-            scribbled / unscribbled pixels, Table V). Needs the target, so it applies in training.
+    num_classes: K (background included).
+    backbone, pretrained: a name for `build_backbone` (resnet18/50/101, resnet101_deepstem,
+        timm:<model>) and a local weights file (or None).
+    channels: decoder and head width (256).
+    lam: apply the Local Aggregation Module to the segmentation logits (False: Table III "w/o").
+    similarity, sigma, learnable_sigma, radius, embed_dim, lam_backend: LocalAggregation's options.
+    key_mask: None (aggregate from every pixel), "labeled" or "unlabeled" (aggregate only from
+        scribbled / unscribbled pixels, Table V). Needs the target, so it applies in training.
     """
 
     def __init__(
         self,
         num_classes: int,
         backbone: str = "resnet101",
-        pretrained: Optional[str] = None,
+        pretrained: str | None = None,
         channels: int = 256,
         lam: bool = True,
         similarity: str = "both",
         sigma: float = 6.0,
         learnable_sigma: bool = False,
-        radius: Optional[int] = None,
+        radius: int | None = None,
         embed_dim: int = 256,
         lam_backend: str = "auto",
-        key_mask: Optional[str] = None,
+        key_mask: str | None = None,
     ):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
@@ -81,14 +79,21 @@ class BLPSeg(nn.Module):
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per part: backbone, ppm, fpn (laterals, FPN convs, fusion), the heads, lam."""
+
         def count(*modules):
             return sum(p.numel() for m in modules if m is not None for p in m.parameters())
 
         d = self.decoder
-        return {"backbone": count(self.backbone), "ppm": count(d.ppm), "fpn": count(d.lateral, d.fpn, d.fuse),
-                "seg_head": count(self.seg_head), "scrib_head": count(self.scrib_head), "lam": count(self.lam)}  # fmt: skip
+        return {
+            "backbone": count(self.backbone),
+            "ppm": count(d.ppm),
+            "fpn": count(d.lateral, d.fpn, d.fuse),
+            "seg_head": count(self.seg_head),
+            "scrib_head": count(self.scrib_head),
+            "lam": count(self.lam),
+        }
 
-    def forward(self, image: Tensor, target: Optional[Tensor] = None, scribble_head: Optional[bool] = None) -> dict:
+    def forward(self, image: Tensor, target: Tensor | None = None, scribble_head: bool | None = None) -> dict:
         """image (B, 3, H, W) -> {"seg": (B, K, H, W) logits, "scrib": (B, K+1, H, W) logits}.
         "scrib" is computed when `scribble_head` (default: in training). `target` (B, H, W), with K
         for unscribbled pixels, is only read for the key mask."""
@@ -103,7 +108,7 @@ class BLPSeg(nn.Module):
             out["scrib"] = F.interpolate(scrib, size=size, mode="bilinear", align_corners=False)
         return out
 
-    def _key_mask(self, target: Optional[Tensor], size) -> Optional[Tensor]:
+    def _key_mask(self, target: Tensor | None, size) -> Tensor | None:
         if self.key_mask is None or target is None:
             return None
         t = F.interpolate(target[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()

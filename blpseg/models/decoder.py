@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +11,9 @@ from torch import Tensor, nn
 
 
 def conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 def _resize(x: Tensor, size, align_corners: bool = False) -> Tensor:
@@ -51,9 +53,9 @@ class UPerNetDecoder(nn.Module):
         self.channels = channels
 
     def forward(self, feats: Sequence[Tensor]) -> Tensor:
-        lat = [conv(f) for conv, f in zip(self.lateral, feats[:-1])] + [self.ppm(feats[-1])]
+        lat = [conv(f) for conv, f in zip(self.lateral, feats[:-1], strict=True)] + [self.ppm(feats[-1])]
         for i in range(len(lat) - 1, 0, -1):  # top-down pathway
             lat[i - 1] = lat[i - 1] + _resize(lat[i], lat[i - 1].shape[-2:])
-        outs = [conv(x) for conv, x in zip(self.fpn, lat[:-1])] + [lat[-1]]
+        outs = [conv(x) for conv, x in zip(self.fpn, lat[:-1], strict=True)] + [lat[-1]]
         size = outs[0].shape[-2:]
         return self.fuse(torch.cat([outs[0]] + [_resize(o, size) for o in outs[1:]], dim=1))

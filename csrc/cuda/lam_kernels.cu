@@ -10,12 +10,12 @@ namespace lam {
 namespace cuda {
 
 template <typename scalar_t, typename acc_t>
-void launch_forward(const scalar_t* x, const scalar_t* f, const acc_t* sigma, const bool* key_mask, Sizes s,
-                    acc_t* acc, scalar_t* out, acc_t* lse, cudaStream_t stream) {
+void launch_forward(const scalar_t* x, const scalar_t* f, const acc_t* sigma, const bool* key_mask, Sizes s, acc_t* acc,
+                    scalar_t* out, acc_t* lse, cudaStream_t stream) {
   if (static_cast<int64_t>(s.B) * s.H * s.W == 0) return;
   const Launch geo = launch_geometry(s.B, s.H, s.W, s.radius);
-  forward_kernel<scalar_t, acc_t><<<geo.grid, geo.block, 0, stream>>>(x, f, sigma, key_mask, s.C, s.D, s.H, s.W,
-                                                                       s.radius, acc, out, lse);
+  forward_kernel<scalar_t, acc_t>
+      <<<geo.grid, geo.block, 0, stream>>>(x, f, sigma, key_mask, s.C, s.D, s.H, s.W, s.radius, acc, out, lse);
 }
 
 int64_t backward_partials(Sizes s) {
@@ -32,16 +32,16 @@ void launch_backward(const scalar_t* g, const scalar_t* x, const scalar_t* f, co
   if (n > 0) {
     const Launch geo = launch_geometry(s.B, s.H, s.W, s.radius);
     backward_kernel<scalar_t, acc_t><<<geo.grid, geo.block, 0, stream>>>(g, x, f, sigma, key_mask, lse, delta, s.C, s.D,
-                                                                          s.H, s.W, s.radius, dx, df, partials);
+                                                                         s.H, s.W, s.radius, dx, df, partials);
   }
   sum_partials_kernel<acc_t><<<1, kMaxThreads, 0, stream>>>(partials, n, sigma, dsigma);
 }
 
-#define LAM_INSTANTIATE(scalar_t, acc_t)                                                                             \
-  template void launch_forward<scalar_t, acc_t>(const scalar_t*, const scalar_t*, const acc_t*, const bool*, Sizes,  \
-                                                acc_t*, scalar_t*, acc_t*, cudaStream_t);                            \
-  template void launch_backward<scalar_t, acc_t>(const scalar_t*, const scalar_t*, const scalar_t*, const acc_t*,    \
-                                                 const bool*, const acc_t*, const acc_t*, Sizes, acc_t*, acc_t*,     \
+#define LAM_INSTANTIATE(scalar_t, acc_t)                                                                            \
+  template void launch_forward<scalar_t, acc_t>(const scalar_t*, const scalar_t*, const acc_t*, const bool*, Sizes, \
+                                                acc_t*, scalar_t*, acc_t*, cudaStream_t);                           \
+  template void launch_backward<scalar_t, acc_t>(const scalar_t*, const scalar_t*, const scalar_t*, const acc_t*,   \
+                                                 const bool*, const acc_t*, const acc_t*, Sizes, acc_t*, acc_t*,    \
                                                  acc_t*, acc_t*, cudaStream_t);
 LAM_INSTANTIATE(float, float)
 LAM_INSTANTIATE(double, double)

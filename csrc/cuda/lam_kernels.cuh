@@ -55,10 +55,10 @@ inline Launch launch_geometry(int B, int H, int W, int radius) {
 
 // This thread's query pixel and the keys its block visits.
 struct QueryTile {
-  int64_t b;       // image (64-bit: batch offsets are b * C * H * W)
-  int y, x, p;     // row, column and linear index (y * W + x) of the query
-  bool active;     // the query lies in the image (border tiles overhang it)
-  int ky0, kx0;    // the keys: rows from ky0, columns [kx0, kx0 + kw), row-major, nk of them
+  int64_t b;     // image (64-bit: batch offsets are b * C * H * W)
+  int y, x, p;   // row, column and linear index (y * W + x) of the query
+  bool active;   // the query lies in the image (border tiles overhang it)
+  int ky0, kx0;  // the keys: rows from ky0, columns [kx0, kx0 + kw), row-major, nk of them
   int kw, nk;
 };
 
@@ -91,11 +91,11 @@ template <typename acc_t>
 struct KeyTile {
   static constexpr int TK = KeysPerTile<acc_t>::value;
   int y[TK], x[TK];
-  int pix[TK];        // linear index of the key, -1 past the last key
-  bool key[TK];       // key_mask of the key
-  acc_t lse[TK];      // backward: the key pixel's own lse and Delta, as a query
+  int pix[TK];    // linear index of the key, -1 past the last key
+  bool key[TK];   // key_mask of the key
+  acc_t lse[TK];  // backward: the key pixel's own lse and Delta, as a query
   acc_t delta[TK];
-  acc_t v[CK][TK];    // CK channels of one tensor at these keys
+  acc_t v[CK][TK];  // CK channels of one tensor at these keys
 };
 
 // Keys k0 .. k0 + TK - 1 of the block (threads 0 .. TK - 1; the caller syncs). lse and delta
@@ -126,8 +126,8 @@ __device__ void load_channels(KeyTile<acc_t>& s, const scalar_t* src, int c0, in
   constexpr int TK = KeyTile<acc_t>::TK;
   for (int e = thread_rank(); e < CK * TK; e += block_threads()) {
     const int c = e / TK, t = e % TK;
-    s.v[c][t] = (c0 + c < n && s.pix[t] >= 0) ? static_cast<acc_t>(src[(c0 + c) * N + s.pix[t]])
-                                              : static_cast<acc_t>(0);
+    s.v[c][t] =
+        (c0 + c < n && s.pix[t] >= 0) ? static_cast<acc_t>(src[(c0 + c) * N + s.pix[t]]) : static_cast<acc_t>(0);
   }
 }
 
@@ -146,7 +146,7 @@ __device__ void dot_keys(acc_t (&acc)[TK], const acc_t (&v)[CK][TK], const scala
 // own[c0 + c] = own[c0 + c] * scale + sum_t w[t] * s.v[c][t]: weighted sum of the staged keys
 // into this thread's accumulator of a (C, N) tensor. A key of weight exactly 0 (outside the
 // window, masked out, or underflowed) is skipped by a select, not multiplied: its value may be
-// inf or NaN, and 0 * inf = NaN would let it reach this query (LAM_SPEC.md: edge cases).
+// inf or NaN, and 0 * inf = NaN would let it reach this query (docs/operator.md: edge cases).
 template <int TK, typename acc_t>
 __device__ void gather_keys(acc_t* own, const acc_t (&w)[TK], const acc_t (&v)[CK][TK], int c0, int n, int64_t N,
                             acc_t scale) {
@@ -178,8 +178,8 @@ __device__ acc_t block_sum(acc_t v, acc_t* red) {
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kMaxThreads)
     forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ f, const acc_t* __restrict__ sigma,
-                   const bool* __restrict__ key_mask, int C, int D, int H, int W, int radius, acc_t* acc,
-                   scalar_t* out, acc_t* __restrict__ lse) {
+                   const bool* __restrict__ key_mask, int C, int D, int H, int W, int radius, acc_t* acc, scalar_t* out,
+                   acc_t* __restrict__ lse) {
   constexpr int TK = KeyTile<acc_t>::TK;
   __shared__ KeyTile<acc_t> keys;
   const QueryTile q = query_tile(H, W, radius);
@@ -234,9 +234,9 @@ __global__ void __launch_bounds__(kMaxThreads)
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kMaxThreads)
     backward_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x, const scalar_t* __restrict__ f,
-                    const acc_t* __restrict__ sigma, const bool* __restrict__ key_mask,
-                    const acc_t* __restrict__ lse, const acc_t* __restrict__ delta, int C, int D, int H, int W,
-                    int radius, acc_t* __restrict__ dx, acc_t* __restrict__ df, acc_t* __restrict__ partials) {
+                    const acc_t* __restrict__ sigma, const bool* __restrict__ key_mask, const acc_t* __restrict__ lse,
+                    const acc_t* __restrict__ delta, int C, int D, int H, int W, int radius, acc_t* __restrict__ dx,
+                    acc_t* __restrict__ df, acc_t* __restrict__ partials) {
   constexpr int TK = KeyTile<acc_t>::TK;
   __shared__ KeyTile<acc_t> keys;
   __shared__ acc_t red[kMaxThreads];

@@ -15,8 +15,8 @@ struct Sizes {
 
 // out (B, C, H, W), lse (B, H, W); acc (B, C, H, W) zeros, may be out when scalar_t is acc_t.
 template <typename scalar_t, typename acc_t>
-void launch_forward(const scalar_t* x, const scalar_t* f, const acc_t* sigma, const bool* key_mask, Sizes s,
-                    acc_t* acc, scalar_t* out, acc_t* lse, cudaStream_t stream);
+void launch_forward(const scalar_t* x, const scalar_t* f, const acc_t* sigma, const bool* key_mask, Sizes s, acc_t* acc,
+                    scalar_t* out, acc_t* lse, cudaStream_t stream);
 
 // How many dsigma partials launch_backward needs.
 int64_t backward_partials(Sizes s);

@@ -60,7 +60,9 @@ def register_lam_op(forward_name: str, backward_op) -> None:
     @torch.library.register_fake(forward_name)
     def _forward_fake(x, f, sigma, radius, key_mask):
         B, _, H, W = x.shape
-        return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((B, H, W), dtype=lse_dtype(x.dtype))
+        return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(
+            (B, H, W), dtype=lse_dtype(x.dtype)
+        )
 
 
 def register_first_order_only(backward_name: str, backends: dict[str, str]) -> None:

@@ -3,8 +3,6 @@ forward that returns (out, lse) with gradients attached."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -12,11 +10,13 @@ from torch import Tensor
 class Backend:
     name: str = ""
 
-    def unavailable(self, device: torch.device) -> Optional[str]:
+    def unavailable(self, device: torch.device) -> str | None:
         """Why this backend cannot run on `device` at all (not built, no GPU, ...), or None."""
         raise NotImplementedError
 
-    def unsupported(self, x: Tensor, f: Tensor, sigma: Tensor, radius: Optional[int], key_mask: Optional[Tensor]) -> Optional[str]:
+    def unsupported(
+        self, x: Tensor, f: Tensor, sigma: Tensor, radius: int | None, key_mask: Tensor | None
+    ) -> str | None:
         """Why this backend cannot run these (already validated) inputs, or None."""
         return self.unavailable(x.device)
 
@@ -24,7 +24,9 @@ class Backend:
         """Whether backend="auto" may choose this backend on `device` when it can run the input."""
         return True
 
-    def forward(self, x: Tensor, f: Tensor, sigma: Tensor, radius: Optional[int], key_mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, f: Tensor, sigma: Tensor, radius: int | None, key_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
         """(out, lse): out differentiable in x, f and sigma; lse (B, H, W) float32 (float64 for
         float64 inputs), -inf for a query with no admissible key."""
         raise NotImplementedError

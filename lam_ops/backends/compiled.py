@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from .autograd import register_backward_fake, register_first_order_only, register_lam_op
-from .base import Backend
-
 # Importing lam_ops._C registers the operators; None, or why not (not built, or built for another
 # torch: then a warning with the command that rebuilds it).
 from ..versions import load_extension  # noqa: E402
+from .autograd import register_backward_fake, register_first_order_only, register_lam_op
+from .base import Backend
 
 _IMPORT_ERROR = load_extension()
 
@@ -40,7 +39,8 @@ class _CompiledBackend(Backend):
         device = torch.device(device)
         if _IMPORT_ERROR is not None:
             if isinstance(_IMPORT_ERROR, ModuleNotFoundError):
-                return f"the lam_ops._C extension is not built ({_IMPORT_ERROR}); run `pip install --no-build-isolation -e .`"
+                return f"the lam_ops._C extension is not built ({_IMPORT_ERROR}); run `pip install "
+                "--no-build-isolation -e .`"
             return str(_IMPORT_ERROR)
         if device.type != self.device_type:
             return f"runs on {self.device_type} tensors, got {device.type}"

@@ -11,8 +11,6 @@ dense autograd, where a non-finite f of one pixel can reach other pixels' gradie
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -27,7 +25,7 @@ def pair_dist2(H: int, W: int, device: torch.device) -> Tensor:
     return (ys[:, None] - ys[None, :]) ** 2 + (xs[:, None] - xs[None, :]) ** 2
 
 
-def window_mask(H: int, W: int, radius: Optional[int], device: torch.device) -> Tensor:
+def window_mask(H: int, W: int, radius: int | None, device: torch.device) -> Tensor:
     """(HW, HW) bool: pixel i is in the (clipped, square) window of pixel j."""
     if radius is None:
         return torch.ones(H * W, H * W, dtype=torch.bool, device=device)
@@ -85,7 +83,9 @@ def _nonfinite_sum(xs: Tensor, attn: Tensor, admissible: Tensor) -> Tensor:
     return torch.where(nan > 0, float("nan"), out).to(attn.dtype)
 
 
-def reference_forward(x: Tensor, f: Tensor, sigma: Tensor, radius: Optional[int], key_mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+def reference_forward(
+    x: Tensor, f: Tensor, sigma: Tensor, radius: int | None, key_mask: Tensor | None
+) -> tuple[Tensor, Tensor]:
     B, C, H, W = x.shape
     # Half inputs are computed in float32: this is the oracle the GPU kernels are compared with.
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32

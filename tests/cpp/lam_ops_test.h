@@ -16,11 +16,10 @@ namespace lam_test {
 
 using Forward = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                    std::optional<int64_t>, const std::optional<at::Tensor>&);
-using Backward = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                const at::Tensor&, const at::Tensor&,
-                                                                std::optional<int64_t>,
-                                                                const std::optional<at::Tensor>&,
-                                                                const at::Tensor&, const at::Tensor&);
+using Backward = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                                const at::Tensor&, std::optional<int64_t>,
+                                                                const std::optional<at::Tensor>&, const at::Tensor&,
+                                                                const at::Tensor&);
 
 // dlopen runs the library's TORCH_LIBRARY registrations, as torch.ops.load_library does.
 inline void load_library(int argc, char** argv) {

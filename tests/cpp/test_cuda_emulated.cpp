@@ -55,9 +55,11 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, Args... args) {
 
 // What csrc/cuda/lam_cuda.cpp and lam_kernels.cu do around the kernels, on CPU tensors.
 template <typename scalar_t>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_kernels(
-    const at::Tensor& x, const at::Tensor& f, const at::Tensor& sigma, int r, const at::Tensor& mask,
-    const at::Tensor& g) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_kernels(const at::Tensor& x,
+                                                                                   const at::Tensor& f,
+                                                                                   const at::Tensor& sigma, int r,
+                                                                                   const at::Tensor& mask,
+                                                                                   const at::Tensor& g) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
   const int B = x.size(0), C = x.size(1), D = f.size(1), H = x.size(2), W = x.size(3);
@@ -72,14 +74,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_kerne
          lse.data_ptr<acc_t>());
 
   const at::Tensor delta = (g.to(acc_type) * out.to(acc_type)).sum(1).contiguous();
-  at::Tensor dx = at::zeros(x.sizes(), x.options().dtype(acc_type)), df = at::zeros(f.sizes(), f.options().dtype(acc_type));
+  at::Tensor dx = at::zeros(x.sizes(), x.options().dtype(acc_type)),
+             df = at::zeros(f.sizes(), f.options().dtype(acc_type));
   at::Tensor partials = at::empty({int64_t(geo.grid.x) * geo.grid.y}, x.options().dtype(acc_type));
   at::Tensor dsigma = at::empty({}, x.options().dtype(acc_type));
   launch(cu::backward_kernel<scalar_t, acc_t>, geo.grid, geo.block, g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
-         f.data_ptr<scalar_t>(), sig.data_ptr<acc_t>(), mp, lse.data_ptr<acc_t>(), delta.data_ptr<acc_t>(), C, D, H,
-         W, r, dx.data_ptr<acc_t>(), df.data_ptr<acc_t>(), partials.data_ptr<acc_t>());
-  launch(cu::sum_partials_kernel<acc_t>, dim3(1), dim3(cu::kMaxThreads), partials.data_ptr<acc_t>(),
-         partials.numel(), sig.data_ptr<acc_t>(), dsigma.data_ptr<acc_t>());
+         f.data_ptr<scalar_t>(), sig.data_ptr<acc_t>(), mp, lse.data_ptr<acc_t>(), delta.data_ptr<acc_t>(), C, D, H, W,
+         r, dx.data_ptr<acc_t>(), df.data_ptr<acc_t>(), partials.data_ptr<acc_t>());
+  launch(cu::sum_partials_kernel<acc_t>, dim3(1), dim3(cu::kMaxThreads), partials.data_ptr<acc_t>(), partials.numel(),
+         sig.data_ptr<acc_t>(), dsigma.data_ptr<acc_t>());
   return {out, lse, dx.to(x.scalar_type()), df.to(f.scalar_type()), dsigma};
 }
 
@@ -93,10 +96,9 @@ struct Case {
 // values and (for Delta = g . out) the kernels' own rounded out: the difference is the kernels'
 // error alone.
 void check(const Case& k, at::ScalarType dtype, double tol) {
-  const std::string name = std::string(c10::toString(dtype)) + " B" + std::to_string(k.B) + "C" +
-                           std::to_string(k.C) + "D" + std::to_string(k.D) + "_" + std::to_string(k.H) + "x" +
-                           std::to_string(k.W) + "_r" + (k.radius ? std::to_string(*k.radius) : "None") +
-                           (k.mask ? "_mask" : "");
+  const std::string name = std::string(c10::toString(dtype)) + " B" + std::to_string(k.B) + "C" + std::to_string(k.C) +
+                           "D" + std::to_string(k.D) + "_" + std::to_string(k.H) + "x" + std::to_string(k.W) + "_r" +
+                           (k.radius ? std::to_string(*k.radius) : "None") + (k.mask ? "_mask" : "");
   const auto opts = at::TensorOptions().dtype(dtype);
   const at::Tensor x = at::randn({k.B, k.C, k.H, k.W}).to(dtype), g = at::randn({k.B, k.C, k.H, k.W}).to(dtype);
   const at::Tensor f = (at::randn({k.B, k.D, k.H, k.W}) / std::pow(double(k.D), 0.25)).to(dtype);
@@ -124,7 +126,7 @@ void check(const Case& k, at::ScalarType dtype, double tol) {
   expect_close(name + " dsigma", dsigma, want_dsigma, tol * std::max(1.0, want_dsigma.abs().item<double>()), tol);
 }
 
-// The edge cases of LAM_SPEC.md on the kernels themselves (float32).
+// The edge cases of docs/operator.md on the kernels themselves (float32).
 bool same(const at::Tensor& a, const at::Tensor& b) { return a.sizes() == b.sizes() && at::equal(a, b); }
 
 void expect(bool ok, const std::string& what) {
@@ -200,9 +202,9 @@ int main(int argc, char** argv) {
   // Border tiles (sizes not multiples of 8), r = 0, windows wider than a tile, radius None (more
   // keys than a key tile), more channels than a staged chunk (C, D > 32), masks, B = 2.
   const Case cases[] = {
-      {1, 3, 4, 5, 7, 0, false},    {2, 3, 5, 9, 11, 1, true},   {1, 35, 33, 10, 9, 2, false},
-      {2, 4, 3, 9, 12, 5, true},    {2, 2, 3, 7, 9, std::nullopt, true}, {1, 3, 40, 12, 17, std::nullopt, false},
-      {1, 1, 1, 1, 1, 0, false},    {1, 2, 2, 1, 19, 3, false},
+      {1, 3, 4, 5, 7, 0, false}, {2, 3, 5, 9, 11, 1, true},           {1, 35, 33, 10, 9, 2, false},
+      {2, 4, 3, 9, 12, 5, true}, {2, 2, 3, 7, 9, std::nullopt, true}, {1, 3, 40, 12, 17, std::nullopt, false},
+      {1, 1, 1, 1, 1, 0, false}, {1, 2, 2, 1, 19, 3, false},
   };
   for (const Case& k : cases) {
     check(k, at::kDouble, 1e-10);

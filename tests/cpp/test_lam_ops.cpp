@@ -1,4 +1,4 @@
-// ctest: the CPU operators of the CMake-built library against the contract (LAM_SPEC.md),
+// ctest: the CPU operators of the CMake-built library against the contract (docs/operator.md),
 // written as a naive loop (forward, lse) and central differences (every gradient), float64; and
 // the float exp the CPU kernels use.
 #include <algorithm>
@@ -46,7 +46,8 @@ std::tuple<at::Tensor, at::Tensor> naive_forward(const at::Tensor& x, const at::
         for (auto& k : keys) z += std::exp(k.second - m);
         L[b][yj][xj] = m + std::log(z);
         for (auto& k : keys)
-          for (int64_t c = 0; c < C; ++c) O[b][c][yj][xj] += std::exp(k.second - m) / z * X[b][c][k.first / W][k.first % W];
+          for (int64_t c = 0; c < C; ++c)
+            O[b][c][yj][xj] += std::exp(k.second - m) / z * X[b][c][k.first / W][k.first % W];
       }
   return {out, lse};
 }
@@ -109,7 +110,8 @@ void check_exp_poly() {
   const bool edges = lam::exp_poly(0.0f) == 1.0f && lam::exp_poly(-87.5f) == 0.0f && lam::exp_poly(-inf) == 0.0f &&
                      std::isnan(lam::exp_poly(std::numeric_limits<float>::quiet_NaN()));
   if (worst > 2e-7 || !edges) {
-    std::printf("FAIL exp_poly: worst relative error %g (want <= 2e-7), edge values %s\n", worst, edges ? "ok" : "wrong");
+    std::printf("FAIL exp_poly: worst relative error %g (want <= 2e-7), edge values %s\n", worst,
+                edges ? "ok" : "wrong");
     ++failures;
   }
 }

@@ -8,9 +8,7 @@
 namespace lam {
 
 // The saved log-sum-exp: float32, float64 for float64 inputs (gradcheck needs it).
-inline at::ScalarType lse_dtype(at::ScalarType x_dtype) {
-  return x_dtype == at::kDouble ? at::kDouble : at::kFloat;
-}
+inline at::ScalarType lse_dtype(at::ScalarType x_dtype) { return x_dtype == at::kDouble ? at::kDouble : at::kFloat; }
 
 inline void check_forward_args(const at::Tensor& x, const at::Tensor& f, const at::Tensor& sigma,
                                std::optional<int64_t> radius, const std::optional<at::Tensor>& key_mask) {
@@ -18,8 +16,8 @@ inline void check_forward_args(const at::Tensor& x, const at::Tensor& f, const a
   TORCH_CHECK(f.dim() == 4, "lam_ops: f must be (B, D, H, W), got ", f.dim(), " dims");
   TORCH_CHECK(f.size(0) == x.size(0) && f.size(2) == x.size(2) && f.size(3) == x.size(3),
               "lam_ops: f must match x in batch and spatial size: x ", x.sizes(), ", f ", f.sizes());
-  TORCH_CHECK(f.scalar_type() == x.scalar_type(), "lam_ops: f dtype ", f.scalar_type(),
-              " differs from x dtype ", x.scalar_type());
+  TORCH_CHECK(f.scalar_type() == x.scalar_type(), "lam_ops: f dtype ", f.scalar_type(), " differs from x dtype ",
+              x.scalar_type());
   TORCH_CHECK(f.device() == x.device(), "lam_ops: f is on ", f.device(), ", x on ", x.device());
   TORCH_CHECK(sigma.dim() == 0 && at::isFloatingType(sigma.scalar_type()),
               "lam_ops: sigma must be a 0-dim floating tensor, got ", sigma.sizes(), " ", sigma.scalar_type());
@@ -29,8 +27,8 @@ inline void check_forward_args(const at::Tensor& x, const at::Tensor& f, const a
     const auto& km = *key_mask;
     TORCH_CHECK(km.scalar_type() == at::kBool, "lam_ops: key_mask must be bool, got ", km.scalar_type());
     TORCH_CHECK(km.dim() == 3 && km.size(0) == x.size(0) && km.size(1) == x.size(2) && km.size(2) == x.size(3),
-                "lam_ops: key_mask must be (B, H, W) = (", x.size(0), ", ", x.size(2), ", ", x.size(3),
-                "), got ", km.sizes());
+                "lam_ops: key_mask must be (B, H, W) = (", x.size(0), ", ", x.size(2), ", ", x.size(3), "), got ",
+                km.sizes());
     TORCH_CHECK(km.device() == x.device(), "lam_ops: key_mask is on ", km.device(), ", x on ", x.device());
   }
 }

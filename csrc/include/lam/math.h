@@ -4,7 +4,7 @@
 // how pixels are laid out and visited, this header decides what is computed for a pair (i, j).
 // The CPU build runs exactly these functions (exp aside, see exp_), so the CPU tests exercise the
 // GPU's math.
-// Notation follows ../../shared/LAM_SPEC.md: j is a query pixel, i a key in its window.
+// Notation follows docs/operator.md: j is a query pixel, i a key in its window.
 #pragma once
 
 #include <float.h>
@@ -34,7 +34,7 @@ inline float exp_poly(float x) {
   const float lo = -87.0f, hi = 88.0f;
   const float xc = x > lo ? (x < hi ? x : hi) : lo;
   const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;            // x - n ln 2 in two parts
+  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;             // x - n ln 2 in two parts
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
@@ -61,13 +61,19 @@ LAM_HD float log_(float v) { return logf(v); }
 LAM_HD double log_(double v) { return log(v); }
 
 template <typename T>
-LAM_HD T neg_inf() { return static_cast<T>(-INFINITY); }
+LAM_HD T neg_inf() {
+  return static_cast<T>(-INFINITY);
+}
 template <typename T>
 LAM_HD T max_finite();
 template <>
-LAM_HD float max_finite<float>() { return FLT_MAX; }
+LAM_HD float max_finite<float>() {
+  return FLT_MAX;
+}
 template <>
-LAM_HD double max_finite<double>() { return DBL_MAX; }
+LAM_HD double max_finite<double>() {
+  return DBL_MAX;
+}
 
 // Window of pixel (y, x): rows [y0, y1) and columns [x0, x1). Clipped at the border, never
 // shifted, so i in window(j) iff j in window(i): every gradient is a gather. radius < 0 is the
@@ -102,7 +108,9 @@ LAM_HD T dist_coef(T sigma) {
 }
 
 template <typename T>
-LAM_HD T logit(T dot, int d2, T coef) { return dot + coef * static_cast<T>(d2); }
+LAM_HD T logit(T dot, int d2, T coef) {
+  return dot + coef * static_cast<T>(d2);
+}
 
 // Online softmax over the keys of one query (flash-attention style). The kernel keeps its own
 // accumulator acc = sum_i p_i x_i and rescales it by `scale` whenever the running max grows.
@@ -122,24 +130,36 @@ struct OnlineSoftmax {
     m = block_max;
     return scale;
   }
-  LAM_HD T weight(T s) { const T p = exp_(s - m); l += p; return p; }
+  LAM_HD T weight(T s) {
+    const T p = exp_(s - m);
+    l += p;
+    return p;
+  }
   // Or the sum of a block's weights exp(s - m), computed by the kernel.
-  LAM_HD void add(T block_sum) { l += block_sum; }
+  LAM_HD void add(T block_sum) {
+    l += block_sum;
+  }
 
   // No admissible key (through key_mask), or all their weights underflowed: l = 0, lse = -inf and
   // the output is 0, not NaN. A NaN logit makes l NaN, which reaches lse and the output (l == 0
   // is false for NaN, where l > 0 would have hidden it).
-  LAM_HD T lse() const { return l == static_cast<T>(0) ? neg_inf<T>() : m + log_(l); }
+  LAM_HD T lse() const {
+    return l == static_cast<T>(0) ? neg_inf<T>() : m + log_(l);
+  }
   LAM_HD T inv_l() const { return l == static_cast<T>(0) ? static_cast<T>(0) : static_cast<T>(1) / l; }
 };
 
 // Backward: A(i, j) recomputed from the saved log-sum-exp of query j.
 template <typename T>
-LAM_HD T prob(T logit_ij, T lse_j) { return lse_j == neg_inf<T>() ? static_cast<T>(0) : exp_(logit_ij - lse_j); }
+LAM_HD T prob(T logit_ij, T lse_j) {
+  return lse_j == neg_inf<T>() ? static_cast<T>(0) : exp_(logit_ij - lse_j);
+}
 
 // dS(i, j) = A(i, j) (g_j . x_i - Delta_j), with Delta_j = g_j . out_j.
 template <typename T>
-LAM_HD T dscore(T a, T g_dot_x, T delta_j) { return a * (g_dot_x - delta_j); }
+LAM_HD T dscore(T a, T g_dot_x, T delta_j) {
+  return a * (g_dot_x - delta_j);
+}
 
 // The backward of one pair (p, q) of pixels with q in window(p), hence p in window(q), seen from
 // p, which owns dx_p and df_p: p is the query of key q (j = p, i = q) and the key of query q
@@ -152,8 +172,8 @@ struct PairGrad {
 };
 
 template <typename T>
-LAM_HD PairGrad<T> pair_grad(T logit_pq, bool p_key, bool q_key, T lse_p, T lse_q, T gp_dot_xq, T gq_dot_xp,
-                             T delta_p, T delta_q) {
+LAM_HD PairGrad<T> pair_grad(T logit_pq, bool p_key, bool q_key, T lse_p, T lse_q, T gp_dot_xq, T gq_dot_xp, T delta_p,
+                             T delta_q) {
   const T zero = static_cast<T>(0);
   const T ds_query = q_key ? dscore(prob(logit_pq, lse_p), gp_dot_xq, delta_p) : zero;
   const T a = p_key ? prob(logit_pq, lse_q) : zero;

@@ -1,4 +1,4 @@
-"""Triton kernels of the LAM operator (notation of LAM_SPEC.md: j a query pixel, i a key).
+"""Triton kernels of the LAM operator (notation of docs/operator.md: j a query pixel, i a key).
 
 A program owns a tile of TH x TW pixels of one image and visits, one TKH x TKW tile at a time,
 the pixels in the union of their windows (the host passes R = max(H, W) for radius=None, a window
@@ -11,7 +11,7 @@ Sizes and strides that change with the image (H, W and every stride but the inne
 specialised on (do_not_specialize): a new image size reuses the compiled kernel. Offsets within
 an image are 32-bit unless the host sets I64 (an image's tensor of 2^31 elements or more).
 
-Non-finite inputs follow the contract (LAM_SPEC.md, edge cases): everything a key contributes goes
+Non-finite inputs follow the contract (docs/operator.md, edge cases): everything a key contributes goes
 through a select on its admissibility (window and key mask), never through a product with a zero
 weight alone, since 0 * inf = NaN would let an excluded key reach a query. In the tl.dot products
 that cannot select per pair, the key operand is made finite first and a non-finite value's terms
@@ -25,7 +25,6 @@ key) from one f_p . f_q tile, and accumulates every gradient of p with no atomic
 
 import triton
 import triton.language as tl
-
 
 # Not specialised on (see the module docstring): the image size, R (max(H, W) for radius=None)
 # and the outer strides.
@@ -155,11 +154,38 @@ def _sigma_coef(sigma):
 
 @_jit
 def lam_forward_kernel(
-    x, f, sigma, mask, out, lse,
-    H, W, C, D, R,
-    sxb, sxc, sxh, sxw, sfb, sfc, sfh, sfw, smb, smh, smw,
-    HAS_MASK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    I64: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, TKH: tl.constexpr, TKW: tl.constexpr,
+    x,
+    f,
+    sigma,
+    mask,
+    out,
+    lse,
+    H,
+    W,
+    C,
+    D,
+    R,
+    sxb,
+    sxc,
+    sxh,
+    sxw,
+    sfb,
+    sfc,
+    sfh,
+    sfw,
+    smb,
+    smh,
+    smw,
+    HAS_MASK: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    I64: tl.constexpr,
+    TH: tl.constexpr,
+    TW: tl.constexpr,
+    TKH: tl.constexpr,
+    TKW: tl.constexpr,
 ):
     b, y0, x0 = _tile_origin(H, W, TH, TW)
     yq, xq = _pixels(y0, x0, TH, TW)
@@ -192,7 +218,9 @@ def lam_forward_kernel(
             l = l * alpha + tl.sum(p, 1)
             xk_ = _load_channels(x, yk, xk, k_in, C, sxc, sxh, sxw, BLOCK_C, I64)
             finite = _finite(xk_)
-            acc = acc * alpha[:, None] + _dot(p.to(xk_.dtype), tl.where(finite, xk_, 0.0), PRECISION, UPCAST).to(acc.dtype)
+            acc = acc * alpha[:, None] + _dot(p.to(xk_.dtype), tl.where(finite, xk_, 0.0), PRECISION, UPCAST).to(
+                acc.dtype
+            )
             if tl.sum((~finite).to(tl.int32)) > 0:
                 acc = _nonfinite_terms(acc, p, adm, xk_, finite, C, BLOCK_C)
             m = m_new
@@ -207,8 +235,20 @@ def lam_forward_kernel(
 
 @_jit
 def lam_delta_kernel(
-    g, out, delta, H, W, C, sgb, sgc, sgh, sgw,
-    BLOCK_C: tl.constexpr, I64: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+    g,
+    out,
+    delta,
+    H,
+    W,
+    C,
+    sgb,
+    sgc,
+    sgh,
+    sgw,
+    BLOCK_C: tl.constexpr,
+    I64: tl.constexpr,
+    TH: tl.constexpr,
+    TW: tl.constexpr,
 ):
     """Delta_j = g_j . out_j (out is contiguous, delta has lse's dtype)."""
     b, y0, x0 = _tile_origin(H, W, TH, TW)
@@ -222,9 +262,33 @@ def lam_delta_kernel(
 
 @triton.jit
 def _backward_operands(
-    g, x, f, mask, lse, delta, ys, xs, inside, C, D, W,
-    sgc, sgh, sgw, sxc, sxh, sxw, sfc, sfh, sfw, smh, smw,
-    HAS_MASK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, I64: tl.constexpr,
+    g,
+    x,
+    f,
+    mask,
+    lse,
+    delta,
+    ys,
+    xs,
+    inside,
+    C,
+    D,
+    W,
+    sgc,
+    sgh,
+    sgw,
+    sxc,
+    sxh,
+    sxw,
+    sfc,
+    sfh,
+    sfw,
+    smh,
+    smw,
+    HAS_MASK: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    I64: tl.constexpr,
 ):
     """What the backward reads of a tile: admissible as a key, f, x, g, L and Delta."""
     ok = _admissible(mask, ys, xs, inside, smh, smw, HAS_MASK, I64)
@@ -239,11 +303,46 @@ def _backward_operands(
 
 @_jit
 def lam_backward_kernel(
-    g, x, f, sigma, mask, lse, delta, dx, df, dsig,
-    H, W, C, D, R,
-    sgb, sgc, sgh, sgw, sxb, sxc, sxh, sxw, sfb, sfc, sfh, sfw, smb, smh, smw,
-    HAS_MASK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    I64: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, TKH: tl.constexpr, TKW: tl.constexpr,
+    g,
+    x,
+    f,
+    sigma,
+    mask,
+    lse,
+    delta,
+    dx,
+    df,
+    dsig,
+    H,
+    W,
+    C,
+    D,
+    R,
+    sgb,
+    sgc,
+    sgh,
+    sgw,
+    sxb,
+    sxc,
+    sxh,
+    sxw,
+    sfb,
+    sfc,
+    sfh,
+    sfw,
+    smb,
+    smh,
+    smw,
+    HAS_MASK: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    I64: tl.constexpr,
+    TH: tl.constexpr,
+    TW: tl.constexpr,
+    TKH: tl.constexpr,
+    TKW: tl.constexpr,
 ):
     """dx, df and the per-pixel partial sums of dsigma (dsig[b, j] = sum_i dS(i, j) d2(i, j)) of
     the program's pixel tile P, gathered over the neighbour tiles Q:
@@ -262,8 +361,33 @@ def lam_backward_kernel(
     lse += b * n
     delta += b * n
     p_ok, fp, xp_, gp, lse_p, delta_p = _backward_operands(
-        g, x, f, mask, lse, delta, yp, xp, p_in, C, D, W,
-        sgc, sgh, sgw, sxc, sxh, sxw, sfc, sfh, sfw, smh, smw, HAS_MASK, BLOCK_C, BLOCK_D, I64,
+        g,
+        x,
+        f,
+        mask,
+        lse,
+        delta,
+        yp,
+        xp,
+        p_in,
+        C,
+        D,
+        W,
+        sgc,
+        sgh,
+        sgw,
+        sxc,
+        sxh,
+        sxw,
+        sfc,
+        sfh,
+        sfw,
+        smh,
+        smw,
+        HAS_MASK,
+        BLOCK_C,
+        BLOCK_D,
+        I64,
     )
     coef = _sigma_coef(sigma)
 
@@ -276,8 +400,33 @@ def lam_backward_kernel(
             yq, xq = _pixels(ky, kx, TKH, TKW)
             q_in = (yq < yhi) & (xq < xhi)
             q_ok, fq, xq_, gq, lse_q, delta_q = _backward_operands(
-                g, x, f, mask, lse, delta, yq, xq, q_in, C, D, W,
-                sgc, sgh, sgw, sxc, sxh, sxw, sfc, sfh, sfw, smh, smw, HAS_MASK, BLOCK_C, BLOCK_D, I64,
+                g,
+                x,
+                f,
+                mask,
+                lse,
+                delta,
+                yq,
+                xq,
+                q_in,
+                C,
+                D,
+                W,
+                sgc,
+                sgh,
+                sgw,
+                sxc,
+                sxh,
+                sxw,
+                sfc,
+                sfh,
+                sfw,
+                smh,
+                smw,
+                HAS_MASK,
+                BLOCK_C,
+                BLOCK_D,
+                I64,
             )
 
             s, d2, in_window = _pair_logits(fp, fq, yp, xp, yq, xq, coef, R, PRECISION, UPCAST)

@@ -11,7 +11,6 @@ import contextlib
 import inspect
 import math
 import os
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -48,7 +47,10 @@ AUTOTUNE_ENV = "LAM_OPS_TRITON_AUTOTUNE"
 # registers fit an SM's 64 Ki registers).
 # The forward's float32 spills 16 B on sm_90 at D >= 128 with triton 3.8 in one stage, not in two.
 TILES = dict(TH=4, TW=4, TKH=4, TKW=4)
-LAUNCH = {"forward": dict(num_warps=8, num_stages=2, maxnreg=255), "backward": dict(num_warps=8, num_stages=1, maxnreg=255)}
+LAUNCH = {
+    "forward": dict(num_warps=8, num_stages=2, maxnreg=255),
+    "backward": dict(num_warps=8, num_stages=1, maxnreg=255),
+}
 # The opt-in autotuner times these (larger ones may spill: speed decides there).
 FORWARD_CONFIGS = [(4, 4, 4, 4, 8, 1), (4, 4, 4, 4, 4, 1), (8, 8, 8, 8, 8, 2), (8, 8, 8, 8, 4, 2), (4, 16, 4, 16, 4, 2)]
 BACKWARD_CONFIGS = [(4, 4, 4, 4, 8, 1), (4, 4, 4, 4, 4, 1), (4, 4, 8, 8, 8, 2), (4, 8, 8, 8, 4, 2)]
@@ -56,7 +58,7 @@ DELTA_TILES = dict(TH=8, TW=32)
 
 
 def _fixed(kernel, kind: str):
-    """kernel with the fixed configuration attached (LAM_SPEC.md's determinism: a rule, not
+    """kernel with the fixed configuration attached (docs/operator.md's determinism: a rule, not
     timing), as a one-configuration autotuner: triton times nothing with a single configuration,
     and torch.compile passes its launch options (maxnreg included) to the kernel it compiles,
     which launch keywords would not all reach. One configuration fits every case checked (dtype,
@@ -67,8 +69,10 @@ def _fixed(kernel, kind: str):
 def _autotuned(kernel, configs):
     """Opt-in (LAM_OPS_TRITON_AUTOTUNE=1): the fastest of `configs`, timed in this process per
     (C, D, R) and dtype. Not deterministic across processes: see the README."""
-    configs = [triton.Config(dict(TH=th, TW=tw, TKH=kh, TKW=kw), num_warps=w, num_stages=s, maxnreg=255)
-               for th, tw, kh, kw, w, s in configs]
+    configs = [
+        triton.Config(dict(TH=th, TW=tw, TKH=kh, TKW=kw), num_warps=w, num_stages=s, maxnreg=255)
+        for th, tw, kh, kw, w, s in configs
+    ]
     return triton.autotune(configs, key=["C", "D", "R"])(kernel)
 
 
@@ -141,7 +145,7 @@ def _block(n: int) -> int:
     return max(16, triton.next_power_of_2(int(n)))
 
 
-def _kernel_radius(radius: Optional[int], H: int, W: int) -> int:
+def _kernel_radius(radius: int | None, H: int, W: int) -> int:
     """The kernels' R: radius, or max(H, W) where the window holds the whole image from every
     pixel (radius None or >= the image), which needs no special case in the kernels."""
     return max(H, W) if radius is None or radius >= max(H, W) - 1 else radius
@@ -152,7 +156,7 @@ def needs_int64(*tensors: Tensor) -> bool:
     contiguous output of the same shape) may reach 2^31: then the kernels use 64-bit offsets."""
     for t in tensors:
         per_image = math.prod(t.shape[1:])
-        reach = sum((n - 1) * abs(s) for n, s in zip(t.shape[1:], t.stride()[1:]) if n > 0)
+        reach = sum((n - 1) * abs(s) for n, s in zip(t.shape[1:], t.stride()[1:], strict=True) if n > 0)
         if max(per_image, reach + 1) >= 2**31:
             return True
     return False
@@ -172,7 +176,7 @@ def _grid(B: int, H: int, W: int):
     return lambda meta: (triton.cdiv(H, meta["TH"]) * triton.cdiv(W, meta["TW"]) * B,)
 
 
-def _mask_args(key_mask: Optional[Tensor], x: Tensor):
+def _mask_args(key_mask: Tensor | None, x: Tensor):
     """The mask pointer and its strides; without a mask, any tensor (it is never read)."""
     if key_mask is None:
         return dict(mask=x, smb=0, smh=0, smw=0, HAS_MASK=False)
@@ -182,11 +186,14 @@ def _mask_args(key_mask: Optional[Tensor], x: Tensor):
 
 def _dot_args(dtype: torch.dtype) -> dict:
     # float32 must not drop to TF32 (the contract's float32 tolerance); halves ignore it.
-    return dict(PRECISION="ieee" if dtype in (torch.float32, torch.float64) else "tf32", UPCAST=INTERPRETED and dtype == torch.bfloat16)
+    return dict(
+        PRECISION="ieee" if dtype in (torch.float32, torch.float64) else "tf32",
+        UPCAST=INTERPRETED and dtype == torch.bfloat16,
+    )
 
 
 def _strides(prefix: str, t: Tensor) -> dict:
-    return {f"s{prefix}{axis}": s for axis, s in zip("bchw", t.stride())}
+    return {f"s{prefix}{axis}": s for axis, s in zip("bchw", t.stride(), strict=True)}
 
 
 _FORWARD_SCHEMA = "(Tensor x, Tensor f, Tensor sigma, int? radius, Tensor? key_mask) -> (Tensor out, Tensor lse)"
@@ -196,7 +203,9 @@ _BACKWARD_SCHEMA = (
 )
 
 
-def triton_forward(x: Tensor, f: Tensor, sigma: Tensor, radius: Optional[int], key_mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+def triton_forward(
+    x: Tensor, f: Tensor, sigma: Tensor, radius: int | None, key_mask: Tensor | None
+) -> tuple[Tensor, Tensor]:
     B, C, H, W = x.shape
     D = f.shape[1]
     out = torch.empty((B, C, H, W), dtype=x.dtype, device=x.device)
@@ -208,16 +217,37 @@ def triton_forward(x: Tensor, f: Tensor, sigma: Tensor, radius: Optional[int], k
     check_grid(B, H, W, _grid_tiles(config))
     with _device_guard(x):
         launchable(FORWARD)[_grid(B, H, W)](
-            x=x, f=f, sigma=sigma.to(lse.dtype), out=out, lse=lse, H=H, W=W, C=C, D=D, R=R,
-            **_strides("x", x), **_strides("f", f), **_mask_args(key_mask, x),
-            BLOCK_C=_block(C), BLOCK_D=_block(D), I64=needs_int64(x, f), **_dot_args(x.dtype), **config,
+            x=x,
+            f=f,
+            sigma=sigma.to(lse.dtype),
+            out=out,
+            lse=lse,
+            H=H,
+            W=W,
+            C=C,
+            D=D,
+            R=R,
+            **_strides("x", x),
+            **_strides("f", f),
+            **_mask_args(key_mask, x),
+            BLOCK_C=_block(C),
+            BLOCK_D=_block(D),
+            I64=needs_int64(x, f),
+            **_dot_args(x.dtype),
+            **config,
         )
     return out, lse
 
 
 def triton_backward(
-    grad_out: Tensor, x: Tensor, f: Tensor, sigma: Tensor, radius: Optional[int], key_mask: Optional[Tensor],
-    out: Tensor, lse: Tensor,
+    grad_out: Tensor,
+    x: Tensor,
+    f: Tensor,
+    sigma: Tensor,
+    radius: int | None,
+    key_mask: Tensor | None,
+    out: Tensor,
+    lse: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
     B, C, H, W = x.shape
     D = f.shape[1]
@@ -234,16 +264,43 @@ def triton_backward(
     dsig = torch.empty_like(lse)
     with _device_guard(x):
         launchable(DELTA)[_grid(B, H, W)](
-            g=grad_out, out=out.contiguous(), delta=delta, H=H, W=W, C=C, **_strides("g", grad_out),
-            BLOCK_C=_block(C), I64=wide, **DELTA_TILES,
+            g=grad_out,
+            out=out.contiguous(),
+            delta=delta,
+            H=H,
+            W=W,
+            C=C,
+            **_strides("g", grad_out),
+            BLOCK_C=_block(C),
+            I64=wide,
+            **DELTA_TILES,
         )
         # dsig[b, j] = sum_i dS(i, j) |s_i - s_j|^2: per-pixel partials, summed below in a fixed
         # order (no float atomics, so the backward is bitwise reproducible).
         launchable(BACKWARD)[_grid(B, H, W)](
-            g=grad_out, x=x, f=f, sigma=sig, lse=lse.contiguous(), delta=delta, dx=dx, df=df, dsig=dsig,
-            H=H, W=W, C=C, D=D, R=R,
-            **_strides("g", grad_out), **_strides("x", x), **_strides("f", f), **_mask_args(key_mask, x),
-            BLOCK_C=_block(C), BLOCK_D=_block(D), I64=wide, **_dot_args(x.dtype), **config,
+            g=grad_out,
+            x=x,
+            f=f,
+            sigma=sig,
+            lse=lse.contiguous(),
+            delta=delta,
+            dx=dx,
+            df=df,
+            dsig=dsig,
+            H=H,
+            W=W,
+            C=C,
+            D=D,
+            R=R,
+            **_strides("g", grad_out),
+            **_strides("x", x),
+            **_strides("f", f),
+            **_mask_args(key_mask, x),
+            BLOCK_C=_block(C),
+            BLOCK_D=_block(D),
+            I64=wide,
+            **_dot_args(x.dtype),
+            **config,
         )
     total = dsig.sum()
     # / sigma^3 may overflow to inf at a tiny sigma, where every distance weight and so the sum
