@@ -1,5 +1,5 @@
 // The operator schema, defined once. Kernels register per dispatch key in cpu/ and cuda/;
-// Python (lam_ops/backends/compiled.py) registers the autograd formula and the fake kernels.
+// Python (lam_ops/backends/extension.py) registers the autograd formula and the fake kernels.
 #include <torch/library.h>
 
 TORCH_LIBRARY(lam_ops, m) {

@@ -19,7 +19,7 @@ import torch
 
 from . import versions
 from .backends import BACKENDS
-from .backends.compiled import _IMPORT_ERROR as EXTENSION_ERROR
+from .backends.extension import _IMPORT_ERROR as EXTENSION_ERROR
 
 
 def _triton_version() -> str | None:

@@ -63,6 +63,22 @@ def test_predict_probs_multiscale_flip():
     torch.testing.assert_close(p.sum(1), torch.ones(1, 20, 30))
 
 
+def test_predict_probs_flip_maps_the_mirrored_pass_back():
+    """A mirror-symmetric model on an asymmetric image: the mirrored pass, flipped back, equals the
+    plain one, so flip=True must give flip=False's probabilities (a missing flip-back would
+    average p with its mirror image)."""
+    model = torch.nn.Module()
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_((conv.weight + conv.weight.flip(-1)) / 2)
+    model.forward = lambda x, scribble_head=False: {"seg": conv(x)}
+    x = torch.randn(1, 3, 20, 30)
+    for scales in ((1.0,), (0.5, 1.25)):
+        plain = predict_probs(model, x, scales, flip=False)
+        assert not torch.allclose(plain, plain.flip(-1), atol=1e-3)  # the check below can fail
+        torch.testing.assert_close(predict_probs(model, x, scales, flip=True), plain)
+
+
 def test_dense_crf_cleans_noisy_probabilities_or_says_how_to_install():
     """With pydensecrf2 (the `crf` extra): the CRF repairs label noise on the real VOC photo.
     Without it: a clear message."""

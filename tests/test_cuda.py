@@ -10,7 +10,7 @@ from lam_cases import EDGE_CASES, TOLERANCES, Case, assert_matches_reference, ma
 
 import lam_ops
 from lam_ops.backends import BACKENDS
-from lam_ops.backends.compiled import _IMPORT_ERROR, OPS
+from lam_ops.backends.extension import _IMPORT_ERROR, OPS
 
 _GPU_UNAVAILABLE = BACKENDS["cuda"].unavailable("cuda")
 requires_gpu = pytest.mark.skipif(_GPU_UNAVAILABLE is not None, reason=f"backend cuda cannot run: {_GPU_UNAVAILABLE}")

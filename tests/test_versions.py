@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lam_ops import versions
-from lam_ops.backends.compiled import _IMPORT_ERROR
+from lam_ops.backends.extension import _IMPORT_ERROR
 
 requires_build = pytest.mark.skipif(_IMPORT_ERROR is not None, reason=f"lam_ops._C is not built: {_IMPORT_ERROR}")
 PROBE = "import lam_ops; print('backends:', lam_ops.available_backends('cpu'))"

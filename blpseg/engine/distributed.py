@@ -59,10 +59,6 @@ def wrap(model: nn.Module, d: Dist) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
     if d.world_size > 1:
         dist.all_reduce(t)

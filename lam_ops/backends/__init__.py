@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import Backend
-from .compiled import CppBackend, CudaBackend
+from .extension import CppBackend, CudaBackend
 from .reference import ReferenceBackend
 from .triton import TritonBackend
 
