@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backends import BACKENDS
 from .functional import check_backend_name, check_radius, check_sigma_value, local_aggregate
 
 SIMILARITIES = ("both", "features", "position")
+_HALF = (torch.float16, torch.bfloat16)
 
 # The "features only" ablation drops the distance term: with this sigma, |s_i - s_j|^2 / (2 sigma^2)
 # is below float32 resolution for any image that fits in memory, and the contract keeps sigma finite.
@@ -98,11 +100,18 @@ class LocalAggregation(nn.Module):
 
     def forward(self, logits: Tensor, image: Tensor, key_mask: Tensor | None = None) -> Tensor:
         # Computed in the logits' dtype (a float64 model with float64 logits in float64; under
-        # autocast, f follows the logits). Half precision on the CPU is computed in float32 by
-        # backend="auto" (local_aggregate); sigma is used in the accumulation type whatever its dtype.
+        # autocast, f follows the logits); sigma is used in the accumulation type whatever its dtype.
+        # Half logits on a device without half kernels (the CPU) are computed in float32 by the
+        # fused kernel and returned in their dtype: by backend="auto" itself (local_aggregate), and
+        # here for a named backend that has no half kernels there (cpp under autocast), which the
+        # function, casting nothing for a named backend, would refuse.
         f = self.guidance(image, logits.shape[-2:]).to(logits.dtype)
+        x, sigma = logits, self.sigma
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            return local_aggregate(logits, f, self.sigma, self.radius, key_mask, self.backend)
+            if x.dtype in _HALF and self.backend != "auto":
+                if BACKENDS[self.backend].unsupported(x, f, sigma, self.radius, key_mask) is not None:
+                    return local_aggregate(x.float(), f.float(), sigma, self.radius, key_mask, self.backend).to(x.dtype)
+            return local_aggregate(x, f, sigma, self.radius, key_mask, self.backend)
 
     def extra_repr(self) -> str:
         return f"radius={self.radius}, similarity={self.similarity!r}, backend={self.backend!r}"

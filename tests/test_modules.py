@@ -64,14 +64,15 @@ def test_fixed_sigma_is_a_buffer():
 
 
 @pytest.mark.skipif("cpp" not in lam_ops.available_backends("cpu"), reason="lam_ops._C is not built")
-def test_bfloat16_autocast_on_cpu_runs_the_fused_kernel_in_float32(monkeypatch):
+@pytest.mark.parametrize("backend", ["auto", "cpp"])  # cpp: a named backend without half kernels (the demo's config)
+def test_bfloat16_autocast_on_cpu_runs_the_fused_kernel_in_float32(monkeypatch, backend):
     from lam_ops.backends import BACKENDS
 
     ran = []
     cpp, reference = BACKENDS["cpp"], BACKENDS["reference"]
     monkeypatch.setattr(cpp, "forward", lambda x, *a, forward=cpp.forward: ran.append(x.dtype) or forward(x, *a))
     monkeypatch.setattr(reference, "forward", lambda *a: pytest.fail("the dense reference ran"))
-    lam = LocalAggregation(embed_dim=8, radius=2)
+    lam = LocalAggregation(embed_dim=8, radius=2, backend=backend)
     logits, image = torch.randn(1, 4, 8, 8), torch.randn(1, 3, 32, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = lam(logits.bfloat16(), image)
