@@ -75,7 +75,7 @@ demo: install
 	$(VENV)/bin/blpseg eval --checkpoint $(DEMO_RUN)/last.pt eval.flip=true
 	@echo "run files: $(DEMO_RUN)/ (last.pt, config.yaml, train.csv, val.csv, eval.json, eval_boundary_precision.png, tensorboard/: tensorboard --logdir $(DEMO_RUN))"
 
-# The same, from the plain folder format of one's own data (README, "Training on your own data").
+# The same, from the plain folder format of one's own data (docs/training.md, "Your own data").
 FOLDER_RUN ?= runs/own_data
 demo-folder: install
 	$(VENV)/bin/blpseg make-synthetic --root data/synthetic
@@ -83,7 +83,7 @@ demo-folder: install
 	$(VENV)/bin/blpseg train --config configs/own_data.yaml out_dir=$(FOLDER_RUN) data.root=data/synthetic_folder
 	$(VENV)/bin/blpseg eval --checkpoint $(FOLDER_RUN)/last.pt eval.flip=true
 
-# The LAM operator benchmark (benchmarks/README section of README.md); results in benchmarks/results/.
+# The LAM operator benchmark (docs/benchmarks.md); results in benchmarks/results/.
 bench: install
 	$(PY) benchmarks/bench_lam.py
 

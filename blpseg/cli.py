@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         const="last",
         default=None,
         help="continue from a checkpoint (with the same settings but for the few a resumed run may "
-        "change: README, 'Resuming'); without a path, <out_dir>/last.pt",
+        "change: docs/training.md, 'Resuming'); without a path, <out_dir>/last.pt",
     )
     t.add_argument("--print-config", action="store_true", help="print the resolved config (defaults included) and exit")
     t.add_argument("overrides", **overrides)

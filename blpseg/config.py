@@ -91,7 +91,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = _f("resnet101_deepstem")  # resnet18|50|101, resnet101_deepstem (the release's), timm:<model>
-    pretrained: str | None = _f(None)  # the backbone's weights: a local file (README, The model)
+    pretrained: str | None = _f(None)  # the backbone's weights: a local file (docs/training.md, The model)
     channels: int = _f(256, ge=1)
     lam: bool = _f(True)
     similarity: Literal["both", "features", "position"] = _f("both")
@@ -166,7 +166,7 @@ class Config:
     eval: EvalConfig = _f(EvalConfig())
 
 
-# What a resumed run may change (README, "Resuming"): how long it runs, where and how it logs,
+# What a resumed run may change (docs/training.md, "Resuming"): how long it runs, where and how it logs,
 # checkpoints and evaluates, where the data and the initial weights are read from, and which
 # (numerically equivalent) LAM kernel runs. Everything else is fixed by the checkpoint.
 RESUME_MAY_CHANGE = (

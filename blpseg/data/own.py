@@ -1,4 +1,4 @@
-"""The plain folder format for one's own data (README, "Training on your own data"):
+"""The plain folder format for one's own data (docs/training.md, "Your own data"):
 
     root/classes.txt        one class name per line; line i (from 0) is class id i, background first
     root/images/<name>.*    images in any format and mode PIL reads (.jpg, .png, .tif...); other

@@ -68,7 +68,7 @@ def _fixed(kernel, kind: str):
 
 def _autotuned(kernel, configs):
     """Opt-in (LAM_OPS_TRITON_AUTOTUNE=1): the fastest of `configs`, timed in this process per
-    (C, D, R) and dtype. Not deterministic across processes: see the README."""
+    (C, D, R) and dtype. Not deterministic across processes: see docs/backends.md."""
     configs = [
         triton.Config(dict(TH=th, TW=tw, TKH=kh, TKW=kw), num_warps=w, num_stages=s, maxnreg=255)
         for th, tw, kh, kw, w, s in configs
