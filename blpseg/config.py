@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import difflib
 import os
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
@@ -238,7 +239,7 @@ def _build(cls, raw: dict, prefix: str):
 
 def _check(value, tp, key: str, meta) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Union:
+    if origin in (Union, types.UnionType):  # Optional[X] and X | None
         if value is None and type(None) in args:
             return None
         expected = []
