@@ -94,7 +94,7 @@ def _describe(t) -> str:
 # the reference is cheap enough to be a sensible fallback (tests, small crops).
 DENSE_WARN_ENTRIES = 1 << 24
 
-_HALF = (torch.float16, torch.bfloat16)
+HALF_DTYPES = (torch.float16, torch.bfloat16)  # computed in float32 where a device has no half kernels
 _logger = logging.getLogger("lam_ops")
 _auto_choices_logged: set = set()
 
@@ -103,7 +103,7 @@ def _auto(x: Tensor, f: Tensor, sigma: Tensor, radius, key_mask):
     """(backend, x, f to compute with): the first backend of BACKENDS (fastest first) that runs the
     input. Half inputs on a device without half kernels (the CPU) are computed in float32 by a fused
     kernel rather than by the dense reference."""
-    for xc, fc in [(x, f)] + ([(x.float(), f.float())] if x.dtype in _HALF else []):
+    for xc, fc in [(x, f)] + ([(x.float(), f.float())] if x.dtype in HALF_DTYPES else []):
         for backend in BACKENDS.values():
             if backend.name == "reference" and xc is not x:
                 break  # the reference computes half inputs in float32 itself

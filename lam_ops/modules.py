@@ -9,10 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backends import BACKENDS
-from .functional import check_backend_name, check_radius, check_sigma_value, local_aggregate
+from .functional import HALF_DTYPES, check_backend_name, check_radius, check_sigma_value, local_aggregate
 
 SIMILARITIES = ("both", "features", "position")
-_HALF = (torch.float16, torch.bfloat16)
 
 # The "features only" ablation drops the distance term: with this sigma, |s_i - s_j|^2 / (2 sigma^2)
 # is below float32 resolution for any image that fits in memory, and the contract keeps sigma finite.
@@ -108,7 +107,7 @@ class LocalAggregation(nn.Module):
         f = self.guidance(image, logits.shape[-2:]).to(logits.dtype)
         x, sigma = logits, self.sigma
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            if x.dtype in _HALF and self.backend != "auto":
+            if x.dtype in HALF_DTYPES and self.backend != "auto":
                 if BACKENDS[self.backend].unsupported(x, f, sigma, self.radius, key_mask) is not None:
                     return local_aggregate(x.float(), f.float(), sigma, self.radius, key_mask, self.backend).to(x.dtype)
             return local_aggregate(x, f, sigma, self.radius, key_mask, self.backend)
