@@ -20,9 +20,11 @@ install: $(VENV)/.installed
 # The second venv: torch 2.11.0 and triton 3.6.0. PyPI's torch 2.11 would pull ~3 GB of nvidia-*
 # wheels pinned to its own versions; torch cannot be imported without those libraries (its
 # libtorch_cuda.so needs libcudnn.so.9, libnccl.so.2, ...), but any build with the same sonames
-# (CUDA 13.0) serves on a CPU-only machine. So torch is installed with --no-deps, the nvidia-*
-# wheels are those of the first venv (already downloaded), and torch's pure-Python requirements
-# are listed here (pip then warns that torch 2.11 wanted other versions of them: expected). The
+# (CUDA 13.0) serves on a CPU-only machine. So torch is installed with --no-deps, the first venv's
+# nvidia/ folder is linked in (torch finds it through its RPATH, $ORIGIN/../../nvidia/...: 3.2 GB
+# of disk not spent twice), the small cuda-* packages are installed at the first venv's versions,
+# and torch's pure-Python requirements are listed here (pip then warns that torch 2.11 wanted other
+# versions of them: expected). The
 # operator is built (CUDA kernels for sm_80 only: a compile check here) and
 # tested in a copy of the sources (build/compat-torch2.11), so that its lam_ops/_C*.so, built
 # against torch 2.11, never meets the first venv's.
@@ -45,8 +47,10 @@ $(COMPAT_VENV)/.installed: | $(VENV)/.installed
 	test -x $(COMPAT_PY) || python3 -m venv $(COMPAT_VENV)
 	$(COMPAT_PY) -m pip install -q --upgrade pip
 	$(COMPAT_PY) -m pip install -q --no-deps "torch==2.11.0"
-	$(PY) -m pip freeze | grep -iE '^(nvidia-|cuda-)' > $(COMPAT_VENV)/cuda-libraries.txt
-	$(COMPAT_PY) -m pip install -q --no-deps -r $(COMPAT_VENV)/cuda-libraries.txt
+	ln -sfn "$$($(PY) -c 'import nvidia, os; print(os.path.abspath(nvidia.__path__[0]))')" \
+		"$$($(COMPAT_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia"
+	$(PY) -m pip freeze | grep -iE '^cuda-' > $(COMPAT_VENV)/cuda-packages.txt
+	$(COMPAT_PY) -m pip install -q --no-deps -r $(COMPAT_VENV)/cuda-packages.txt
 	$(COMPAT_PY) -m pip install -q "triton==3.6.0" filelock "typing-extensions>=4.10" "setuptools>=64,<82" "sympy>=1.13.3" \
 		"networkx>=2.5.1" jinja2 "fsspec>=0.8.5" numpy wheel ninja pytest pytest-timeout
 	touch $@
