@@ -196,6 +196,30 @@ def _strides(prefix: str, t: Tensor) -> dict:
     return {f"s{prefix}{axis}": s for axis, s in zip("bchw", t.stride(), strict=True)}
 
 
+def _window_args(x: Tensor, f: Tensor, radius: int | None, key_mask: Tensor | None, wide: bool) -> dict:
+    """The arguments the forward and backward kernels share: sizes, radius, x/f/mask strides, channel
+    blocks, dot precision and the pixel tiles (whose grid is checked against the launch limit here)."""
+    B, C, H, W = x.shape
+    D = f.shape[1]
+    config = _launch_config()
+    check_grid(B, H, W, _grid_tiles(config))
+    return dict(
+        H=H,
+        W=W,
+        C=C,
+        D=D,
+        R=_kernel_radius(radius, H, W),
+        **_strides("x", x),
+        **_strides("f", f),
+        **_mask_args(key_mask, x),
+        BLOCK_C=_block(C),
+        BLOCK_D=_block(D),
+        I64=wide,
+        **_dot_args(x.dtype),
+        **config,
+    )
+
+
 _FORWARD_SCHEMA = "(Tensor x, Tensor f, Tensor sigma, int? radius, Tensor? key_mask) -> (Tensor out, Tensor lse)"
 _BACKWARD_SCHEMA = (
     "(Tensor grad_out, Tensor x, Tensor f, Tensor sigma, int? radius, Tensor? key_mask, Tensor out, Tensor lse)"
@@ -207,35 +231,13 @@ def triton_forward(
     x: Tensor, f: Tensor, sigma: Tensor, radius: int | None, key_mask: Tensor | None
 ) -> tuple[Tensor, Tensor]:
     B, C, H, W = x.shape
-    D = f.shape[1]
     out = torch.empty((B, C, H, W), dtype=x.dtype, device=x.device)
     lse = torch.empty((B, H, W), dtype=lse_dtype(x.dtype), device=x.device)
     if B * H * W == 0:  # no program to launch; C = 0 or D = 0 run the kernel (the logits are distances)
         return out, lse
-    R = _kernel_radius(radius, H, W)
-    config = _launch_config()
-    check_grid(B, H, W, _grid_tiles(config))
+    shared = _window_args(x, f, radius, key_mask, wide=needs_int64(x, f))
     with _device_guard(x):
-        launchable(FORWARD)[_grid(B, H, W)](
-            x=x,
-            f=f,
-            sigma=sigma.to(lse.dtype),
-            out=out,
-            lse=lse,
-            H=H,
-            W=W,
-            C=C,
-            D=D,
-            R=R,
-            **_strides("x", x),
-            **_strides("f", f),
-            **_mask_args(key_mask, x),
-            BLOCK_C=_block(C),
-            BLOCK_D=_block(D),
-            I64=needs_int64(x, f),
-            **_dot_args(x.dtype),
-            **config,
-        )
+        launchable(FORWARD)[_grid(B, H, W)](x=x, f=f, sigma=sigma.to(lse.dtype), out=out, lse=lse, **shared)
     return out, lse
 
 
@@ -256,10 +258,8 @@ def triton_backward(
     if B * H * W == 0:
         return dx, df, torch.zeros_like(sigma)
     sig = sigma.to(lse.dtype)
-    R = _kernel_radius(radius, H, W)
-    config = _launch_config()
-    check_grid(B, H, W, _grid_tiles(config))
     wide = needs_int64(x, f, grad_out)
+    shared = _window_args(x, f, radius, key_mask, wide)
     delta = torch.empty_like(lse)
     dsig = torch.empty_like(lse)
     with _device_guard(x):
@@ -287,20 +287,8 @@ def triton_backward(
             dx=dx,
             df=df,
             dsig=dsig,
-            H=H,
-            W=W,
-            C=C,
-            D=D,
-            R=R,
             **_strides("g", grad_out),
-            **_strides("x", x),
-            **_strides("f", f),
-            **_mask_args(key_mask, x),
-            BLOCK_C=_block(C),
-            BLOCK_D=_block(D),
-            I64=wide,
-            **_dot_args(x.dtype),
-            **config,
+            **shared,
         )
     total = dsig.sum()
     # / sigma^3 may overflow to inf at a tiny sigma, where every distance weight and so the sum
