@@ -16,8 +16,16 @@ import sys
 import measure
 import torch
 
-# torch's allocator, Python's, or OpenMP's threads (their stacks) over the address-space limit
-_OOM_MESSAGES = ("MemoryError", "can't allocate", "Thread creation failed", "out of memory")
+# torch's allocator, Python's, OpenMP's threads (their stacks) or oneDNN over the address-space
+# limit. oneDNN's message names no cause, but under the limit a convolution that runs without it
+# fails for want of memory (its scratchpad): which allocation fails first varies from run to run.
+_OOM_MESSAGES = (
+    "MemoryError",
+    "can't allocate",
+    "Thread creation failed",
+    "out of memory",
+    "could not create a primitive",
+)
 
 
 def limit_memory(budget_gb: float, device: torch.device) -> None:
