@@ -65,7 +65,8 @@ class Shape:
 
 
 SHAPES = {
-    "paper": Shape(10, 384, "resnet101", 256, 18, 256),
+    # the release's network: the deep-stem ResNet-101 of configs/voc_scribble.yaml
+    "paper": Shape(10, 384, "resnet101_deepstem", 256, 18, 256),
     "quick": Shape(2, 64, "resnet18", 32, 4, 16),
 }
 
