@@ -24,10 +24,9 @@ install: $(VENV)/.installed
 # nvidia/ folder is linked in (torch finds it through its RPATH, $ORIGIN/../../nvidia/...: 3.2 GB
 # of disk not spent twice), the small cuda-* packages are installed at the first venv's versions,
 # and torch's pure-Python requirements are listed here (pip then warns that torch 2.11 wanted other
-# versions of them: expected). The
-# operator is built (CUDA kernels for sm_80 only: a compile check here) and
-# tested in a copy of the sources (build/compat-torch2.11), so that its lam_ops/_C*.so, built
-# against torch 2.11, never meets the first venv's.
+# versions of them: expected). The operator is built (CUDA kernels for sm_80 only: a compile check
+# here) and tested in a copy of the sources (build/compat-torch2.11), so that its lam_ops/_C*.so,
+# built against torch 2.11, never meets the first venv's.
 COMPAT_VENV ?= .venv-torch2.11
 COMPAT_PY := $(COMPAT_VENV)/bin/python
 COMPAT_SRC := build/compat-torch2.11

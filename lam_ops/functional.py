@@ -100,19 +100,16 @@ _auto_choices_logged: set = set()
 
 
 def _auto(x: Tensor, f: Tensor, sigma: Tensor, radius, key_mask):
-    """(backend, x, f to compute with): the first backend of BACKENDS (fastest first) that runs the
-    input. Half inputs on a device without half kernels (the CPU) are computed in float32 by a fused
-    kernel rather than by the dense reference."""
+    """(backend, x, f to compute with): the first fused backend of BACKENDS (fastest first) that runs
+    the input, else the dense reference, which runs every input. Half inputs on a device without
+    half kernels (the CPU) are computed in float32 by a fused kernel rather than by the reference
+    (which computes them in float32 itself)."""
+    fused = [b for b in BACKENDS.values() if b.name != "reference" and b.picked_by_auto(x.device)]
     for xc, fc in [(x, f)] + ([(x.float(), f.float())] if x.dtype in HALF_DTYPES else []):
-        for backend in BACKENDS.values():
-            if backend.name == "reference" and xc is not x:
-                break  # the reference computes half inputs in float32 itself
-            if backend.picked_by_auto(x.device) and backend.unsupported(xc, fc, sigma, radius, key_mask) is None:
-                if backend.name != "reference":
-                    return backend, xc, fc
-                fallback = backend
-                break
-    return fallback, x, f
+        for backend in fused:
+            if backend.unsupported(xc, fc, sigma, radius, key_mask) is None:
+                return backend, xc, fc
+    return BACKENDS["reference"], x, f
 
 
 def _report_auto_choice(backend, dtype: torch.dtype, x, f, sigma, radius, key_mask) -> None:

@@ -106,10 +106,14 @@ class LocalAggregation(nn.Module):
         # function, casting nothing for a named backend, would refuse.
         f = self.guidance(image, logits.shape[-2:]).to(logits.dtype)
         x, sigma = logits, self.sigma
+        upcast = (
+            x.dtype in HALF_DTYPES
+            and self.backend != "auto"
+            and BACKENDS[self.backend].unsupported(x, f, sigma, self.radius, key_mask) is not None
+        )
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            if x.dtype in HALF_DTYPES and self.backend != "auto":
-                if BACKENDS[self.backend].unsupported(x, f, sigma, self.radius, key_mask) is not None:
-                    return local_aggregate(x.float(), f.float(), sigma, self.radius, key_mask, self.backend).to(x.dtype)
+            if upcast:
+                return local_aggregate(x.float(), f.float(), sigma, self.radius, key_mask, self.backend).to(x.dtype)
             return local_aggregate(x, f, sigma, self.radius, key_mask, self.backend)
 
     def extra_repr(self) -> str:
