@@ -461,3 +461,243 @@ def test_folder_analysis_pairs_the_images_with_both_labels(tmp_path):
     items = list(paired_items(cfg, 2, None, None, None))
     assert [i["name"] for i in items] == ["b"] and items[0]["scribbled"].sum() == 13
     assert annotation_bias(items)["scribbles"]["mean"] > 0
+
+
+# ================================================================ issue 18: the readers of users' files
+# (labelme JSON, PASCAL-Scribble XML, classes.txt, images: sizes, structure, encodings, EXIF)
+
+
+@pytest.mark.parametrize(
+    "shapes",
+    [
+        [None],
+        ["x"],
+        [shape(3, "line", [[0, 0], [3, 3]])],
+        [shape("cat", 5, [[0, 0], [3, 3]])],
+        [shape("cat", "", [[0, 0], [3, 3]])],
+        [shape("cat", "line", "0,0,3,3")],
+        [shape("cat", "line", [[0, "1"], [3, 3]])],
+        [shape("cat", "line", [[True, 1], [3, 3]])],
+        [shape("cat", "line", [[0, 1, 2], [3, 3]])],
+        [shape("cat", "line", [{"x": 0, "y": 1}])],
+        [shape("cat", "line", [[10**400, 0], [3, 3]])],
+    ],
+)
+def test_labelme_malformed_shapes_name_the_file(tmp_path, shapes):
+    # Seen: "shapes": [null] or ["x"] raised AttributeError; strings were taken as coordinates.
+    from blpseg.data.labelme import rasterize_labelme
+
+    labelme_file(tmp_path / "bad.json", shapes)
+    with pytest.raises(ValueError, match="bad.json: shape 0"):
+        rasterize_labelme(str(tmp_path / "bad.json"), ("background", "cat"))
+
+
+@pytest.mark.parametrize("doc", ["[" * 100_000 + "]" * 100_000, '{"shapes": ' + "[" * 100_000 + "]" * 100_000 + "}"])
+def test_labelme_deep_nesting_names_the_file(tmp_path, doc):
+    # Seen: a 100k-deep JSON raised RecursionError.
+    from blpseg.data.labelme import rasterize_labelme
+
+    (tmp_path / "deep.json").write_text(doc)
+    with pytest.raises(ValueError, match="deep.json"):
+        rasterize_labelme(str(tmp_path / "deep.json"), ("background", "cat"))
+
+
+@pytest.mark.parametrize("h, w", [(200_000, 200_000), (1, 2**27 + 1), (2**40, 1)])
+def test_labelme_sizes_over_the_limit_name_the_file(tmp_path, h, w):
+    # Seen: imageHeight = imageWidth = 200000 raised MemoryError.
+    from blpseg.data.labelme import rasterize_labelme
+
+    labelme_file(tmp_path / "big.json", [shape("cat", "point", [[0, 0]])], h=h, w=w)
+    with pytest.raises(ValueError, match="big.json.*limit"):
+        rasterize_labelme(str(tmp_path / "big.json"), ("background", "cat"))
+
+
+def test_labelme_json_with_a_byte_order_mark_is_read(tmp_path):
+    from blpseg.data.labelme import rasterize_labelme
+
+    labelme_file(tmp_path / "a.json", [shape("cat", "point", [[2, 3]])])
+    (tmp_path / "a.json").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "a.json").read_bytes())
+    assert rasterize_labelme(str(tmp_path / "a.json"), ("background", "cat"), width=1)[3, 2] == 1
+
+
+@pytest.mark.parametrize(
+    "points, ok",
+    [
+        ([[-0.5, 0], [12.5, 10]], True),
+        ([[-12, -10], [24, 20]], True),
+        ([[0, 0], [1e9, 5e8]], False),
+        ([[0, -11]], False),
+    ],
+)
+def test_points_far_outside_the_image_are_refused(tmp_path, points, ok):
+    # Seen: a line to (1e9, 5e8) took PIL seconds to draw, pixel by pixel, off the image.
+    from blpseg.data.labelme import rasterize_labelme
+
+    labelme_file(tmp_path / "far.json", [shape("cat", "line", points)])  # a 10 x 12 image
+    if ok:
+        assert (rasterize_labelme(str(tmp_path / "far.json"), ("background", "cat")) == 1).any()
+    else:
+        with pytest.raises(ValueError, match="far.json.*outside"):
+            rasterize_labelme(str(tmp_path / "far.json"), ("background", "cat"))
+
+
+@pytest.mark.parametrize("h, w", [(200_000, 200_000), (1, 2**27 + 1)])
+def test_xml_sizes_over_the_limit_name_the_file(tmp_path, h, w):
+    # Seen: <size> of 200000 raised MemoryError.
+    path = tmp_path / "big.xml"
+    path.write_text(XML.replace("<width>12</width><height>8</height>", f"<width>{w}</width><height>{h}</height>"))
+    with pytest.raises(ValueError, match="big.xml.*limit"):
+        rasterize_scribbles(str(path), VOC_CLASSES)
+
+
+def test_xml_without_polygons_names_the_file(tmp_path):
+    # A VOC detection annotation (no <polygon>), or a 100k-deep tree, is not a scribble file: it used to
+    # become a label with no scribble at all.
+    voc = tmp_path / "det.xml"
+    voc.write_text(
+        "<annotation><size><width>12</width><height>8</height></size><object><name>dog</name></object></annotation>"
+    )
+    deep = tmp_path / "deep.xml"
+    deep.write_text("<annotation>" + "<a>" * 100_000 + "</a>" * 100_000 + "</annotation>")
+    for path in (voc, deep):
+        with pytest.raises(ValueError, match=f"{path.name}.*no <polygon>"):
+            rasterize_scribbles(str(path), VOC_CLASSES, size=(8, 12))
+
+
+def test_class_file_byte_order_mark_and_line_ends(tmp_path):
+    # Seen: a UTF-8 byte-order mark made the first class '\ufeffbackground', so labelme's
+    # 'background' was unknown.
+    from blpseg import cli
+    from blpseg.data.classes import read_class_file
+
+    path = tmp_path / "classes.txt"
+    for data in (
+        b"\xef\xbb\xbfbackground\ncat\n",
+        b"background\r\ncat \r\n\r\n",
+        b"background\rcat",
+        b" background\t\ncat\n\n\n",
+    ):
+        path.write_bytes(data)
+        assert read_class_file(str(path)) == ("background", "cat"), data
+    path.write_bytes(b"\xef\xbb\xbfbackground\r\ncat\r\n")
+    (tmp_path / "json").mkdir()
+    labelme_file(
+        tmp_path / "json" / "x.json", [shape("background", "point", [[1, 1]]), shape("cat", "point", [[5, 5]])]
+    )
+    out = tmp_path / "scribbles"
+    assert (
+        cli.main(["convert-scribbles", str(tmp_path / "json"), str(out), "--from", "labelme", "--classes", str(path)])
+        == 0
+    )
+    label = read_label(str(out / "x.png"))
+    assert label[1, 1] == 0 and label[5, 5] == 1
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"background\ncat\nchien \xe9\n", "classes.txt line 3 is not UTF-8"),
+        ("background\ncat\n".encode("utf-16"), "classes.txt is UTF-16"),
+        (b"background\n\ncat\n", "classes.txt line 2 is blank"),
+        (b"\nbackground\ncat\n", "classes.txt line 1 is blank"),
+        (b"background\ncat\ndog\ncat \n", "classes.txt names 'cat' on lines 2 and 4.*distinct"),
+        (b"background\n\n", "classes.txt must name at least 2"),
+    ],
+)
+def test_bad_class_files_name_the_file_and_line(tmp_path, data, message):
+    from blpseg.data.classes import read_class_file
+
+    (tmp_path / "classes.txt").write_bytes(data)
+    with pytest.raises(ValueError, match=message):
+        read_class_file(str(tmp_path / "classes.txt"))
+
+
+def exif_photo(path, raw, orientation, **save):
+    """`raw` (H, W, 3) saved with an EXIF orientation tag, as cameras store a turned photo."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(raw).save(path, exif=exif, **save)
+
+
+def test_images_and_labels_are_turned_by_their_exif_orientation(tmp_path):
+    # Seen: the orientation was ignored, while labelme annotates the turned photo.
+    from blpseg.data.io import image_size, read_image
+
+    raw = np.zeros((16, 32, 3), np.uint8)
+    raw[:, 16:] = 255  # right half white: after orientation 6 (turn 90 degrees clockwise), the bottom half
+    exif_photo(tmp_path / "p.jpg", raw, 6, quality=95)
+    with Image.open(tmp_path / "p.jpg") as im:
+        decoded = np.asarray(im.convert("RGB"))  # the stored pixels, not turned
+    out = read_image(str(tmp_path / "p.jpg"))
+    assert out.shape == (32, 16, 3) and image_size(str(tmp_path / "p.jpg")) == (32, 16)
+    np.testing.assert_array_equal(out, np.rot90(decoded, -1))
+    assert out[:14].max() < 30 and out[18:].min() > 225
+    mirrored = tmp_path / "m.png"
+    exif_photo(mirrored, raw, 2)  # a left-right mirror
+    np.testing.assert_array_equal(read_image(str(mirrored)), raw[:, ::-1])
+    label = np.zeros((2, 3), np.uint8)
+    label[0, 0] = 1
+    im = Image.fromarray(label, "L")
+    exif = Image.Exif()
+    exif[0x0112] = 8  # turn 90 degrees counter-clockwise
+    im.save(tmp_path / "l.png", exif=exif)
+    np.testing.assert_array_equal(read_label(str(tmp_path / "l.png")), np.rot90(label, 1))
+
+
+def test_labelme_scribbles_line_up_with_a_turned_photo(tmp_path):
+    # labelme's imageHeight x imageWidth is the turned photo's; training must read the photo turned.
+    from blpseg.data.labelme import convert_labelme
+    from blpseg.data.own import folder_split
+
+    os.makedirs(tmp_path / "images")
+    exif_photo(tmp_path / "images" / "a.jpg", np.full((10, 12, 3), 128, np.uint8), 6)  # shown 12 x 10
+    labelme_file(tmp_path / "images" / "a.json", [shape("cat", "line", [[1, 2], [8, 2]])], h=12, w=10)
+    (tmp_path / "classes.txt").write_text("background\ncat\n")
+    assert convert_labelme(str(tmp_path / "images"), str(tmp_path / "scribbles"), ("background", "cat"), 1) == 1
+    item = folder_split(str(tmp_path), "train", 2, EvalTransform())[0]
+    assert item["image"].shape == (3, 12, 10) and (item["target"][2, 1:9] == 1).all()
+    # The XML converter takes the turned size from --image-dir too.
+    (tmp_path / "xml").mkdir()
+    (tmp_path / "xml" / "a.xml").write_text(
+        "<annotation><polygon><tag>cat</tag><point><X>1</X><Y>11</Y></point></polygon></annotation>"
+    )
+    assert (
+        convert_scribbles(
+            str(tmp_path / "xml"), str(tmp_path / "out"), ("background", "cat"), 1, str(tmp_path / "images")
+        )
+        == 1
+    )
+    assert read_label(str(tmp_path / "out" / "a.png")).shape == (12, 10)
+
+
+def test_images_over_the_pixel_limit_name_the_file(tmp_path, monkeypatch):
+    import warnings
+
+    from blpseg.data import io
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(io, "MAX_PIXELS", 63)
+    for read in (io.read_image, io.read_label, io.image_size):
+        with pytest.raises(ValueError, match="big.png.*limit"):
+            read(str(tmp_path / "big.png"))
+    # PIL's guard: above twice its MAX_IMAGE_PIXELS an error (the same one), below it no warning
+    # (MAX_PIXELS alone decides).
+    monkeypatch.setattr(io, "MAX_PIXELS", 100)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)
+    with pytest.raises(ValueError, match="big.png.*limit"):
+        io.read_image(str(tmp_path / "big.png"))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert io.read_image(str(tmp_path / "big.png")).shape == (8, 8, 3)
+
+
+def test_truncated_image_names_the_file(tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "t.jpg")
+    data = (tmp_path / "t.jpg").read_bytes()
+    (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
+    from blpseg.data.io import read_image
+
+    with pytest.raises(CorruptFileError, match="t.jpg"):
+        read_image(str(tmp_path / "t.jpg"))

@@ -3,23 +3,44 @@
 from __future__ import annotations
 
 import os
+import warnings
+from contextlib import contextmanager
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .classes import palette
+
+# The most pixels an image, a label PNG, or the size a scribble file declares may have: 2**27
+# (134,217,728, e.g. 16384 x 8192; 384 MiB as 8-bit RGB). Above it a file is refused naming it, not
+# decoded into memory (PIL's own decompression-bomb guard errs only at twice its 89,478,485).
+MAX_PIXELS = 2**27
 
 
 class CorruptFileError(OSError):
     pass
 
 
+def check_pixels(path: str, height: int, width: int) -> None:
+    if height * width > MAX_PIXELS:
+        raise ValueError(
+            f"{path}: {height} x {width} is over the limit of {MAX_PIXELS:,} pixels; "
+            "resize the image or split it into tiles"
+        )
+
+
 def read_image(path: str) -> np.ndarray:
     """(H, W, 3) uint8 RGB from an image in any mode PIL reads: 8-bit modes (L, LA, P, RGBA, CMYK,
     YCbCr...) through PIL's conversion (alpha dropped), 16-bit greyscale (I;16*, and I, as which PIL
     may open a 16-bit PNG) scaled from 0..65535, float greyscale (F) from 0..1. Other ranges are
-    refused naming the file rather than guessed."""
+    refused naming the file rather than guessed. Turned as its EXIF orientation says (see _open)."""
     return _read(path, label=False)
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(height, width) of an image as read_image reads it (after its EXIF orientation)."""
+    with _open(path) as im:
+        return im.height, im.width
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:
@@ -38,22 +59,44 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
 
 
 def read_label(path: str) -> np.ndarray:
-    """(H, W) uint8 class ids of a palette or greyscale PNG."""
+    """(H, W) uint8 class ids of a palette or greyscale PNG (turned by its EXIF orientation, if any)."""
     return _read(path, label=True)
 
 
 def _read(path: str, label: bool) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
+    with _open(path) as im:
+        try:
             if not label:
                 return _to_rgb(im)
             if im.mode not in ("P", "L"):
                 raise ValueError(f"a label must be a palette or greyscale PNG, got mode {im.mode}")
             return np.asarray(im).copy()
+        except Exception as e:  # PIL raises several types for truncated or foreign files
+            raise CorruptFileError(f"cannot read {path}: {e}") from e
+
+
+@contextmanager
+def _open(path: str):
+    """The image at `path` as viewers show it: turned by its EXIF orientation, as labelme turns a
+    photo before it is annotated (so scribbles, masks and predictions share the photo's frame).
+    Over MAX_PIXELS is refused before decoding; an unreadable file is a CorruptFileError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS decides
+            im = Image.open(path)
     except FileNotFoundError:
         raise
-    except Exception as e:  # PIL raises several types for truncated or foreign files
+    except Image.DecompressionBombError:  # over PIL's own limit, which is above MAX_PIXELS
+        raise ValueError(f"{path}: the image is over the limit of {MAX_PIXELS:,} pixels") from None
+    except Exception as e:
         raise CorruptFileError(f"cannot read {path}: {e}") from e
+    with im:
+        check_pixels(path, im.height, im.width)
+        try:
+            turned = ImageOps.exif_transpose(im)
+        except Exception as e:  # a truncated file fails here, where the pixels are decoded
+            raise CorruptFileError(f"cannot read {path}: {e}") from e
+        yield turned
 
 
 def write_label(path: str, label: np.ndarray) -> None:

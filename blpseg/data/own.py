@@ -21,6 +21,7 @@ import shutil
 from PIL import Image
 from tqdm import tqdm
 
+from .classes import read_class_file
 from .folder import LabeledImages, read_split_list
 from .io import check_outputs
 
@@ -29,18 +30,6 @@ IMAGES, SCRIBBLES, MASKS, CLASSES = "images", "scribbles", "masks", "classes.txt
 
 def read_classes(root: str) -> tuple[str, ...]:
     return read_class_file(os.path.join(root, CLASSES))
-
-
-def read_class_file(path: str) -> tuple[str, ...]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"class list not found: {path} (one class name per line, background first)")
-    with open(path) as fh:
-        names = tuple(line.strip() for line in fh if line.strip())
-    if len(names) < 2 or len(set(names)) != len(names):
-        raise ValueError(f"{path} must name at least 2 distinct classes, one per line; got {list(names)}")
-    if len(names) > 255:
-        raise ValueError(f"{path} names {len(names)} classes; label PNGs hold at most 255 (255 = not scribbled)")
-    return names
 
 
 def _images(root: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ from scipy import ndimage
 from skimage.morphology import skeletonize
 from tqdm import tqdm
 
-from .io import check_outputs, read_label, write_label
+from .io import check_outputs, check_pixels, image_size, read_label, write_label
 from .regions import connected_regions
 
 NOT_SCRIBBLED = 255
@@ -45,6 +45,8 @@ def parse_scribble_xml(path: str) -> tuple[tuple[int, int] | None, list[tuple[st
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: a point of polygon {tag!r} lacks a numeric <X> or <Y>") from e
         polygons.append((tag, points))
+    if not polygons:  # e.g. a VOC detection annotation: it would become a label with no scribble
+        raise ValueError(f"{path} holds no <polygon>: not a PASCAL-Scribble file")
     return size, polygons
 
 
@@ -67,16 +69,25 @@ def class_id(path: str, name: str, class_names: Sequence[str]) -> int:
 def draw_strokes(path: str, size: tuple[int, int], strokes, width: int = 3) -> np.ndarray:
     """Draws [(class id, [(x, y), ...])] polylines in order (a later stroke over an earlier one),
     `width` pixels wide (a single point as a dot), into an (H, W) uint8 label that is NOT_SCRIBBLED
-    elsewhere. A coordinate that is not finite is refused naming `path`: PIL would draw it as a line
-    across the image."""
+    elsewhere. Refused naming `path`: a size over io.MAX_PIXELS, a coordinate that is not finite
+    (PIL would draw it as a line across the image) or more than the image's size outside it
+    (annotation tools keep points on the image; PIL would step through every pixel to it)."""
     if width < 1:
         raise ValueError(f"the stroke width must be >= 1, got {width}")
+    check_pixels(path, *size)
     canvas = Image.new("L", (size[1], size[0]), NOT_SCRIBBLED)
     draw = ImageDraw.Draw(canvas)
     r = (width - 1) / 2
+    extent = np.array([size[1], size[0]], dtype=np.float64)  # (x, y) bounds
     for cid, points in strokes:
-        if not np.isfinite(np.asarray(points, dtype=np.float64)).all():
+        xy = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        if not np.isfinite(xy).all():
             raise ValueError(f"{path}: a stroke of class id {cid} has a coordinate that is not finite (NaN or Inf)")
+        if ((xy < -extent) | (xy > 2 * extent)).any():
+            raise ValueError(
+                f"{path}: a stroke of class id {cid} has a point more than the image's size outside the "
+                f"{size[0]} x {size[1]} image"
+            )
         if len(points) == 1 and width <= 1:
             draw.point(points, fill=cid)
         elif len(points) == 1:
@@ -105,8 +116,7 @@ def convert_scribbles(
         name = os.path.splitext(os.path.basename(path))[0]
         size = None
         if image_dir is not None:
-            with Image.open(os.path.join(image_dir, name + ".jpg")) as im:
-                size = (im.height, im.width)
+            size = image_size(os.path.join(image_dir, name + ".jpg"))
         write_label(os.path.join(out_dir, name + ".png"), rasterize_scribbles(path, class_names, width, size))
     return len(paths)
 
