@@ -3,7 +3,6 @@ scribbles on full masks. In every scribble PNG, 255 means "not scribbled"."""
 
 from __future__ import annotations
 
-import glob
 import os
 from collections import deque
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ from scipy import ndimage
 from skimage.morphology import skeletonize
 from tqdm import tqdm
 
-from .io import check_outputs, read_label, write_label
+from .io import check_outputs, list_files, read_label, write_label
 from .regions import connected_regions
 
 NOT_SCRIBBLED = 255
@@ -87,28 +86,44 @@ def draw_strokes(path: str, size: tuple[int, int], strokes, width: int = 3) -> n
     return np.asarray(canvas).copy()
 
 
+def annotation_jobs(in_dir: str, ext: str, out_dir: str, what: str) -> list[tuple[str, str]]:
+    """[(in_dir/<name><ext>, out_dir/<name>.png)] for every file of `in_dir` ending in `ext` (in any
+    case): what the converters read and write."""
+    files = list_files(in_dir, {ext}, what)
+    if not files:
+        raise FileNotFoundError(f"no {ext} files in {in_dir}")
+    return [(path, os.path.join(out_dir, name + ".png")) for name, path in files.items()]
+
+
 def convert_scribbles(
-    xml_dir: str, out_dir: str, class_names: Sequence[str], width: int = 3, image_dir: str | None = None
+    xml_dir: str,
+    out_dir: str,
+    class_names: Sequence[str],
+    width: int = 3,
+    image_dir: str | None = None,
+    overwrite: bool = False,
+    files=(),
 ) -> int:
     """Rasterises every <id>.xml of `xml_dir` to `out_dir`/<id>.png; sizes come from the XML or, when
-    it has none, from `image_dir`/<id>.jpg. Returns the number of files written."""
-    paths = sorted(glob.glob(os.path.join(xml_dir, "*.xml")))
-    if not paths:
-        raise FileNotFoundError(f"no .xml files in {xml_dir}")
-    images = (
-        [os.path.join(image_dir, os.path.splitext(os.path.basename(p))[0] + ".jpg") for p in paths] if image_dir else []
-    )
-    check_outputs(
-        [(p, os.path.join(out_dir, os.path.splitext(os.path.basename(p))[0] + ".png")) for p in paths], images
-    )
-    for path in tqdm(paths, desc="convert-scribbles", unit="file"):
-        name = os.path.splitext(os.path.basename(path))[0]
+    `image_dir` is given, from its image <id>.* (any image format). Existing PNGs are replaced only
+    with `overwrite`; `files` (the class list) are inputs too. Returns the number of files written."""
+    jobs = annotation_jobs(xml_dir, ".xml", out_dir, "PASCAL-Scribble XML files")
+    images = {}
+    if image_dir is not None:
+        found = list_files(image_dir, set(Image.registered_extensions()), "images")
+        for path, _ in jobs:
+            name = os.path.splitext(os.path.basename(path))[0]
+            if name not in found:
+                raise FileNotFoundError(f"{path}: no image {name}.* in {image_dir} (--image-dir) to take the size from")
+            images[path] = found[name]
+    check_outputs(jobs, images.values(), files, overwrite)
+    for path, out in tqdm(jobs, desc="convert-scribbles", unit="file"):
         size = None
         if image_dir is not None:
-            with Image.open(os.path.join(image_dir, name + ".jpg")) as im:
+            with Image.open(images[path]) as im:
                 size = (im.height, im.width)
-        write_label(os.path.join(out_dir, name + ".png"), rasterize_scribbles(path, class_names, width, size))
-    return len(paths)
+        write_label(out, rasterize_scribbles(path, class_names, width, size))
+    return len(jobs)
 
 
 def simulate_scribbles(
@@ -170,13 +185,11 @@ def _geodesic_steps(skeleton: np.ndarray, seed) -> dict:
     return steps
 
 
-def scribblize(mask_dir: str, out_dir: str, seed: int = 0, **options) -> int:
-    """simulate_scribbles on every PNG mask of `mask_dir`, written to `out_dir` under the same name."""
-    paths = sorted(glob.glob(os.path.join(mask_dir, "*.png")))
-    if not paths:
-        raise FileNotFoundError(f"no .png masks in {mask_dir}")
-    check_outputs([(p, os.path.join(out_dir, os.path.basename(p))) for p in paths])
-    for i, path in enumerate(tqdm(paths, desc="scribblize", unit="mask")):
-        label = simulate_scribbles(read_label(path), np.random.default_rng([seed, i]), **options)
-        write_label(os.path.join(out_dir, os.path.basename(path)), label)
-    return len(paths)
+def scribblize(mask_dir: str, out_dir: str, seed: int = 0, overwrite: bool = False, **options) -> int:
+    """simulate_scribbles on every PNG mask of `mask_dir`, written to `out_dir`/<name>.png; existing
+    files there are replaced only with `overwrite`."""
+    jobs = annotation_jobs(mask_dir, ".png", out_dir, "masks")
+    check_outputs(jobs, overwrite=overwrite)
+    for i, (path, out) in enumerate(tqdm(jobs, desc="scribblize", unit="mask")):
+        write_label(out, simulate_scribbles(read_label(path), np.random.default_rng([seed, i]), **options))
+    return len(jobs)

@@ -16,6 +16,7 @@ def predict_probs(model: nn.Module, image: Tensor, scales: Sequence[float] = (1.
     """image (B, 3, H, W) normalised -> (B, K, H, W) softmax probabilities averaged over the scales
     and, with `flip`, their horizontal mirrors (the paper tests at 0.5, 0.75, 1, 1.25 with flip)."""
     H, W = image.shape[-2:]
+    check_scales(scales, H, W)
     total = 0
     for s in scales:
         x = image if s == 1 else F.interpolate(image, scale_factor=s, mode="bilinear", align_corners=False)
@@ -26,6 +27,22 @@ def predict_probs(model: nn.Module, image: Tensor, scales: Sequence[float] = (1.
             p = p.flip(-1) if mirrored else p
             total = total + F.interpolate(p, size=(H, W), mode="bilinear", align_corners=False)
     return total / (len(scales) * (2 if flip else 1))
+
+
+MIN_SIDE = 32  # the backbone's coarsest stride: below it the deepest features hold one cell
+
+
+def check_scales(scales: Sequence[float], H: int, W: int) -> None:
+    """A test scale below 1 may not shrink an H x W image below MIN_SIDE px (an image smaller than
+    that already is read at scales >= 1 only): its prediction would be the upsampled guess of a
+    network that sees next to nothing."""
+    for s in scales:
+        h, w = int(H * s), int(W * s)  # F.interpolate's size for scale_factor
+        if s < 1 and min(h, w) < MIN_SIDE:
+            raise ValueError(
+                f"eval.scales: {s} makes the {H}x{W} image {h}x{w} px, below the {MIN_SIDE} px of the network's "
+                f"coarsest stride; use scales >= {min(1.0, MIN_SIDE / min(H, W)):.2f} for these images"
+            )
 
 
 CRF_DEFAULTS = {
