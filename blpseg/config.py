@@ -150,10 +150,22 @@ class TrainConfig:
 
 
 @dataclass
+class CRFConfig:
+    """DenseCRF's parameters (engine/inference.py, dense_crf)."""
+
+    iterations: int = _f(10, ge=1, le=1000)
+    gaussian_sxy: float = _f(3.0, gt=0)
+    gaussian_compat: float = _f(3.0, ge=0)
+    bilateral_sxy: float = _f(50.0, gt=0)
+    bilateral_srgb: float = _f(13.0, gt=0)
+    bilateral_compat: float = _f(10.0, ge=0)
+
+
+@dataclass
 class EvalConfig:
     scales: list[float] = _f([1.0], **SCALE)  # and none may shrink an image below 32 px (engine/inference.py)
     flip: bool = _f(False)
-    crf: bool | dict = _f(False)  # true or DenseCRF parameters
+    crf: bool | CRFConfig = _f(False)  # true (CRFConfig's defaults) or DenseCRF parameters
     boundary_bins: int = _f(10, ge=1, le=1000)
 
 

@@ -58,6 +58,9 @@ SYNTHETIC = str(ROOT / "configs" / "synthetic.yaml")
         ("loss.seg_options.gamma=1000", "loss.seg_options.gamma: must be <= 10"),
         ("eval.boundary_bins=0", "eval.boundary_bins: must be >= 1"),
         ("eval.boundary_bins=1000000", "eval.boundary_bins: must be <= 1000"),
+        ("eval.crf={iterations: 0}", "eval.crf.iterations: must be >= 1"),
+        ("eval.crf={iteration: 5}", "unknown config key eval.crf.iteration; did you mean eval.crf.iterations?"),
+        ("eval.crf={bilateral_srgb: -1}", "eval.crf.bilateral_srgb: must be > 0"),
     ],
 )
 def test_bad_values_name_the_key(override, message):

@@ -3,12 +3,15 @@ dense CRF (pydensecrf2, an optional extra)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..config import CRFConfig
 
 
 @torch.no_grad()
@@ -45,14 +48,7 @@ def check_scales(scales: Sequence[float], H: int, W: int) -> None:
             )
 
 
-CRF_DEFAULTS = {
-    "iterations": 10,
-    "gaussian_sxy": 3,
-    "gaussian_compat": 3,
-    "bilateral_sxy": 50,
-    "bilateral_srgb": 13,
-    "bilateral_compat": 10,
-}
+CRF_DEFAULTS = dataclasses.asdict(CRFConfig())
 
 
 def dense_crf(image: np.ndarray, probs: np.ndarray, **params) -> np.ndarray:
