@@ -4,6 +4,7 @@ scribblize, and the analyses analyze-bias, loss-maps, plot-precision."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -336,6 +337,16 @@ def _scribblize(args) -> int:
     return 0
 
 
+def _number(parser, options, name: str, text: str = "") -> None:
+    """An integer option --<name> whose default and range come from the schema section `options`
+    (config.py), which check_options checks it against."""
+    meta = next(f.metadata for f in dataclasses.fields(options) if f.name == name)
+    default = getattr(options(), name)
+    bounds = f"{meta['ge']}-{meta['le']}" if meta.get("le") is not None else f">= {meta['ge']}"
+    said = f"; default {default}" if default is not None else ""
+    parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default, help=f"{text} ({bounds}{said})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import AnalysisOptions, ConvertOptions, MakeSyntheticOptions, ScribblizeOptions
 
@@ -394,12 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "make-synthetic", help="write the synthetic scribble set (VOC layout); nothing when ROOT already holds it"
     )
-    sd = MakeSyntheticOptions()
     s.add_argument("--root", default="data/synthetic", help="the folder to write (default data/synthetic)")
-    s.add_argument("--num-train", type=int, default=sd.num_train, help=f"training images (default {sd.num_train})")
-    s.add_argument("--num-val", type=int, default=sd.num_val, help=f"validation images (default {sd.num_val})")
-    s.add_argument("--size", type=int, default=sd.size, help=f"image side in pixels, 8-2048 (default {sd.size})")
-    s.add_argument("--seed", type=int, default=sd.seed, help=f"(default {sd.seed})")
+    _number(s, MakeSyntheticOptions, "num_train", "training images")
+    _number(s, MakeSyntheticOptions, "num_val", "validation images")
+    _number(s, MakeSyntheticOptions, "size", "image side in pixels")
+    _number(s, MakeSyntheticOptions, "seed", "the random seed")
     s.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     s.set_defaults(func=_make_synthetic)
 
@@ -428,31 +438,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--classes", default="voc", help="voc, context, synthetic, or a classes.txt (one name per line) (default voc)"
     )
-    c.add_argument(
-        "--width",
-        type=int,
-        default=ConvertOptions().width,
-        help=f"line width in pixels, 1-64 (default {ConvertOptions().width})",
-    )
+    _number(c, ConvertOptions, "width", "line width in pixels")
     c.add_argument("--image-dir", default=None, help="the images (any format), to take the sizes from")
     c.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     c.set_defaults(func=_convert)
 
     z = sub.add_parser("scribblize", help="simulate annotators' scribbles on a folder of PNG masks")
-    zd = ScribblizeOptions()
     z.add_argument("mask_dir", help="PNG masks (class ids, 255 = void)")
     z.add_argument("out_dir", help="where the scribble PNGs go, under the masks' names")
-    z.add_argument("--seed", type=int, default=zd.seed, help=f"(default {zd.seed})")
-    z.add_argument(
-        "--min-width", type=int, default=zd.min_width, help=f"stroke width, 1-64 px (default {zd.min_width})"
-    )
-    z.add_argument("--max-width", type=int, default=zd.max_width, help=f"(default {zd.max_width})")
-    z.add_argument(
-        "--min-area",
-        type=int,
-        default=zd.min_area,
-        help=f"regions smaller than this get no scribble (default {zd.min_area})",
-    )
+    _number(z, ScribblizeOptions, "seed", "the random seed")
+    _number(z, ScribblizeOptions, "min_width", "the narrowest stroke, in pixels")
+    _number(z, ScribblizeOptions, "max_width", "the widest stroke, in pixels")
+    _number(z, ScribblizeOptions, "min_area", "regions smaller than this, in pixels, get no scribble")
     z.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     z.set_defaults(func=_scribblize)
 
@@ -479,14 +476,13 @@ def build_parser() -> argparse.ArgumentParser:
         "analyze-bias", help="relative boundary distance of scribbles vs full masks (Fig. 1; Fig. 7a with --checkpoint)"
     )
     analysis_args(b, checkpoint_required=False)
-    ad = AnalysisOptions()
-    b.add_argument("--bins", type=int, default=ad.bins, help=f"bands of relative distance, 1-1000 (default {ad.bins})")
-    b.add_argument("--max-images", type=int, default=ad.max_images, help="use the first N images of the split")
+    _number(b, AnalysisOptions, "bins", "bands of relative distance")
+    _number(b, AnalysisOptions, "max_images", "use the first N images of the split, all by default")
     b.set_defaults(func=_analyze_bias)
 
     m = sub.add_parser("loss-maps", help="image + scribbles, p_scrib, p_seg and the BLP weight map (Fig. 8)")
     analysis_args(m, checkpoint_required=True)
-    m.add_argument("--num", type=int, default=ad.num, help=f"the first N images of the split, 1-32 (default {ad.num})")
+    _number(m, AnalysisOptions, "num", "the first N images of the split")
     m.set_defaults(func=_loss_maps)
 
     q = sub.add_parser("plot-precision", help="precision by relative boundary distance of several runs (Fig. 7b)")
