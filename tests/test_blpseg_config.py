@@ -9,7 +9,15 @@ import pytest
 import yaml
 
 from blpseg import cli
-from blpseg.config import RESUME_MAY_CHANGE, apply_overrides, fixed_differences, load_config, read_config, resolve
+from blpseg.config import (
+    RESUME_MAY_CHANGE,
+    apply_overrides,
+    class_differences,
+    fixed_differences,
+    load_config,
+    read_config,
+    resolve,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = str(ROOT / "configs" / "synthetic.yaml")
@@ -180,3 +188,10 @@ def test_numeric_options_are_checked_before_anything_runs(tmp_path, monkeypatch,
     assert cli.main(args) == 1
     assert f"blpseg {args[0]}: error: {message}" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_class_differences_name_each_id():
+    # what eval, the analyses and a resumed run print when the classes differ
+    assert class_differences(["bg", "a", "b"], ["bg", "a", "b"]) == []
+    assert class_differences(["bg", "a", "b"], ["bg", "a", "c"]) == ["class 2: 'b' -> 'c'"]
+    assert class_differences(["bg", "a"], ["bg", "a", "b"]) == ["number of classes: 2 -> 3", "class 2: <absent> -> 'b'"]
