@@ -680,3 +680,17 @@ def test_predict_replaces_earlier_predictions_only_when_told(trained, data_root,
     err = capsys.readouterr().err
     assert "val_00000.png exists" in err and "--overwrite" in err
     assert cli.main([*args, "--overwrite"]) == 0
+
+
+def test_a_bad_validation_mask_stops_training_before_it_starts(data_root, tmp_path):
+    # Seen: a mask with a class id >= K was found by the evaluation at the end of training.
+    import shutil
+
+    from blpseg.data.io import write_label
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    write_label(str(root / "SegmentationClass" / "val_00001.png"), np.full((32, 32), 7, np.uint8))
+    with pytest.raises(ValueError, match="val_00001.png holds class ids \\[7\\] >= 5 classes"):
+        train(tiny_config(root, tmp_path / "run"))
+    assert not (tmp_path / "run" / "train.csv").exists()
