@@ -4,11 +4,13 @@ scribblize, and the analyses analyze-bias, loss-maps, plot-precision."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 
 DEFAULT_CONFIG = os.path.join("configs", "synthetic.yaml")
+OVERWRITE = "replace files already at the outputs (never the inputs, nor files in the inputs' folders)"
 
 
 def _train(args) -> int:
@@ -47,7 +49,6 @@ def _eval(args) -> int:
 
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval.json")
     figure = os.path.splitext(out)[0] + "_boundary_precision.png"
-    check_outputs([(args.checkpoint, out), (args.checkpoint, figure)])
     overrides = list(args.overrides)
     if args.split:
         overrides.append(f"data.val.split={args.split}")
@@ -59,20 +60,43 @@ def _eval(args) -> int:
             "(its full masks are read from data.val.label_dir, default SegmentationClass: override it with "
             "data.val.label_dir=DIR)"
         )
-    # the VOC layout reads the (overridden) data.val section; a folder reads root/<split>.txt
-    which = args.split if data["format"] == "folder" and args.split else "val"
-    dataset = build_split(data, which, len(names), EvalTransform())
+    _check_classes(args.checkpoint, names, cfg)
+    # the VOC layout reads the (overridden) data.val section; a folder the split's images' masks/
+    folder = data["format"] == "folder"
+    dataset = build_split(data, "val", len(names), EvalTransform(), split=args.split if folder else None)
     if dataset is None:
         raise ValueError(f"{data['root']} has no validation images (masks/ of images without scribbles, or val.txt)")
+    check_outputs([(None, out), (None, figure)], dataset.files(), [args.checkpoint, *_class_files(cfg)])
     result = evaluate(model, dataset, len(names), cfg["eval"], Dist(device=device))
     print(format_table(result, names))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as fh:
-        split = data["val"]["split"] if data["format"] == "voc" else which
+        split = (args.split or "val") if folder else data["val"]["split"]
         json.dump({"checkpoint": args.checkpoint, "split": split, "eval": cfg["eval"], **result}, fh, indent=1)
     plot_boundary_precision({_run_name(args.checkpoint): result}, figure)
     print(f"results: {out}, {figure}")
     return 0
+
+
+def _class_files(cfg: dict) -> list[str]:
+    """The class list a config's data reads (a folder's classes.txt), for the outputs' checks."""
+    from .data.own import CLASSES
+
+    return [os.path.join(cfg["data"]["root"], CLASSES)] if cfg["data"]["format"] == "folder" else []
+
+
+def _check_classes(checkpoint: str, names, cfg: dict) -> None:
+    """A model is evaluated or analysed only on data of the classes it was trained on, in its order;
+    otherwise its IoUs would be reported under the data's names. Refused, naming the differences."""
+    from .config import class_differences, class_names
+
+    differences = class_differences(names, class_names(cfg))
+    if differences:
+        where = (_class_files(cfg) or [f"data.dataset={cfg['data']['dataset']}"])[0]
+        raise ValueError(
+            f"{checkpoint} was trained on other classes than the data's ({where}), checkpoint -> data: "
+            f"{'; '.join(differences)}. Use data of its classes, listed in its order"
+        )
 
 
 def _info(args) -> int:
@@ -95,24 +119,28 @@ def _run_name(checkpoint: str) -> str:
 
 
 def _analysis_setup(args):
-    """(model or None, config, class names, device) from --checkpoint or --config, with the data
-    set generated first if it is the synthetic one and missing."""
-    from .config import class_names, load_config
+    """(model or None, config, class names, device, the files read) from --checkpoint or --config,
+    with the data set generated first if it is the synthetic one and missing."""
+    from .config import class_names, config_files, load_config
     from .data.prepare import prepare_data
     from .engine.checkpoint import load_model
     from .engine.distributed import Dist
 
     if args.checkpoint:
         model, cfg, names, device = load_model(args.checkpoint, args.overrides)
+        _check_classes(args.checkpoint, names, cfg)
+        files = [args.checkpoint]
     else:
         cfg = load_config(args.config, args.overrides)
         model, names, device = None, class_names(cfg), "cpu"
+        files = config_files(args.config)
     prepare_data(cfg, Dist())
-    return model, cfg, names, device
+    return model, cfg, names, device, files + _class_files(cfg)
 
 
 def _items(args, cfg, names, limit):
-    from .analysis.bias import paired_items
+    """The (mask, scribble) pairs of the analyses, and the files they are read from."""
+    from .analysis.bias import paired_datasets, pairs
 
     data = cfg["data"]
     if data["format"] == "folder":
@@ -121,23 +149,30 @@ def _items(args, cfg, names, limit):
                 "--split, --mask-dir and --scribble-dir apply to the VOC layout; a data.format=folder "
                 "analysis reads the images that have both a scribble and a mask"
             )
-        return paired_items(cfg, len(names), None, None, None, limit)
-    if args.mask_dir is None and data["val"] is None:
-        raise ValueError("this config has no data.val section to take the full masks' folder from: pass --mask-dir")
-    split = args.split or data["train"]["split"]
-    mask_dir = args.mask_dir or data["val"]["label_dir"]
-    scribble_dir = args.scribble_dir or data["train"]["label_dir"]
-    return paired_items(cfg, len(names), split, mask_dir, scribble_dir, limit)
+        split = mask_dir = scribble_dir = None
+    else:
+        if args.mask_dir is None and data["val"] is None:
+            raise ValueError("this config has no data.val section to take the full masks' folder from: pass --mask-dir")
+        split = args.split or data["train"]["split"]
+        mask_dir = args.mask_dir or data["val"]["label_dir"]
+        scribble_dir = args.scribble_dir or data["train"]["label_dir"]
+    masks, scribbles = paired_datasets(cfg, len(names), split, mask_dir, scribble_dir)
+    return pairs(masks, scribbles, limit), masks.files() + scribbles.files()
 
 
 def _analyze_bias(args) -> int:
     from .analysis.bias import annotation_bias
     from .analysis.figures import write_bias
+    from .config import AnalysisOptions, check_options
+    from .data.io import check_outputs
 
-    model, cfg, names, device = _analysis_setup(args)
-    result = annotation_bias(_items(args, cfg, names, args.max_images), args.bins, model, device)
-    os.makedirs(args.out, exist_ok=True)
+    check_options(AnalysisOptions, args)
+    model, cfg, names, device, files = _analysis_setup(args)
+    items, inputs = _items(args, cfg, names, args.max_images)
     csv_path, png_path = os.path.join(args.out, "bias.csv"), os.path.join(args.out, "bias.png")
+    check_outputs([(None, csv_path), (None, png_path)], inputs, files)
+    result = annotation_bias(items, args.bins, model, device)
+    os.makedirs(args.out, exist_ok=True)
     data = cfg["data"]
     where = (
         f"{data['dataset']}, {args.split or data['train']['split']} split" if data["format"] == "voc" else data["root"]
@@ -154,18 +189,24 @@ def _analyze_bias(args) -> int:
 def _loss_maps(args) -> int:
     from .analysis.figures import plot_loss_maps
     from .analysis.loss_maps import loss_maps
+    from .config import AnalysisOptions, check_options
+    from .data.io import check_outputs
 
-    model, cfg, names, device = _analysis_setup(args)
-    gamma = float(cfg["loss"]["seg_options"].get("gamma", 2.0))  # the BLP loss's own default
-    rows = [(item, loss_maps(model, item, gamma, device)) for item in _items(args, cfg, names, args.num)]
-    os.makedirs(args.out, exist_ok=True)
+    check_options(AnalysisOptions, args)
+    model, cfg, names, device, files = _analysis_setup(args)
+    items, inputs = _items(args, cfg, names, args.num)
     path = os.path.join(args.out, "loss_maps.png")
+    check_outputs([(None, path)], inputs, files)
+    gamma = float(cfg["loss"]["seg_options"].get("gamma", 2.0))  # the BLP loss's own default
+    rows = [(item, loss_maps(model, item, gamma, device)) for item in items]
+    os.makedirs(args.out, exist_ok=True)
     plot_loss_maps(rows, path)
     print(f"results: {path}")
     return 0
 
 
 def _plot_precision(args) -> int:
+    from .data.io import check_outputs
     from .engine.plots import plot_boundary_precision
 
     labels = args.labels or [_run_name(p) for p in args.results]
@@ -173,16 +214,17 @@ def _plot_precision(args) -> int:
         raise ValueError(
             f"--labels must give one label per result file: {len(args.results)} files, {len(labels)} labels"
         )
+    csv_path = os.path.splitext(args.out)[0] + ".csv"
+    check_outputs([(None, args.out), (None, csv_path)], files=args.results)
     results = {}
     for label, path in zip(labels, args.results, strict=True):
-        with open(path) as fh:
-            results[label] = json.load(fh)
-        if "boundary_precision" not in results[label]:
+        try:
+            with open(path) as fh:
+                results[label] = json.load(fh)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read {path}: {e}") from None
+        if not isinstance(results[label], dict) or "boundary_precision" not in results[label]:
             raise ValueError(f"{path} holds no boundary_precision (expected an eval.json or val.json)")
-    from .data.io import check_outputs
-
-    csv_path = os.path.splitext(args.out)[0] + ".csv"
-    check_outputs([(args.results[0], args.out), (args.results[0], csv_path)], args.results)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     plot_boundary_precision(results, args.out, csv_path)
     print(f"results: {args.out}, {csv_path}")
@@ -196,7 +238,8 @@ def _predict(args) -> int:
     from .engine.inference import predict_probs
 
     jobs = list(zip(args.images, prediction_paths(args.images, args.out), strict=True))
-    check_outputs(jobs, [args.checkpoint])
+    check_outputs(jobs, files=[args.checkpoint], overwrite=args.overwrite)
+    # no data, so no class list to check: the PNGs hold the checkpoint's class ids
     model, cfg, _, device = load_model(args.checkpoint, args.overrides)
     ev = cfg["eval"]
     for path, out in jobs:
@@ -220,25 +263,28 @@ def prediction_paths(images, out_dir: str) -> list[str]:
 
 
 def _make_synthetic(args) -> int:
+    from .config import MakeSyntheticOptions, check_options
     from .data.synthetic import make_synthetic
 
-    make_synthetic(args.root, args.num_train, args.num_val, args.size, args.seed)
-    print(f"synthetic set written to {args.root}")
+    check_options(MakeSyntheticOptions, args)
+    if make_synthetic(args.root, args.num_train, args.num_val, args.size, args.seed, args.overwrite):
+        print(f"synthetic set written to {args.root}")
+    else:
+        print(f"{args.root} already holds this synthetic set: nothing written")
     return 0
 
 
 def _export_folder(args) -> int:
-    from .config import class_names, load_config
+    from .config import class_names, config_files, load_config
     from .data.own import export_folder
     from .data.prepare import prepare_data
     from .engine.distributed import Dist
 
     cfg = load_config(args.config, args.overrides)
     prepare_data(cfg, Dist())
-    counts = export_folder(cfg["data"], class_names(cfg), args.out)
+    counts = export_folder(cfg["data"], class_names(cfg), args.out, args.overwrite, config_files(args.config))
     print(
-        f"{counts['train']} training images (scribbles/) and {counts['val']} validation images (masks/) written "
-        f"to {args.out}"
+        f"{counts['train']} training images (scribbles/) and {counts['val']} validation images (masks/) in {args.out}"
     )
     return 0
 
@@ -251,35 +297,58 @@ def _class_list(value: str) -> tuple[str, ...]:
 
 
 def _convert(args) -> int:
+    from .config import ConvertOptions, check_options
+    from .data.classes import CLASS_SETS
     from .data.labelme import convert_labelme
     from .data.scribbles import convert_scribbles
 
-    if args.width < 1:
-        raise ValueError(f"--width must be >= 1, got {args.width}")
+    check_options(ConvertOptions, args)
     names = _class_list(args.classes)
+    files = [] if args.classes in CLASS_SETS else [args.classes]
     if args.source == "labelme":
         if args.image_dir:
             raise ValueError("--image-dir is for PASCAL-Scribble XML; labelme files hold their image size")
-        n = convert_labelme(args.in_dir, args.out_dir, names, args.width, args.masks)
+        n = convert_labelme(args.in_dir, args.out_dir, names, args.width, args.masks, args.overwrite, files)
     elif args.masks:
         raise ValueError("--masks is for labelme files (--from labelme); PASCAL-Scribble XML holds scribbles")
     else:
-        n = convert_scribbles(args.in_dir, args.out_dir, names, args.width, args.image_dir)
+        n = convert_scribbles(args.in_dir, args.out_dir, names, args.width, args.image_dir, args.overwrite, files)
     print(f"{n} {'validation masks' if args.masks else 'scribble PNGs'} written to {args.out_dir}")
     return 0
 
 
 def _scribblize(args) -> int:
+    from .config import ScribblizeOptions, check_options
     from .data.scribbles import scribblize
 
+    check_options(ScribblizeOptions, args)
+    if args.min_width > args.max_width:
+        raise ValueError(f"--min-width ({args.min_width}) must be <= --max-width ({args.max_width})")
     n = scribblize(
-        args.mask_dir, args.out_dir, args.seed, width=(args.min_width, args.max_width), min_area=args.min_area
+        args.mask_dir,
+        args.out_dir,
+        args.seed,
+        args.overwrite,
+        width=(args.min_width, args.max_width),
+        min_area=args.min_area,
     )
     print(f"{n} scribble PNGs written to {args.out_dir}")
     return 0
 
 
+def _number(parser, options, name: str, text: str = "") -> None:
+    """An integer option --<name> whose default and range come from the schema section `options`
+    (config.py), which check_options checks it against."""
+    meta = next(f.metadata for f in dataclasses.fields(options) if f.name == name)
+    default = getattr(options(), name)
+    bounds = f"{meta['ge']}-{meta['le']}" if meta.get("le") is not None else f">= {meta['ge']}"
+    said = f"; default {default}" if default is not None else ""
+    parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default, help=f"{text} ({bounds}{said})")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .config import AnalysisOptions, ConvertOptions, MakeSyntheticOptions, ScribblizeOptions
+
     p = argparse.ArgumentParser(prog="blpseg", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     overrides = dict(nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-4 model.radius=null")
@@ -316,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--out", default="predictions", help="output folder (default predictions/); inputs are never overwritten"
     )
+    pr.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     pr.add_argument(
         "--set",
         dest="overrides",
@@ -331,12 +401,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("overrides", **overrides)
     i.set_defaults(func=_info)
 
-    s = sub.add_parser("make-synthetic", help="write the synthetic scribble set (VOC layout)")
-    s.add_argument("--root", default="data/synthetic")
-    s.add_argument("--num-train", type=int, default=300)
-    s.add_argument("--num-val", type=int, default=60)
-    s.add_argument("--size", type=int, default=64, help="image side in pixels")
-    s.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser(
+        "make-synthetic", help="write the synthetic scribble set (VOC layout); nothing when ROOT already holds it"
+    )
+    s.add_argument("--root", default="data/synthetic", help="the folder to write (default data/synthetic)")
+    _number(s, MakeSyntheticOptions, "num_train", "training images")
+    _number(s, MakeSyntheticOptions, "num_val", "validation images")
+    _number(s, MakeSyntheticOptions, "size", "image side in pixels")
+    _number(s, MakeSyntheticOptions, "seed", "the random seed")
+    s.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     s.set_defaults(func=_make_synthetic)
 
     x = sub.add_parser(
@@ -344,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     x.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
     x.add_argument("--out", required=True, help="the folder to write: images/, scribbles/, masks/, classes.txt")
+    x.add_argument("--overwrite", action="store_true", help=OVERWRITE + " (files already equal are left as they are)")
     x.add_argument("overrides", **overrides)
     x.set_defaults(func=_export_folder)
 
@@ -370,17 +444,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--classes", default="voc", help="voc, context, synthetic, or a classes.txt (one name per line) (default voc)"
     )
-    c.add_argument("--width", type=int, default=3, help="stroke width in pixels (default 3)")
-    c.add_argument("--image-dir", default=None, help="JPEGImages folder, for XML files without <size>")
+    _number(c, ConvertOptions, "width", "stroke width in pixels (labelme lines, linestrips, points; XML polylines)")
+    c.add_argument(
+        "--image-dir", default=None, help="the XML files' images (any format): their sizes replace the XML's <size>"
+    )
+    c.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     c.set_defaults(func=_convert)
 
     z = sub.add_parser("scribblize", help="simulate annotators' scribbles on a folder of PNG masks")
-    z.add_argument("mask_dir")
-    z.add_argument("out_dir")
-    z.add_argument("--seed", type=int, default=0)
-    z.add_argument("--min-width", type=int, default=1)
-    z.add_argument("--max-width", type=int, default=3)
-    z.add_argument("--min-area", type=int, default=16, help="regions smaller than this get no scribble")
+    z.add_argument("mask_dir", help="PNG masks (class ids, 255 = void)")
+    z.add_argument("out_dir", help="where the scribble PNGs go, under the masks' names")
+    _number(z, ScribblizeOptions, "seed", "the random seed")
+    _number(z, ScribblizeOptions, "min_width", "the narrowest stroke, in pixels")
+    _number(z, ScribblizeOptions, "max_width", "the widest stroke, in pixels")
+    _number(z, ScribblizeOptions, "min_area", "regions smaller than this, in pixels, get no scribble")
+    z.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     z.set_defaults(func=_scribblize)
 
     def analysis_args(a, checkpoint_required):
@@ -406,13 +484,13 @@ def build_parser() -> argparse.ArgumentParser:
         "analyze-bias", help="relative boundary distance of scribbles vs full masks (Fig. 1; Fig. 7a with --checkpoint)"
     )
     analysis_args(b, checkpoint_required=False)
-    b.add_argument("--bins", type=int, default=10)
-    b.add_argument("--max-images", type=int, default=None, help="use the first N images of the split")
+    _number(b, AnalysisOptions, "bins", "bands of relative distance")
+    _number(b, AnalysisOptions, "max_images", "use the first N images of the split, all by default")
     b.set_defaults(func=_analyze_bias)
 
     m = sub.add_parser("loss-maps", help="image + scribbles, p_scrib, p_seg and the BLP weight map (Fig. 8)")
     analysis_args(m, checkpoint_required=True)
-    m.add_argument("--num", type=int, default=4, help="the first N images of the split (default 4)")
+    _number(m, AnalysisOptions, "num", "the first N images of the split")
     m.set_defaults(func=_loss_maps)
 
     q = sub.add_parser("plot-precision", help="precision by relative boundary distance of several runs (Fig. 7b)")

@@ -28,6 +28,9 @@ from .data.classes import CLASS_SETS
 
 BASE_KEY = "base"
 _REQUIRED = object()
+SEED = dict(ge=0, le=2**32 - 1)  # numpy's and torch's seeds (the step's is seed * 2**32 + iteration)
+SCALE = dict(ge=0.1, le=4.0)  # image scales (training augmentation, test scales)
+WIDTH = dict(ge=1, le=64)  # scribble strokes, in pixels
 
 
 def _f(default: Any = _REQUIRED, *, ge=None, gt=None, le=None):
@@ -42,14 +45,14 @@ def _f(default: Any = _REQUIRED, *, ge=None, gt=None, le=None):
 
 @dataclass
 class SyntheticConfig:
-    num_train: int = _f(300, ge=1)
-    num_val: int = _f(60, ge=1)
-    size: int = _f(64, ge=8)
+    num_train: int = _f(300, ge=1, le=99999)  # the names hold five digits
+    num_val: int = _f(60, ge=1, le=99999)
+    size: int = _f(64, ge=8, le=2048)
 
 
 @dataclass
 class LabelDiffusion:
-    segments: int = _f(100, ge=1)  # SLIC's n_segments
+    segments: int = _f(100, ge=1, le=100000)  # SLIC's n_segments
     compactness: float = _f(10.0, gt=0)  # SLIC's compactness
 
 
@@ -84,35 +87,35 @@ class DataConfig:
     synthetic: SyntheticConfig | None = _f(None)  # generate the synthetic set under root on first use
     train: TrainSplit = _f(TrainSplit())
     val: ValSplit | None = _f(ValSplit())  # null: no evaluation during training
-    crop: int = _f(384, ge=1)
-    scale: list[float] = _f([0.75, 1.25], gt=0)
-    workers: int = _f(0, ge=0)
+    crop: int = _f(384, ge=32, le=4096)  # at least the network's coarsest stride
+    scale: list[float] = _f([0.75, 1.25], **SCALE)
+    workers: int = _f(0, ge=0, le=256)
 
 
 @dataclass
 class ModelConfig:
     backbone: str = _f("resnet101_deepstem")  # resnet18|50|101, resnet101_deepstem (the release's), timm:<model>
     pretrained: str | None = _f(None)  # the backbone's weights: a local file (docs/training.md, The model)
-    channels: int = _f(256, ge=1)
+    channels: int = _f(256, ge=1, le=4096)
     lam: bool = _f(True)
     similarity: Literal["both", "features", "position"] = _f("both")
     sigma: float = _f(6.0, gt=0)
     learnable_sigma: bool = _f(False)
-    radius: int | None = _f(None, ge=1)
-    embed_dim: int = _f(256, ge=1)
+    radius: int | None = _f(None, ge=1, le=2**31 - 1)  # beyond any feature map it is the global LAM
+    embed_dim: int = _f(256, ge=1, le=4096)
     lam_backend: str = _f("auto")
     key_mask: Literal["labeled", "unlabeled"] | None = _f(None)
 
 
 @dataclass
 class BLPOptions:
-    gamma: float = _f(2.0, ge=0)
+    gamma: float = _f(2.0, ge=0, le=10)  # beyond, (1 - p)^gamma underflows to 0 for most pixels
     normalize: Literal["weights", "pixels"] = _f("weights")
 
 
 @dataclass
 class FocalOptions:
-    gamma: float = _f(2.0, ge=0)
+    gamma: float = _f(2.0, ge=0, le=10)
 
 
 @dataclass
@@ -147,24 +150,72 @@ class TrainConfig:
 
 
 @dataclass
+class CRFConfig:
+    """DenseCRF's parameters (engine/inference.py, dense_crf)."""
+
+    iterations: int = _f(10, ge=1, le=1000)
+    gaussian_sxy: float = _f(3.0, gt=0)
+    gaussian_compat: float = _f(3.0, ge=0)
+    bilateral_sxy: float = _f(50.0, gt=0)
+    bilateral_srgb: float = _f(13.0, gt=0)
+    bilateral_compat: float = _f(10.0, ge=0)
+
+
+@dataclass
 class EvalConfig:
-    scales: list[float] = _f([1.0], gt=0)
+    scales: list[float] = _f([1.0], **SCALE)  # and none may shrink an image below 32 px (engine/inference.py)
     flip: bool = _f(False)
-    crf: bool | dict = _f(False)  # true or DenseCRF parameters
-    boundary_bins: int = _f(10, ge=1)
+    crf: bool | CRFConfig = _f(False)  # true (CRFConfig's defaults) or DenseCRF parameters
+    boundary_bins: int = _f(10, ge=1, le=1000)
 
 
 @dataclass
 class Config:
     out_dir: str = _f("runs/blpseg")
-    seed: int = _f(0, ge=0)
+    seed: int = _f(0, **SEED)
     device: Literal["auto", "cpu", "cuda"] = _f("auto")
-    threads: int | None = _f(None, ge=1)  # CPU threads per process; null: one per core
+    threads: int | None = _f(None, ge=1, le=1024)  # CPU threads per process; null: one per core
     data: DataConfig = _f()
     model: ModelConfig = _f(ModelConfig())
     loss: LossConfig = _f(LossConfig())
     train: TrainConfig = _f(TrainConfig())
     eval: EvalConfig = _f(EvalConfig())
+
+
+# ---------------------------------------------------------------- command-line options
+# The numbers the data and analysis commands take, checked by the same walker (check_options) and
+# named as options (--max-width) in its errors; argparse takes its defaults from here.
+
+
+@dataclass
+class MakeSyntheticOptions(SyntheticConfig):
+    seed: int = _f(0, **SEED)
+
+
+@dataclass
+class ScribblizeOptions:
+    seed: int = _f(0, **SEED)
+    min_width: int = _f(1, **WIDTH)
+    max_width: int = _f(3, **WIDTH)
+    min_area: int = _f(16, ge=0)  # pixels
+
+
+@dataclass
+class ConvertOptions:
+    width: int = _f(3, **WIDTH)
+
+
+@dataclass
+class AnalysisOptions:
+    bins: int = _f(10, ge=1, le=1000)  # analyze-bias
+    max_images: int | None = _f(None, ge=1)  # analyze-bias
+    num: int = _f(4, ge=1, le=32)  # loss-maps: one figure row per image
+
+
+def check_options(cls, args) -> None:
+    """The fields of `cls` that the argparse namespace `args` holds, checked against their types
+    and ranges; an error names the option (--max-width)."""
+    _build(cls, {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}, "--", True)
 
 
 # What a resumed run may change (docs/training.md, "Resuming"): how long it runs, where and how it logs,
@@ -219,7 +270,7 @@ def resolve(raw: dict) -> dict:
     return cfg
 
 
-def _build(cls, raw: dict, prefix: str):
+def _build(cls, raw: dict, prefix: str, option: bool = False):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
@@ -229,7 +280,7 @@ def _build(cls, raw: dict, prefix: str):
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, f in fields.items():
-        key = prefix + name
+        key = prefix + (name.replace("_", "-") if option else name)
         if name in raw:
             kwargs[name] = _check(raw[name], hints[name], key, f.metadata)
         elif f.metadata.get("required"):
@@ -297,8 +348,21 @@ def _check(value, tp, key: str, meta) -> Any:
 # ---------------------------------------------------------------- files and overrides
 
 
-def read_config(path: str, _seen=()) -> dict:
+def read_config(path: str) -> dict:
     """The mapping of a YAML file merged over its `base:` chain, not yet resolved."""
+    out: dict = {}
+    for _, cfg in _chain(path):
+        out = merge(out, cfg)
+    return out
+
+
+def config_files(path: str) -> list[str]:
+    """The files a config is read from: its `base:` chain, then the file itself."""
+    return [file for file, _ in _chain(path)]
+
+
+def _chain(path: str, _seen=()) -> list[tuple[str, dict]]:
+    """[(file, its mapping without `base:`)] from the first base to `path`."""
     real = os.path.realpath(path)
     if real in _seen:
         raise ValueError(f"config {path}: its base chain loops back to itself")
@@ -313,10 +377,10 @@ def read_config(path: str, _seen=()) -> dict:
         raise ValueError(f"{path} must hold a YAML mapping")
     base = cfg.pop(BASE_KEY, None)
     if base is None:
-        return cfg
+        return [(path, cfg)]
     if not isinstance(base, str):
         raise ValueError(f"{path}: {BASE_KEY} must be a path to a YAML file, got {base!r}")
-    return merge(read_config(os.path.join(os.path.dirname(path), base), (*_seen, real)), cfg)
+    return [*_chain(os.path.join(os.path.dirname(path), base), (*_seen, real)), (path, cfg)]
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -384,6 +448,19 @@ def fixed_differences(old: dict, new: dict, may_change=RESUME_MAY_CHANGE) -> lis
             continue
         if a.get(key, "<absent>") != b.get(key, "<absent>"):
             out.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
+    return out
+
+
+def class_differences(old, new) -> list[str]:
+    """How two class lists differ, as "number of classes: 5 -> 3" and "class 2: 'dots' -> 'spots'"
+    (<absent> past a list's end); empty when they are equal."""
+    old, new = list(old), list(new)
+    out = [f"number of classes: {len(old)} -> {len(new)}"] if len(old) != len(new) else []
+    for i in range(max(len(old), len(new))):
+        a = repr(old[i]) if i < len(old) else "<absent>"
+        b = repr(new[i]) if i < len(new) else "<absent>"
+        if a != b:
+            out.append(f"class {i}: {a} -> {b}")
     return out
 
 

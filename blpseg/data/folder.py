@@ -10,10 +10,12 @@ and, through `build_split`, the plain folder format of one's own data (own.py).
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from .io import read_image, read_label
 from .superpixels import expand_scribbles
@@ -37,6 +39,7 @@ class LabeledImages(Dataset):
         transform,
         seed: int = 0,
         label_diffusion: dict | None = None,
+        lists=(),
     ):
         if label_diffusion is not None and not (scribbles and isinstance(label_diffusion, dict)):
             raise ValueError(
@@ -51,6 +54,32 @@ class LabeledImages(Dataset):
         self.items, self.names = items, [name for name, _, _ in items]
         self.num_classes, self.scribbles, self.transform = num_classes, scribbles, transform
         self.seed, self.epoch, self.label_diffusion = seed, 0, label_diffusion
+        self.lists = list(lists)  # the split list files the items come from
+
+    def files(self) -> list[str]:
+        """Every file the data set reads: its images, labels and split lists."""
+        return [*(p for _, image, label in self.items for p in (image, label)), *self.lists]
+
+    def check_labels(self) -> None:
+        """Reads every label once, up front, and refuses (naming the file) a missing image or label,
+        an unreadable label, or class ids outside the classes: a bad file then stops a run before it
+        trains, not hours into it. The labels are decoded in threads (PIL decodes without the GIL);
+        the bar shows only when this takes more than 2 s."""
+        for _, image, _ in self.items:
+            if not os.path.isfile(image):
+                raise FileNotFoundError(f"image not found: {image}")
+        labels = [label for _, _, label in self.items]
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            bar = tqdm(
+                pool.map(_label_ids, labels),
+                total=len(labels),
+                desc="checking labels",
+                unit="file",
+                delay=2,
+                disable=int(os.environ.get("RANK", "0")) != 0,
+            )
+            for path, ids in zip(labels, bar, strict=True):
+                check_ids(path, ids, self.num_classes)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -66,21 +95,40 @@ class LabeledImages(Dataset):
         image, label = read_image(image_path), read_label(label_path)
         if image.shape[:2] != label.shape:
             raise ValueError(f"{label_path} is {label.shape} but its image {image_path} is {image.shape[:2]}")
+        K = self.num_classes
+        check_ids(label_path, _ids(label), K)
         if self.label_diffusion is not None:
             label = expand_scribbles(image, label, **self.label_diffusion)
         label = label.astype(np.int64)
-        K = self.num_classes
         if self.scribbles:
             label[label == 255] = K
-        bad = (label > K) & (label != 255) if self.scribbles else (label >= K) & (label != 255)
-        if bad.any():
-            raise ValueError(f"{label_path} holds class ids {np.unique(label[bad]).tolist()} >= {K} classes")
         rng = np.random.default_rng([self.seed, self.epoch, index])
         x, y = self.transform(image, label, rng)
         classes = torch.zeros(K, dtype=torch.bool)
         ids = np.unique(label)
         classes[torch.from_numpy(ids[ids < K])] = True
         return {"image": x, "target": y, "classes": classes, "name": self.names[index]}
+
+
+def _ids(label: np.ndarray) -> np.ndarray:
+    """The values present in a uint8 label (a bincount: faster than np.unique)."""
+    return np.flatnonzero(np.bincount(label.ravel(), minlength=256))
+
+
+def _label_ids(path: str) -> np.ndarray:
+    return _ids(read_label(path))
+
+
+def check_ids(path: str, ids: np.ndarray, num_classes: int) -> None:
+    """Labels hold class ids 0..K-1 and 255 (not scribbled, or void in a mask); any other value,
+    K included (the "not scribbled" class inside the training code), is an error naming the file:
+    most often a class missing from the class list."""
+    bad = ids[(ids >= num_classes) & (ids != 255)]
+    if len(bad):
+        raise ValueError(
+            f"{path} holds class ids {bad.tolist()} >= {num_classes} classes (ids are 0..{num_classes - 1}, "
+            "255 = not labelled): is a class missing from the class list?"
+        )
 
 
 class SegmentationFolder(LabeledImages):
@@ -101,12 +149,12 @@ class SegmentationFolder(LabeledImages):
         seed: int = 0,
         label_diffusion: dict | None = None,
     ):
-        names = read_split_list(os.path.join(root, list_dir, f"{split}.txt"))
+        list_path = os.path.join(root, list_dir, f"{split}.txt")
         items = [
             (n, os.path.join(root, image_dir, n + image_ext), os.path.join(root, label_dir, n + label_ext))
-            for n in names
+            for n in read_split_list(list_path)
         ]
-        super().__init__(items, num_classes, scribbles, transform, seed, label_diffusion)
+        super().__init__(items, num_classes, scribbles, transform, seed, label_diffusion, [list_path])
         self.root = root
 
 
@@ -138,11 +186,19 @@ def build_dataset(data: dict, split_cfg: dict, num_classes: int, transform, seed
     )
 
 
-def build_split(data: dict, which: str, num_classes: int, transform, seed: int = 0) -> LabeledImages:
-    """The config's train or val data ("train": its scribbles, "val": its full masks) in either
-    format; for "val" the config must have a data.val section (see `validation_section`)."""
+def build_split(data: dict, which: str, num_classes: int, transform, seed: int = 0, split: str | None = None):
+    """The config's training data ("train": its scribbles) or evaluation data ("val": full masks) in
+    either format, its labels checked up front (LabeledImages.check_labels); None for a folder
+    without validation images. `split` names other images for "val": for the VOC layout override
+    data.val.split instead; for a folder, root/<split>.txt (or "train": the scribbled images)."""
     if data["format"] == "folder":
         from .own import folder_split
 
-        return folder_split(data["root"], which, num_classes, transform, seed, data["train"]["label_diffusion"])
-    return build_dataset(data, data[which], num_classes, transform, seed)
+        dataset = folder_split(
+            data["root"], which, num_classes, transform, seed, data["train"]["label_diffusion"], split
+        )
+    else:
+        dataset = build_dataset(data, data[which], num_classes, transform, seed)
+    if dataset is not None:
+        dataset.check_labels()
+    return dataset

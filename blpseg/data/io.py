@@ -119,6 +119,35 @@ def _atomic_save(im: Image.Image, path: str) -> None:
     os.replace(tmp, path)
 
 
+def list_files(folder: str, extensions, what: str) -> dict[str, str]:
+    """{name: path} of the files in `folder` whose extension is one of `extensions` (lower case,
+    ".png"), matched in any case (x.PNG, y.Jpg), in name order; hidden files and sub-folders are
+    passed over. Two files of one name (x.png, x.PNG) are an error, and so is a folder that holds
+    files but none of these extensions: they would otherwise be passed over in silence."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"folder not found: {folder}")
+    out: dict[str, str] = {}
+    others = set()
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.startswith(".") or not entry.is_file():
+            continue
+        name, ext = os.path.splitext(entry.name)
+        if ext.lower() not in extensions:
+            others.add(ext or "(no extension)")
+            continue
+        if name in out:
+            raise ValueError(f"two {what} named {name!r}: {out[name]} and {entry.path}; keep one per name")
+        out[name] = entry.path
+    if not out and others:
+        raise ValueError(f"{folder} holds no {what} ({_some(extensions)}), only files ending in {_some(others)}")
+    return out
+
+
+def _some(names, n: int = 8) -> str:
+    names = sorted(names)
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
 def _identity(path: str):
     """The same file whatever the spelling: (device, inode) when it exists, else the real path."""
     try:
@@ -128,17 +157,47 @@ def _identity(path: str):
         return os.path.realpath(path)
 
 
-def check_outputs(jobs, inputs=()) -> None:
-    """Refuses, before anything is written, `jobs` [(input, output)] whose output is (through links
-    or another spelling) any input of the jobs or of `inputs`, or the output of another input."""
-    sources = {_identity(p): p for p in [*(src for src, _ in jobs), *inputs]}
+def _folder(path: str):
+    return _identity(os.path.dirname(os.path.abspath(path)))
+
+
+def check_outputs(jobs, inputs=(), files=(), overwrite: bool = True) -> None:
+    """Refuses, before anything is written, outputs that would write over what a command reads.
+    `jobs` are [(data input or None, output)]; `inputs` more data inputs (images, labels,
+    annotations, split lists); `files` the other inputs (checkpoints, configs, class lists, result
+    files), whose folders hold outputs by design (eval.json beside last.pt). Refused:
+    an output that is (through links, or spelled otherwise) an input; an output that would replace a
+    file in a folder a data input comes from (a photo beside labelme's JSON files); an output that is
+    a folder; two inputs written to one output; and, without `overwrite`, any output that exists."""
+    data = [*(src for src, _ in jobs if src is not None), *inputs]
+    sources = {_identity(p): p for p in [*data, *files]}
+    folders = {_folder(p): os.path.dirname(p) or "." for p in data}
     seen: dict = {}
+    existing = []
     for src, out in jobs:
+        if os.path.isdir(out):
+            raise ValueError(f"the output {out} is a folder; name a file")
         if _identity(out) in sources:
             raise ValueError(
                 f"the output {out} would overwrite the input {sources[_identity(out)]}; choose another output"
             )
+        if os.path.lexists(out):
+            if _folder(out) in folders:
+                raise ValueError(
+                    f"the output {out} would replace a file in {folders[_folder(out)]}, a folder the command "
+                    "reads its data from; choose another output"
+                )
+            existing.append(out)
         key = os.path.realpath(out)
         if key in seen and seen[key] != src:
             raise ValueError(f"{seen[key]} and {src} would both be written to {out}")
         seen[key] = src
+    if existing and not overwrite:
+        refuse_existing(existing)
+
+
+def refuse_existing(paths) -> None:
+    """The error for outputs that exist, when the command was not told to replace them."""
+    if paths:
+        more = f" (and {len(paths) - 1} more)" if len(paths) > 1 else ""
+        raise ValueError(f"{paths[0]} exists{more}: pass --overwrite to replace, or choose another output")

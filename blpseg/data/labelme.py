@@ -36,10 +36,10 @@ from .scribbles import (
     POLYGON,
     RECTANGLE,
     STROKE,
+    annotation_jobs,
     check_points,
     convert_files,
     draw_shapes,
-    label_jobs,
 )
 
 IGNORE = "__ignore__"
@@ -158,9 +158,18 @@ def _is_xy(p) -> bool:
 
 
 def convert_labelme(
-    json_dir: str, out_dir: str, class_names: Sequence[str], width: int = 3, masks: bool = False
+    json_dir: str,
+    out_dir: str,
+    class_names: Sequence[str],
+    width: int = 3,
+    masks: bool = False,
+    overwrite: bool = False,
+    files=(),
 ) -> int:
-    """Every <name>.json of `json_dir` to `out_dir`/<name>.png, all or nothing (every file is read
-    and checked before the first is written: scribbles.convert_files); returns the number written."""
+    """Every <name>.json of `json_dir` (any case of .json) to `out_dir`/<name>.png, all or nothing
+    (every file is read and checked before the first is written: scribbles.convert_files). Existing
+    PNGs are replaced only with `overwrite`; `files` (the class list) are inputs too. Returns the
+    number written."""
     values = label_values(class_names)
-    return convert_files(label_jobs(json_dir, "json", out_dir), lambda p: read_labelme(p, values, masks), width)
+    jobs = annotation_jobs(json_dir, ".json", out_dir, "labelme files")
+    return convert_files(jobs, lambda p: read_labelme(p, values, masks), width, files=files, overwrite=overwrite)

@@ -13,6 +13,11 @@ def prepare_data(cfg: dict, d) -> None:
     data = cfg["data"]
     if data["synthetic"] is not None and not synthetic_exists(data["root"]):
         if d.is_main:
-            make_synthetic(data["root"], **data["synthetic"], seed=cfg["seed"])
+            try:
+                make_synthetic(data["root"], **data["synthetic"], seed=cfg["seed"])
+            except ValueError as e:  # files of something else there
+                raise ValueError(
+                    f"data.synthetic: cannot generate the set under data.root={data['root']}: {e}"
+                ) from None
         if d.world_size > 1:
             torch.distributed.barrier()

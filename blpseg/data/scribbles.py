@@ -4,7 +4,6 @@ on full masks. In every scribble PNG, 255 means "not scribbled"."""
 
 from __future__ import annotations
 
-import glob
 import os
 from collections import deque
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ from scipy import ndimage
 from skimage.morphology import skeletonize
 from tqdm import tqdm
 
-from .io import check_outputs, check_pixels, image_size, read_label, write_label
+from .io import check_outputs, check_pixels, image_size, list_files, read_label, write_label
 from .regions import connected_regions
 
 NOT_SCRIBBLED = 255
@@ -128,21 +127,24 @@ def draw_shapes(size: tuple[int, int], shapes, width: int = 3) -> np.ndarray:
     return np.asarray(canvas).copy()
 
 
-def label_jobs(in_dir: str, ext: str, out_dir: str) -> list[tuple[str, str]]:
-    """[(in_dir/<name>.<ext>, out_dir/<name>.png)] for every such file, sorted."""
-    paths = sorted(glob.glob(os.path.join(in_dir, f"*.{ext}")))
-    if not paths:
-        raise FileNotFoundError(f"no .{ext} files in {in_dir}")
-    return [(p, os.path.join(out_dir, os.path.splitext(os.path.basename(p))[0] + ".png")) for p in paths]
+def annotation_jobs(in_dir: str, ext: str, out_dir: str, what: str) -> list[tuple[str, str]]:
+    """[(in_dir/<name><ext>, out_dir/<name>.png)] for every file of `in_dir` ending in `ext` (in any
+    case): what the converters read and write."""
+    files = list_files(in_dir, {ext}, what)
+    if not files:
+        raise FileNotFoundError(f"no {ext} files in {in_dir}")
+    return [(path, os.path.join(out_dir, name + ".png")) for name, path in files.items()]
 
 
-def convert_files(jobs, read, width: int = 3, inputs=()) -> int:
+def convert_files(jobs, read, width: int = 3, inputs=(), files=(), overwrite: bool = False) -> int:
     """Writes, for each (input, output) of `jobs`, the label drawn from read(input) -> (size,
-    shapes). All or nothing: every input is read and checked before the first output is written, so
-    one bad file is an error naming it and nothing is written (a failing disk can still stop it
-    part way). Only the shapes are kept meanwhile (16 bytes a point: 16 MB for a million points),
-    never the drawn labels. Returns the number written."""
-    check_outputs(jobs, inputs)
+    shapes). Outputs are checked against every input first (io.check_outputs: `inputs` more data
+    inputs, `files` the class list; existing outputs are replaced only with `overwrite`). All or
+    nothing: every input is read and checked before the first output is written, so one bad file is
+    an error naming it and nothing is written (a failing disk can still stop it part way). Only the
+    shapes are kept meanwhile (16 bytes a point: 16 MB for a million points), never the drawn
+    labels. Returns the number written."""
+    check_outputs(jobs, inputs, files, overwrite)
     read_all = [read(src) for src, _ in tqdm(jobs, desc="convert-scribbles: check", unit="file")]
     for (_, out), (size, shapes) in tqdm(
         zip(jobs, read_all, strict=True), total=len(jobs), desc="convert-scribbles: write", unit="file"
@@ -152,20 +154,32 @@ def convert_files(jobs, read, width: int = 3, inputs=()) -> int:
 
 
 def convert_scribbles(
-    xml_dir: str, out_dir: str, class_names: Sequence[str], width: int = 3, image_dir: str | None = None
+    xml_dir: str,
+    out_dir: str,
+    class_names: Sequence[str],
+    width: int = 3,
+    image_dir: str | None = None,
+    overwrite: bool = False,
+    files=(),
 ) -> int:
     """Rasterises every <id>.xml of `xml_dir` to `out_dir`/<id>.png (all or nothing: convert_files);
-    sizes come from the XML or, when it has none, from `image_dir`/<id>.jpg. Returns the number of
-    files written."""
-    jobs = label_jobs(xml_dir, "xml", out_dir)
-
-    def image(path: str) -> str:
-        return os.path.join(image_dir, os.path.splitext(os.path.basename(path))[0] + ".jpg")
+    sizes come from the XML or, when `image_dir` is given, from its image <id>.* (any image format).
+    Existing PNGs are replaced only with `overwrite`; `files` (the class list) are inputs too.
+    Returns the number of files written."""
+    jobs = annotation_jobs(xml_dir, ".xml", out_dir, "PASCAL-Scribble XML files")
+    images = {}
+    if image_dir is not None:
+        found = list_files(image_dir, set(Image.registered_extensions()), "images")
+        for path, _ in jobs:
+            name = os.path.splitext(os.path.basename(path))[0]
+            if name not in found:
+                raise FileNotFoundError(f"{path}: no image {name}.* in {image_dir} (--image-dir) to take the size from")
+            images[path] = found[name]
 
     def read(path: str):
-        return read_scribble_xml(path, class_names, image_size(image(path)) if image_dir else None)
+        return read_scribble_xml(path, class_names, image_size(images[path]) if image_dir is not None else None)
 
-    return convert_files(jobs, read, width, [image(p) for p, _ in jobs] if image_dir else ())
+    return convert_files(jobs, read, width, images.values(), files, overwrite)
 
 
 def simulate_scribbles(
@@ -227,13 +241,11 @@ def _geodesic_steps(skeleton: np.ndarray, seed) -> dict:
     return steps
 
 
-def scribblize(mask_dir: str, out_dir: str, seed: int = 0, **options) -> int:
-    """simulate_scribbles on every PNG mask of `mask_dir`, written to `out_dir` under the same name."""
-    paths = sorted(glob.glob(os.path.join(mask_dir, "*.png")))
-    if not paths:
-        raise FileNotFoundError(f"no .png masks in {mask_dir}")
-    check_outputs([(p, os.path.join(out_dir, os.path.basename(p))) for p in paths])
-    for i, path in enumerate(tqdm(paths, desc="scribblize", unit="mask")):
-        label = simulate_scribbles(read_label(path), np.random.default_rng([seed, i]), **options)
-        write_label(os.path.join(out_dir, os.path.basename(path)), label)
-    return len(paths)
+def scribblize(mask_dir: str, out_dir: str, seed: int = 0, overwrite: bool = False, **options) -> int:
+    """simulate_scribbles on every PNG mask of `mask_dir`, written to `out_dir`/<name>.png; existing
+    files there are replaced only with `overwrite`."""
+    jobs = annotation_jobs(mask_dir, ".png", out_dir, "masks")
+    check_outputs(jobs, overwrite=overwrite)
+    for i, (path, out) in enumerate(tqdm(jobs, desc="scribblize", unit="mask")):
+        write_label(out, simulate_scribbles(read_label(path), np.random.default_rng([seed, i]), **options))
+    return len(jobs)

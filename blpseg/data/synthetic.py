@@ -7,6 +7,7 @@ neighbouring classes' ranges), so a pixel's colour alone does not give its class
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -15,11 +16,12 @@ from skimage.draw import ellipse, polygon
 from tqdm import tqdm
 
 from .classes import SYNTHETIC_CLASSES
-from .io import write_image, write_label
+from .io import check_outputs, write_image, write_label
 from .scribbles import simulate_scribbles
 
 IMAGE_DIR, MASK_DIR, SCRIBBLE_DIR = "JPEGImages", "SegmentationClass", "Scribbles"
 SPLITS = ("train", "val")
+OPTIONS_FILE = "synthetic.json"
 
 
 def _texture(kind: str, S: int, rng: np.random.Generator) -> np.ndarray:
@@ -72,12 +74,37 @@ def make_scene(S: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8), mask
 
 
-def make_synthetic(root: str, num_train: int = 300, num_val: int = 60, size: int = 64, seed: int = 0) -> str:
-    """Writes the set under `root` (VOC layout, .png images) and returns root. The split lists are
-    written last, so an interrupted run leaves no usable half set."""
+def make_synthetic(
+    root: str, num_train: int = 300, num_val: int = 60, size: int = 64, seed: int = 0, overwrite: bool = False
+) -> bool:
+    """Writes the set under `root` (VOC layout, .png images) and returns True; False, writing
+    nothing, when root already holds this very set. Its options are recorded first, in
+    root/synthetic.json, and the split lists written last: an interrupted run leaves no usable half
+    set, and running again completes it. Other files there (another set, another data set's split
+    lists) are replaced only with `overwrite`."""
+    options = {"num_train": num_train, "num_val": num_val, "size": size, "seed": seed}
+    recorded = recorded_options(root)
+    if recorded == options and synthetic_exists(root):
+        return False
+    if recorded not in (None, options) and not overwrite:
+        differ = ", ".join(f"{k} {recorded.get(k)} (asked: {v})" for k, v in options.items() if recorded.get(k) != v)
+        raise ValueError(f"{root} holds a synthetic set made with {differ}: pass --overwrite to replace it")
     names = {
         split: [f"{split}_{i:05d}" for i in range(n)] for split, n in zip(SPLITS, (num_train, num_val), strict=True)
     }
+    list_dir = os.path.join(root, "ImageSets", "Segmentation")
+    lists = {split: os.path.join(list_dir, f"{split}.txt") for split in SPLITS}
+    outputs = [os.path.join(root, OPTIONS_FILE), *lists.values()]
+    for split in SPLITS:
+        outputs += [
+            os.path.join(root, d, n + ".png") for n in names[split] for d in (IMAGE_DIR, MASK_DIR, SCRIBBLE_DIR)
+        ]
+    check_outputs([(None, p) for p in outputs], overwrite=overwrite or recorded == options)
+    for path in lists.values():  # until the new lists are written, no set is there
+        if os.path.lexists(path):
+            os.remove(path)
+    os.makedirs(list_dir, exist_ok=True)
+    _replace_text(os.path.join(root, OPTIONS_FILE), json.dumps(options) + "\n")
     for split_index, split in enumerate(SPLITS):
         for i, name in enumerate(tqdm(names[split], desc=f"synthetic {split}", unit="image")):
             rng = np.random.default_rng([seed, split_index, i])
@@ -85,14 +112,31 @@ def make_synthetic(root: str, num_train: int = 300, num_val: int = 60, size: int
             write_image(os.path.join(root, IMAGE_DIR, name + ".png"), image)
             write_label(os.path.join(root, MASK_DIR, name + ".png"), mask)
             write_label(os.path.join(root, SCRIBBLE_DIR, name + ".png"), simulate_scribbles(mask, rng, min_area=9))
-    list_dir = os.path.join(root, "ImageSets", "Segmentation")
-    os.makedirs(list_dir, exist_ok=True)
     for split in SPLITS:
-        tmp = os.path.join(list_dir, f"{split}.txt.tmp")
-        with open(tmp, "w") as fh:
-            fh.write("\n".join(names[split]) + "\n")
-        os.replace(tmp, os.path.join(list_dir, f"{split}.txt"))
-    return root
+        _replace_text(lists[split], "\n".join(names[split]) + "\n")
+    return True
+
+
+def _replace_text(path: str, text: str) -> None:
+    with open(f"{path}.tmp", "w") as fh:
+        fh.write(text)
+    os.replace(f"{path}.tmp", path)
+
+
+def recorded_options(root: str) -> dict | None:
+    """The options root/synthetic.json records (None when absent: no set, or one made before the
+    record was written)."""
+    path = os.path.join(root, OPTIONS_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as fh:
+            options = json.load(fh)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"{path} must hold the set's options as a mapping")
+    return options
 
 
 def synthetic_exists(root: str) -> bool:

@@ -3,6 +3,7 @@ dense CRF (pydensecrf2, an optional extra)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,12 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import CRFConfig
+
 
 @torch.no_grad()
 def predict_probs(model: nn.Module, image: Tensor, scales: Sequence[float] = (1.0,), flip: bool = False) -> Tensor:
     """image (B, 3, H, W) normalised -> (B, K, H, W) softmax probabilities averaged over the scales
     and, with `flip`, their horizontal mirrors (the paper tests at 0.5, 0.75, 1, 1.25 with flip)."""
     H, W = image.shape[-2:]
+    check_scales(scales, H, W)
     total = 0
     for s in scales:
         x = image if s == 1 else F.interpolate(image, scale_factor=s, mode="bilinear", align_corners=False)
@@ -28,14 +32,23 @@ def predict_probs(model: nn.Module, image: Tensor, scales: Sequence[float] = (1.
     return total / (len(scales) * (2 if flip else 1))
 
 
-CRF_DEFAULTS = {
-    "iterations": 10,
-    "gaussian_sxy": 3,
-    "gaussian_compat": 3,
-    "bilateral_sxy": 50,
-    "bilateral_srgb": 13,
-    "bilateral_compat": 10,
-}
+MIN_SIDE = 32  # the backbone's coarsest stride: below it the deepest features hold one cell
+
+
+def check_scales(scales: Sequence[float], H: int, W: int) -> None:
+    """A test scale below 1 may not shrink an H x W image below MIN_SIDE px (an image smaller than
+    that already is read at scales >= 1 only): its prediction would be the upsampled guess of a
+    network that sees next to nothing."""
+    for s in scales:
+        h, w = int(H * s), int(W * s)  # F.interpolate's size for scale_factor
+        if s < 1 and min(h, w) < MIN_SIDE:
+            raise ValueError(
+                f"eval.scales: {s} makes the {H}x{W} image {h}x{w} px, below the {MIN_SIDE} px of the network's "
+                f"coarsest stride; use scales >= {min(1.0, MIN_SIDE / min(H, W)):.2f} for these images"
+            )
+
+
+CRF_DEFAULTS = dataclasses.asdict(CRFConfig())
 
 
 def dense_crf(image: np.ndarray, probs: np.ndarray, **params) -> np.ndarray:

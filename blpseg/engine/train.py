@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from lam_ops import available_backends
 
-from ..config import RESUME_MAY_CHANGE, class_names, dump, fixed_differences, resolve
+from ..config import RESUME_MAY_CHANGE, class_differences, class_names, dump, fixed_differences, resolve
 from ..data.folder import build_split
 from ..data.prepare import prepare_data
 from ..data.transforms import EvalTransform, TrainTransform
@@ -175,9 +175,9 @@ def _evaluate(model, val_set, names, cfg: dict, d, logger: MetricLogger, done: i
 def _resume_state(resume: str, cfg: dict, names) -> dict:
     """The checkpoint to resume from, if what it fixes equals `cfg`; else an error listing the keys."""
     state = load_checkpoint(resume)
-    changed = fixed_differences(resolve(state["config"]), cfg)
-    if tuple(state.get("class_names", names)) != tuple(names):
-        changed.append(f"class names: {state['class_names']} -> {list(names)}")
+    changed = fixed_differences(resolve(state["config"]), cfg) + class_differences(
+        state.get("class_names", names), names
+    )
     if changed:
         raise ValueError(
             f"cannot resume from {resume}: it was trained with other settings, which a resumed run cannot change "
