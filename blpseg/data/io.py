@@ -7,6 +7,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from ..files import atomic_write
 from .classes import palette
 
 
@@ -70,10 +71,8 @@ def write_image(path: str, image: np.ndarray) -> None:
 
 
 def _atomic_save(im: Image.Image, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    im.save(tmp, format=Image.registered_extensions().get(os.path.splitext(path)[1].lower(), "PNG"))
-    os.replace(tmp, path)
+    with atomic_write(path) as fh:
+        im.save(fh, format=Image.registered_extensions().get(os.path.splitext(path)[1].lower(), "PNG"))
 
 
 def _identity(path: str):

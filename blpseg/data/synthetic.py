@@ -14,6 +14,7 @@ from skimage.color import hsv2rgb
 from skimage.draw import ellipse, polygon
 from tqdm import tqdm
 
+from ..files import atomic_write
 from .classes import SYNTHETIC_CLASSES
 from .io import write_image, write_label
 from .scribbles import simulate_scribbles
@@ -86,12 +87,9 @@ def make_synthetic(root: str, num_train: int = 300, num_val: int = 60, size: int
             write_label(os.path.join(root, MASK_DIR, name + ".png"), mask)
             write_label(os.path.join(root, SCRIBBLE_DIR, name + ".png"), simulate_scribbles(mask, rng, min_area=9))
     list_dir = os.path.join(root, "ImageSets", "Segmentation")
-    os.makedirs(list_dir, exist_ok=True)
     for split in SPLITS:
-        tmp = os.path.join(list_dir, f"{split}.txt.tmp")
-        with open(tmp, "w") as fh:
+        with atomic_write(os.path.join(list_dir, f"{split}.txt"), "w") as fh:
             fh.write("\n".join(names[split]) + "\n")
-        os.replace(tmp, os.path.join(list_dir, f"{split}.txt"))
     return root
 
 
