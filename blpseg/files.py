@@ -28,17 +28,19 @@ class WriteError(OSError):
 
 
 @contextlib.contextmanager
-def atomic_write(path: str, mode: str = "wb", what: str = "") -> Iterator[IO]:
+def atomic_write(path: str, mode: str = "wb", what: str = "", sync: bool = True) -> Iterator[IO]:
     """Yields a file open (`mode`: "wb" or "w", UTF-8) on the temporary; when the block ends without
-    error, it replaces `path`. An OSError in the block (also one a writer wraps, as torch.save wraps
-    the file's in a RuntimeError) becomes a WriteError naming `what` (e.g. "checkpoint ") and `path`."""
+    error, it replaces `path`, after fsync (`sync`: the file survives a power cut whole, not only a
+    killed process). An OSError in the block (also one a writer wraps, as torch.save wraps the
+    file's in a RuntimeError) becomes a WriteError naming `what` (e.g. "checkpoint ") and `path`."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())  # a full disk may say so only here; and the rename must not outrun the data
+            if sync:
+                os.fsync(fh.fileno())  # a full disk may say so only here; and the rename must not outrun the data
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
