@@ -71,10 +71,11 @@ gpu-check:
 	bash scripts/gpu_check.sh $(GPU_CHECK_OUT)
 
 # The synthetic scribble set, BLPSeg trained on the CPU with the fused C++ LAM, and its evaluation.
+# Each `make demo` trains anew: --overwrite replaces the run in $(DEMO_RUN) (docs/training.md, "Run folders").
 DEMO_RUN ?= runs/synthetic
 demo: install
 	$(VENV)/bin/blpseg make-synthetic --root data/synthetic
-	$(VENV)/bin/blpseg train --config configs/synthetic.yaml out_dir=$(DEMO_RUN) data.root=data/synthetic
+	$(VENV)/bin/blpseg train --config configs/synthetic.yaml --overwrite out_dir=$(DEMO_RUN) data.root=data/synthetic
 	$(VENV)/bin/blpseg eval --checkpoint $(DEMO_RUN)/last.pt eval.flip=true
 	@echo "run files: $(DEMO_RUN)/ (last.pt, config.yaml, train.csv, val.csv, eval.json, eval_boundary_precision.png, tensorboard/: tensorboard --logdir $(DEMO_RUN))"
 
@@ -83,7 +84,7 @@ FOLDER_RUN ?= runs/own_data
 demo-folder: install
 	$(VENV)/bin/blpseg make-synthetic --root data/synthetic
 	$(VENV)/bin/blpseg export-folder --config configs/synthetic.yaml data.root=data/synthetic --out data/synthetic_folder
-	$(VENV)/bin/blpseg train --config configs/own_data.yaml out_dir=$(FOLDER_RUN) data.root=data/synthetic_folder
+	$(VENV)/bin/blpseg train --config configs/own_data.yaml --overwrite out_dir=$(FOLDER_RUN) data.root=data/synthetic_folder
 	$(VENV)/bin/blpseg eval --checkpoint $(FOLDER_RUN)/last.pt eval.flip=true
 
 # The LAM operator benchmark (docs/benchmarks.md); results in benchmarks/results/.

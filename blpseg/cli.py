@@ -25,17 +25,38 @@ def _train(args) -> int:
     if args.print_config:
         print(dump(cfg), end="")
         return 0
-    from .engine.train import train
+    from .engine.train import TrainingInterrupted, train
 
     resume = args.resume
     if resume == "last":
         resume = os.path.join(cfg["out_dir"], "last.pt")
-    out = train(cfg, resume=resume)
-    if int(os.environ.get("RANK", "0")) == 0:
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    try:
+        out = train(cfg, resume=resume, overwrite=args.overwrite)
+    except TrainingInterrupted as e:
+        if is_main:
+            print(f"blpseg train: {_interrupted(e, args, overrides, cfg['out_dir'])}", file=sys.stderr)
+        return 130
+    if is_main:
         print(
             f"run folder: {out['out_dir']} (checkpoint {out['checkpoint']}, metrics train.csv / val.csv, tensorboard/)"
         )
     return 0
+
+
+def _interrupted(e, args, overrides: list[str], out_dir: str) -> str:
+    """What was kept of an interrupted run, and the command that continues it (or starts it again)."""
+    import shlex
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    command = "blpseg train" if world == 1 else "torchrun [your torchrun options] -m blpseg train"
+    said = f"interrupted at iteration {e.iteration}"
+    if e.checkpoint is None:
+        again = shlex.join(["--config", args.config, "--overwrite", *overrides])
+        return f"{said}, before its first checkpoint; start it again with `{command} {again}`"
+    own = os.path.abspath(e.checkpoint) == os.path.abspath(os.path.join(out_dir, "last.pt"))
+    resume = shlex.join(["--config", args.config, "--resume", *([] if own else [e.checkpoint]), *overrides])
+    return f"{said}; {e.checkpoint} holds iteration {e.checkpoint_iteration}: continue with `{command} {resume}`"
 
 
 def _eval(args) -> int:
@@ -363,6 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue from a checkpoint (with the same settings but for the few a resumed run may "
         "change: docs/training.md, 'Resuming'); without a path, <out_dir>/last.pt",
     )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start anew in an out_dir that holds a run, deleting its run files (last.pt, config.yaml, train.csv, "
+        "val.csv, val.json, tensorboard/, eval.json, eval_boundary_precision.png; other files stay) when training "
+        "starts; without it (or --resume) such a folder is refused",
+    )
     t.add_argument("--print-config", action="store_true", help="print the resolved config (defaults included) and exit")
     t.add_argument("overrides", **overrides)
     t.set_defaults(func=_train)
@@ -508,6 +536,9 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, FloatingPointError, OSError, ImportError) as e:
         print(f"blpseg {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+        print(f"blpseg {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

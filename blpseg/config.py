@@ -345,6 +345,29 @@ def _check(value, tp, key: str, meta) -> Any:
     return value
 
 
+def check_device(cfg: dict) -> None:
+    """Refuses, before a run starts, a `device` or `model.lam_backend` this machine cannot run (a
+    config is resolved anywhere: a checkpoint's config names the trainer's device, not the reader's)."""
+    import torch
+
+    from lam_ops.backends import BACKENDS
+
+    cuda = torch.cuda.is_available()
+    if cfg["device"] == "cuda" and not cuda:
+        raise ValueError("device=cuda: no CUDA device is available on this machine; set device=cpu (or auto)")
+    device = torch.device("cuda" if cfg["device"] == "cuda" or (cfg["device"] == "auto" and cuda) else "cpu")
+    name = cfg["model"]["lam_backend"]
+    if name != "auto" and name not in BACKENDS:
+        raise ValueError(f"model.lam_backend: expected one of 'auto', {', '.join(map(repr, BACKENDS))}, got {name!r}")
+    why = BACKENDS[name].unavailable(device) if name != "auto" and cfg["model"]["lam"] else None
+    if why:
+        usable = [n for n, b in BACKENDS.items() if b.unavailable(device) is None]
+        raise ValueError(
+            f"model.lam_backend={name} cannot run on {device.type} here ({why}); set model.lam_backend=auto "
+            f"(the fastest that runs) or one of {', '.join(usable)}"
+        )
+
+
 # ---------------------------------------------------------------- files and overrides
 
 

@@ -274,6 +274,14 @@ def test_table_runs_resumes_and_summarises(tmp_path, monkeypatch, capsys):
     runpy.run_path(str(ROOT / "experiments" / "table1.py"), run_name="__main__")
     assert capsys.readouterr().out.count("table1: ") == 0
     assert (tmp_path / "table1" / "runs.csv").read_text() == before
+    # A run stopped before its first checkpoint (its folder holds config.yaml, train.csv...) trains
+    # anew in its folder, which the runner owns.
+    stopped = Path(runs[0]["run"])
+    os.remove(stopped / "val.json")
+    os.remove(stopped / "last.pt")
+    runpy.run_path(str(ROOT / "experiments" / "table1.py"), run_name="__main__")
+    assert capsys.readouterr().out.count("table1: ") == 1
+    assert (stopped / "last.pt").exists() and (tmp_path / "table1" / "runs.csv").read_text() == before
 
 
 def test_run_folders_name_the_config_not_where_it_lives():

@@ -297,6 +297,9 @@ def test_two_process_ddp_on_cpu(data_root, tmp_path):
     assert "2 x cpu" in proc.stdout + proc.stderr
     assert [int(r["iteration"]) for r in read_csv(tmp_path / "run" / "train.csv")] == [1, 2]
     assert load_checkpoint(str(tmp_path / "run" / "last.pt"))["iteration"] == 2
+    # the folder now holds a run: refused by the main process, whose refusal the others share
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and f"blpseg train: error: {tmp_path / 'run'} holds a run" in proc.stderr
 
 
 # ---------------------------------------------------------------- command line
@@ -694,3 +697,335 @@ def test_a_bad_validation_mask_stops_training_before_it_starts(data_root, tmp_pa
     with pytest.raises(ValueError, match="val_00001.png holds class ids \\[7\\] >= 5 classes"):
         train(tiny_config(root, tmp_path / "run"))
     assert not (tmp_path / "run" / "train.csv").exists()
+
+
+# ---------------------------------------------------------------- run folders: one run, one process
+
+
+def tiny_args(data_root, out_dir, *extra):
+    """`blpseg train` arguments for tiny_config, through a config file beside the run folder."""
+    config = Path(f"{out_dir}.yaml")
+    config.write_text(yaml.safe_dump(tiny_config(data_root, out_dir, *extra)))
+    return ["train", "--config", str(config)]
+
+
+def folder_state(folder):
+    """{name: bytes} of a run folder's files (tensorboard/ included), to compare before and after."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(trained, data_root, tmp_path, capsys):
+    # Seen: a second run into a run's folder overwrote its last.pt and train.csv and mixed TensorBoard files.
+    import shutil
+
+    cfg, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(cfg["out_dir"], run)
+    (run / "notes.txt").write_text("mine")
+    (run / "eval.json").write_text("{}")  # `blpseg eval` of the old model
+    before = folder_state(run)
+    args = tiny_args(data_root, run, "train.iters=2", "data.val=null")
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(run) in err and "--resume" in err and "--overwrite" in err and "last.pt" in err
+    assert folder_state(run) == before and not (run / "train.lock").exists()
+    # a checkpoint of another folder is not continued into this one
+    other = tmp_path / "other.pt"
+    shutil.copy(run / "last.pt", other)
+    assert cli.main([*args, "--resume", str(other)]) == 1
+    assert "holds another run" in capsys.readouterr().err and folder_state(run) == before
+    assert cli.main([*args, "--resume", "--overwrite"]) == 1
+    assert "exclude each other" in capsys.readouterr().err and folder_state(run) == before
+
+    # --overwrite: the run's files are replaced, the others stay
+    assert cli.main([*args, "--overwrite"]) == 0
+    assert "deleted the previous run's" in capsys.readouterr().out
+    assert (run / "notes.txt").read_text() == "mine" and not (run / "eval.json").exists()
+    assert not (run / "val.json").exists() and not (run / "val.csv").exists()  # the old run's (this one has no val)
+    assert [int(r["iteration"]) for r in read_csv(run / "train.csv")] == [1, 2]
+    assert len(os.listdir(run / "tensorboard")) == 1  # the new run's events only
+    assert load_checkpoint(str(run / "last.pt"))["iteration"] == 2
+
+    # a folder with a run's files but no checkpoint (stopped before its first) says so
+    os.remove(run / "last.pt")
+    assert cli.main(args) == 1
+    assert "no checkpoint to continue" in capsys.readouterr().err
+
+
+HOLD_LOCK = """
+import sys
+from blpseg.engine.run_folder import locked
+with locked(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_two_processes_never_write_one_run_folder(data_root, tmp_path, capsys):
+    # Seen: a second run deleted the live run's temporary checkpoint (the first run then died).
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(run)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        live_tmp = run / f"last.pt.tmp{holder.pid}"  # a checkpoint the live run is writing
+        live_tmp.write_bytes(b"half")
+        args = tiny_args(data_root, run, "train.iters=1", "data.val=null")
+        for extra in ([], ["--overwrite"]):
+            assert cli.main(args + extra) == 1
+            err = capsys.readouterr().err
+            assert "in use by another training run" in err and f"pid {holder.pid}" in err, err
+            assert str(run / "train.lock") in err
+        assert live_tmp.exists() and not (run / "config.yaml").exists()
+    finally:
+        holder.kill()  # killed: the lock file stays, naming a process that no longer runs
+        holder.wait()
+    assert (run / "train.lock").exists()
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "took over the lock" in out and f"pid {holder.pid}" in out
+    assert not live_tmp.exists() and not (run / "train.lock").exists()
+    assert load_checkpoint(str(run / "last.pt"))["iteration"] == 1
+
+
+# ---------------------------------------------------------------- failed writes, interruptions
+
+
+class FailingFile:
+    """A file whose writes fail with `error` after `limit` bytes, as a full disk's do."""
+
+    def __init__(self, fh, error, limit=1 << 16):
+        self.fh, self.error, self.written = fh, error, 0
+        self.limit = limit
+
+    def write(self, b):
+        self.written += len(b)
+        if self.written > self.limit:
+            raise self.error
+        return self.fh.write(b)
+
+    def flush(self):
+        self.fh.flush()
+
+
+def failing_torch_save(monkeypatch, error, after_calls=0):
+    """torch.save whose writes fail with `error` from call number `after_calls` on: torch reports
+    it as its own `[enforce fail at inline_container.cc]` RuntimeError, as it does on a full disk."""
+    real, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(1)
+        return real(obj, f if len(calls) <= after_calls else FailingFile(f, error), *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_a_full_disk_stops_training_naming_the_folder_and_keeps_the_last_checkpoint(
+    data_root, tmp_path, monkeypatch, capsys
+):
+    # Seen: `RuntimeError: [enforce fail at inline_container.cc:672]` and a 60-100 MB temporary left behind.
+    import errno
+
+    run = tmp_path / "run"
+    args = tiny_args(data_root, run, "train.iters=4", "train.checkpoint_every=2", "data.val=null")
+    failing_torch_save(monkeypatch, OSError(errno.ENOSPC, "No space left on device"), after_calls=1)
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("blpseg train: error: could not write checkpoint")
+    assert f"no space left in {run}" in err and f"the previous {run / 'last.pt'} is unchanged" in err
+    assert load_checkpoint(str(run / "last.pt"))["iteration"] == 2
+    assert sorted(os.listdir(run)) == ["config.yaml", "last.pt", "tensorboard", "train.csv"]
+
+
+def test_ctrl_c_mid_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    from blpseg.engine.checkpoint import save_checkpoint
+
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.ones(3)}, "config": {}}, str(path))
+    failing_torch_save(monkeypatch, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):  # not torch's RuntimeError that reports it
+        save_checkpoint({"model": {"w": torch.zeros(10**6)}, "config": {}}, str(path))
+    assert os.listdir(tmp_path) == ["last.pt"]
+    assert torch.equal(load_checkpoint(str(path))["model"]["w"], torch.ones(3))
+
+
+FILE_SIZE_LIMIT = """
+import errno, json, resource, signal, sys, torch
+from blpseg.engine.checkpoint import save_checkpoint
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG instead of killing us
+path = sys.argv[1]
+save_checkpoint({"model": {"w": torch.ones(10)}, "config": {}}, path)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    save_checkpoint({"model": {"w": torch.zeros(10**6)}, "config": {}}, path)
+except OSError as e:
+    print(json.dumps({"type": type(e).__name__, "message": str(e), "errno": e.errno}))
+"""
+
+
+def test_a_checkpoint_over_the_file_size_limit_is_a_clear_error(tmp_path):
+    """A real failing write (the process's file-size limit), in a subprocess."""
+    import errno
+
+    path = tmp_path / "last.pt"
+    proc = subprocess.run(
+        [sys.executable, "-c", FILE_SIZE_LIMIT, str(path)], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = json.loads(proc.stdout)
+    assert said["type"] == "WriteError" and said["errno"] == errno.EFBIG
+    assert said["message"].startswith(f"could not write checkpoint {path}: the file would exceed the file-size limit")
+    assert os.listdir(tmp_path) == ["last.pt"]
+    assert torch.equal(load_checkpoint(str(path))["model"]["w"], torch.ones(10))
+
+
+def test_predict_leaves_no_temporary_when_a_write_fails(trained, data_root, tmp_path, monkeypatch, capsys):
+    # Seen: a failed write left a 0-byte x.png.tmp<pid>.
+    import errno
+
+    from PIL import Image
+
+    def full_disk(self, fp, format=None, **params):
+        fh = open(fp, "wb") if isinstance(fp, (str, os.PathLike)) else fp  # noqa: SIM115
+        fh.write(b"\x89PNG")
+        fh.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    cfg, _ = trained
+    out = tmp_path / "pred"
+    image = data_root / "JPEGImages" / "val_00000.png"
+    assert (
+        cli.main(["predict", str(image), "--checkpoint", os.path.join(cfg["out_dir"], "last.pt"), "--out", str(out)])
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert f"could not write {out / 'val_00000.png'}: no space left in {out}" in err
+    assert os.listdir(out) == []
+
+
+INTERRUPTIBLE = """
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if this test runs with SIGINT ignored
+from blpseg.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_stops_training_with_the_command_that_resumes_it(data_root, tmp_path, capsys):
+    import shlex
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    args = tiny_args(data_root, run, "train.iters=500", "train.checkpoint_every=1", "data.val=null")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTIBLE, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (run / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # mid-run; a checkpoint is written every step, so mostly mid-write
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("blpseg train: interrupted at iteration") and "holds iteration" in line, line
+    state = load_checkpoint(str(run / "last.pt"))
+    assert not [f for f in os.listdir(run) if ".tmp" in f] and not (run / "train.lock").exists()
+    command = shlex.split(line.split("`")[1])
+    assert command[:4] == ["blpseg", "train", "--config", args[2]] and "--resume" in command
+    # the printed command continues the run (to one more iteration, to keep the test short)
+    done = state["iteration"]
+    assert cli.main([*command[1:], f"train.iters={done + 1}"]) == 0
+    assert f"training {done + 1} iterations from {done}" in capsys.readouterr().out
+    assert load_checkpoint(str(run / "last.pt"))["iteration"] == done + 1
+
+
+# ---------------------------------------------------------------- devices, checked up front
+
+
+@pytest.mark.parametrize(
+    "override, key", [("device=cuda", "device=cuda"), ("model.lam_backend=cuda", "model.lam_backend")]
+)
+def test_a_device_this_machine_lacks_is_refused_before_the_run_starts(
+    data_root, tmp_path, monkeypatch, capsys, override, key
+):
+    # Seen: device=cuda or lam_backend=cuda on a machine without CUDA ended in a traceback.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = tiny_args(data_root, tmp_path / "run", "device=auto", override)
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"blpseg train: error: {key}") and "\n" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- checkpoints that are not ours
+
+
+@pytest.fixture(scope="module")
+def bad_checkpoints(trained, tmp_path_factory):
+    """name -> a file given as a checkpoint that no command may load (each with its own defect)."""
+    folder = tmp_path_factory.mktemp("bad")
+    state = load_checkpoint(os.path.join(trained[0]["out_dir"], "last.pt"))
+    (folder / "empty.pt").write_bytes(b"")
+    (folder / "truncated.pt").write_bytes(Path(trained[0]["out_dir"], "last.pt").read_bytes()[:4096])
+    torch.save([1, 2], folder / "list.pt")
+    torch.save({"model": state["model"]}, folder / "no_config.pt")
+    weights = dict(state["model"])
+    for key in ("seg_head.4.weight", "seg_head.4.bias"):  # a head for 3 classes, not the config's 5
+        weights[key] = weights[key][:3]
+    torch.save({**state, "model": weights}, folder / "other_head.pt")
+    torch.save({**state, "model": Pwned(str(folder / "pwned"))}, folder / "malicious.pt")
+    return folder
+
+
+class Pwned:
+    """Unpickled, it would create a file: weights_only=True must refuse it unread."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+BAD = ["empty", "truncated", "list", "no_config", "other_head", "malicious"]
+READERS = {  # every command that reads a checkpoint: (checkpoint, data root, tmp_path) -> its arguments
+    "eval": lambda ckpt, data, tmp: ["eval", "--checkpoint", ckpt, "--out", str(tmp / "e.json")],
+    "predict": lambda ckpt, data, tmp: [
+        "predict",
+        str(data / "JPEGImages" / "val_00000.png"),
+        "--checkpoint",
+        ckpt,
+        "--out",
+        str(tmp / "p"),
+    ],
+    "analyze-bias": lambda ckpt, data, tmp: ["analyze-bias", "--checkpoint", ckpt, "--out", str(tmp / "a")],
+    "loss-maps": lambda ckpt, data, tmp: ["loss-maps", "--checkpoint", ckpt, "--out", str(tmp / "m")],
+    "train --resume": lambda ckpt, data, tmp: [*tiny_args(data, tmp / "run"), "--resume", ckpt],
+}
+
+
+@pytest.mark.parametrize("reader", list(READERS))
+def test_a_bad_checkpoint_is_one_clear_error_naming_it(bad_checkpoints, data_root, tmp_path, capsys, reader):
+    # Seen: tracebacks (EOFError, RuntimeError, TypeError, UnpicklingError) for each of these files.
+    for name in BAD:
+        ckpt = str(bad_checkpoints / f"{name}.pt")
+        assert cli.main(READERS[reader](ckpt, data_root, tmp_path)) == 1, name
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"blpseg {reader.split()[0]}: error:") and ckpt in err and "\n" not in err, (name, err)
+        if name == "other_head":  # what does not fit is named
+            assert "seg_head.4.weight: (3, 16, 1, 1) in the file, (5, 16, 1, 1) in the network" in err
+    assert not (bad_checkpoints / "pwned").exists()
+    assert not (tmp_path / "run").exists()  # train's run folder, made for its lock, is not left empty

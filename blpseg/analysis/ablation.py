@@ -70,7 +70,8 @@ def run_table(name: str, title: str, rows: dict[str, list[str]], argv=None) -> s
         if not os.path.isfile(done):
             last = os.path.join(cfg["out_dir"], "last.pt")
             print(f"{name}: {label}, seed {seed} -> {cfg['out_dir']}", flush=True)
-            train(cfg, resume=last if os.path.isfile(last) else None)
+            # the folder is this config's: a run stopped before its first checkpoint starts anew there
+            train(cfg, resume=last if os.path.isfile(last) else None, overwrite=not os.path.isfile(last))
         with open(done) as fh:
             result = json.load(fh)
         records.append(

@@ -15,6 +15,7 @@ from skimage.color import hsv2rgb
 from skimage.draw import ellipse, polygon
 from tqdm import tqdm
 
+from ..files import atomic_write
 from .classes import SYNTHETIC_CLASSES
 from .io import check_outputs, write_image, write_label
 from .scribbles import simulate_scribbles
@@ -104,7 +105,8 @@ def make_synthetic(
         if os.path.lexists(path):
             os.remove(path)
     os.makedirs(list_dir, exist_ok=True)
-    _replace_text(os.path.join(root, OPTIONS_FILE), json.dumps(options) + "\n")
+    with atomic_write(os.path.join(root, OPTIONS_FILE), "w") as fh:
+        fh.write(json.dumps(options) + "\n")
     for split_index, split in enumerate(SPLITS):
         for i, name in enumerate(tqdm(names[split], desc=f"synthetic {split}", unit="image")):
             rng = np.random.default_rng([seed, split_index, i])
@@ -113,14 +115,9 @@ def make_synthetic(
             write_label(os.path.join(root, MASK_DIR, name + ".png"), mask)
             write_label(os.path.join(root, SCRIBBLE_DIR, name + ".png"), simulate_scribbles(mask, rng, min_area=9))
     for split in SPLITS:
-        _replace_text(lists[split], "\n".join(names[split]) + "\n")
+        with atomic_write(lists[split], "w") as fh:
+            fh.write("\n".join(names[split]) + "\n")
     return True
-
-
-def _replace_text(path: str, text: str) -> None:
-    with open(f"{path}.tmp", "w") as fh:
-        fh.write(text)
-    os.replace(f"{path}.tmp", path)
 
 
 def recorded_options(root: str) -> dict | None:

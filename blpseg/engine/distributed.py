@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +58,25 @@ def wrap(model: nn.Module, d: Dist) -> nn.Module:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index])
     return nn.parallel.DistributedDataParallel(model)
+
+
+def on_main(fn: Callable[[], None], d: Dist) -> None:
+    """fn() on the main process only. Under DDP the others wait for it, and when it refuses (a
+    ValueError or OSError) they raise a ValueError with its message: no process goes on alone, or
+    waits forever in a collective, after the main one stopped."""
+    error = None
+    if d.is_main:
+        try:
+            fn()
+        except (ValueError, OSError) as e:
+            error = e
+    if d.world_size > 1:
+        message = [None if error is None else str(error)]
+        dist.broadcast_object_list(message, src=0)
+        if not d.is_main and message[0] is not None:
+            raise ValueError(message[0])
+    if error is not None:
+        raise error
 
 
 def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:

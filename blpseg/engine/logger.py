@@ -7,6 +7,8 @@ import os
 
 from torch.utils.tensorboard import SummaryWriter
 
+from ..files import WriteError, atomic_write, write_failure
+
 
 class MetricLogger:
     def __init__(self, out_dir: str, enabled: bool = True, start: int = 0):
@@ -27,11 +29,14 @@ class MetricLogger:
         path = os.path.join(self.out_dir, f"{stream}.csv")
         row = {"iteration": step, **values}
         new = not os.path.exists(path)
-        with open(path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        try:
+            with open(path, "a", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(row))
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+        except OSError as e:
+            raise WriteError(write_failure(path, e), e.errno) from e
         for k, v in values.items():
             if isinstance(v, (int, float)):
                 self.tb.add_scalar(f"{stream}/{k}", v, step)
@@ -52,9 +57,7 @@ def _drop_rows_after(path: str, iteration: int) -> None:
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         fields, rows = reader.fieldnames, [r for r in reader if int(r["iteration"]) <= iteration]
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as fh:
+    with atomic_write(path, "w") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
