@@ -330,12 +330,17 @@ def test_backbone_names_are_checked():
 # from 127.0.0.1 (as a download site, and as the Hugging Face hub answers), the caches are tmp_path.
 
 
+def test_the_paper_configs_start_from_imagenet_and_the_demos_need_no_network():
+    pretrained_of = lambda name: load_config(str(ROOT / "configs" / f"{name}.yaml"))["model"]["pretrained"]
+    assert pretrained_of("voc_scribble") == pretrained_of("context_scribble") == "imagenet"
+    assert pretrained_of("synthetic") is None and pretrained_of("own_data") is None  # make demo, demo-folder
+
+
 class WeightServer:
     """Files (`files`: URL path -> bytes) served over HTTP on 127.0.0.1 in a thread. HEAD and GET
     answer as the Hugging Face hub does (X-Repo-Commit, ETag: the content's SHA-256 unless `etags`
-    says otherwise); `requests`
-    logs (method, path); a path in `truncate` sends half its bytes under the full Content-Length;
-    stop() closes the port (connections are then refused: no network)."""
+    says otherwise); `requests` logs (method, path); a path in `truncate` sends half its bytes
+    under the full Content-Length; stop() closes the port (connections are then refused: no network)."""
 
     def __init__(self):
         self.files, self.etags, self.requests, self.truncate = {}, {}, [], set()
@@ -397,6 +402,15 @@ def saved(state: dict) -> bytes:
     return buf.getvalue()
 
 
+def tiny_run(tmp_path) -> list[str]:
+    """Overrides of configs/synthetic.yaml for a run of seconds in tmp_path."""
+    return [
+        *(f"out_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'data'}", "device=cpu", "data.crop=32"),
+        *("data.synthetic.num_train=2", "data.synthetic.num_val=1", "train.batch_size=2"),
+        *("model.channels=16", "model.embed_dim=8", "model.lam_backend=auto"),
+    ]
+
+
 def no_temporaries(folder) -> bool:
     return not [p for p in pathlib.Path(folder).rglob("*") if ".partial" in p.name or p.suffix == ".zip"]
 
@@ -418,19 +432,20 @@ def torchvision_imagenet(server, tmp_path, monkeypatch):
 
 def test_torchvision_imagenet_downloads_once_and_is_verified(server, torchvision_imagenet):
     state, url, cached = torchvision_imagenet
+    served = url.removeprefix(server.url)
     net = build_backbone("resnet18", "imagenet")
     assert torch.equal(net.conv1.weight, state["conv1.weight"]) and server.gets() == 1
     assert torch.equal(net.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"])
-    assert cached.read_bytes() == server.files[url.removeprefix(server.url)]
+    assert cached.read_bytes() == server.files[served]
     assert torch.equal(build_backbone("resnet18", "imagenet").conv1.weight, state["conv1.weight"])
     assert server.gets() == 1  # the cache, not the network
     # a corrupt cached file is never loaded: deleted and downloaded again
     cached.write_bytes(cached.read_bytes()[:-10] + b"0123456789")
     assert torch.equal(build_backbone("resnet18", "imagenet").conv1.weight, state["conv1.weight"])
-    assert server.gets() == 2 and cached.read_bytes() == server.files[url.removeprefix(server.url)]
+    assert server.gets() == 2 and cached.read_bytes() == server.files[served]
     # a partial download fails its hash check: an error naming the URL and the cache file, nothing left
     cached.unlink()
-    server.truncate.add(url.removeprefix(server.url))
+    server.truncate.add(served)
     with pytest.raises(pretrained.WeightsUnavailable) as e:
         build_backbone("resnet18", "imagenet")
     assert url in str(e.value) and str(cached) in str(e.value) and "invalid hash" in str(e.value)
@@ -442,9 +457,8 @@ def test_offline_imagenet_is_an_error_naming_the_url_and_the_cache_file(server, 
     server.stop()
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"a corrupt file where the weights go")
-    run = [f"out_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'data'}", "data.synthetic.num_train=2"]
-    run += ["data.synthetic.num_val=1", "model.pretrained=imagenet", "device=cpu"]
-    assert cli.main(["train", "--config", str(ROOT / "configs" / "synthetic.yaml"), *run]) == 1
+    synthetic = str(ROOT / "configs" / "synthetic.yaml")
+    assert cli.main(["train", "--config", synthetic, *tiny_run(tmp_path), "model.pretrained=imagenet"]) == 1
     err = capsys.readouterr().err
     assert "blpseg train: error: could not download torchvision's IMAGENET1K_V1 weights of resnet18" in err
     assert f"from {url}" in err and f"put it at {cached}" in err and "Traceback" not in err
@@ -454,10 +468,7 @@ def test_offline_imagenet_is_an_error_naming_the_url_and_the_cache_file(server, 
 def test_a_resumed_run_reads_no_initial_weights(server, torchvision_imagenet, tmp_path, capsys):
     # its checkpoint holds the weights: resuming on a machine without the initial ones works
     server.stop()
-    run = [f"out_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'data'}", "data.synthetic.num_train=2"]
-    run += ["data.synthetic.num_val=1", "device=cpu", "data.crop=32", "model.channels=16", "model.embed_dim=8"]
-    run += ["model.lam_backend=auto", "train.batch_size=2"]
-    synthetic = str(ROOT / "configs" / "synthetic.yaml")
+    synthetic, run = str(ROOT / "configs" / "synthetic.yaml"), tiny_run(tmp_path)
     assert cli.main(["train", "--config", synthetic, *run, "train.iters=1"]) == 0
     resume = ["--resume", str(tmp_path / "run" / "last.pt"), "model.pretrained=imagenet", "train.iters=2"]
     assert cli.main(["train", "--config", synthetic, *resume, *run]) == 0, capsys.readouterr().err

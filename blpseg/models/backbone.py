@@ -5,7 +5,7 @@
     state_dict files, e.g. resnet101-63fe2227.pth);
   - "resnet101_deepstem": the authors' backbone, the PyTorch-Encoding ResNet-101 whose 7x7 stem is
     three 3x3 convolutions (3->64 stride 2, 64->64, 64->128), so layer1 takes 128 channels; not
-    dilated, BN momentum 0.1 (weights: PyTorch-Encoding's resnet101 file, keys conv1.0, conv1.1,
+    dilated, BN momentum 0.1 (weights: PyTorch-Encoding's resnet101s file, keys conv1.0, conv1.1,
     conv1.3, conv1.4, conv1.6, bn1, layer1..4);
   - "timm:<model>": any timm model with `features_only` support that has stride-4..32 stages
     (weights: that model's timm state_dict, a pytorch_model.bin or .safetensors).

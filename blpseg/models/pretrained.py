@@ -6,7 +6,7 @@ standard caches and verified before every use (docs/training.md, "Pretrained wei
   - resnet101_deepstem: the file the release loads, PyTorch-Encoding's resnet101s (a zip holding one
     state_dict), extracted into the same cache and checked against its full published SHA-1;
   - timm:<model>: timm's weights for that model (its default tag unless the name has one), in the
-    Hugging Face hub cache ($HF_HOME/hub), checked against the content hash the blob is named by.
+    Hugging Face hub cache ($HF_HOME/hub), checked against the SHA-256 the hub names the blob by.
 
 A download is written under a temporary name and takes its cache name only once verified; a cached
 file that fails its check is deleted and downloaded again. When the weights cannot be had, the
@@ -30,9 +30,11 @@ from torch.hub import download_url_to_file
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGENET = "imagenet"
-# The release's lib/net/backbone/resnet.py loads this URL. PyTorch-Encoding publishes no hash of the
-# zip, only the SHA-1 of the state_dict inside it (encoding/models/model_store.py, 'resnet101s'; the
-# file name carries its first 8 digits), so the extracted file is what is checked.
+# The release's lib/net/backbone/resnet.py loads this URL (through torch.hub, unchecked). It is where
+# PyTorch-Encoding's encoding/models/model_store.py fetches 'resnet101s', which then checks the
+# extracted resnet101s-03a0f310.pth against this SHA-1 (the file name carries its first 8 digits). No
+# hash of the zip is published, and torch.hub's check_hash would compare the zip's SHA-256 with that
+# SHA-1 prefix: the extracted file is what is checked, against the full SHA-1.
 DEEPSTEM_URL = "https://s3.us-west-1.wasabisys.com/encoding/models/resnet101s-03a0f310.zip"
 DEEPSTEM_SHA1 = "03a0f310d6447880f1b22a83bd7d1aa7fc702c6e"
 # torch.hub's convention (torchvision's and timm's files): name-<first digits of the SHA-256>.ext
@@ -113,15 +115,14 @@ def _cached(path: str, valid, fetch, what: str, by_hand: str) -> str:
     if os.path.exists(path):
         if valid(path):
             return path
-        _remove(path)
-        print(f"deleted {path}: it failed its integrity check", file=sys.stderr)
+        _delete_corrupt(path)
     print(f"downloading {what} to {path}", file=sys.stderr)
     try:
         fetch(path)
     except Exception as e:  # no network, HTTP errors, a short or corrupt download: the same advice
         raise WeightsUnavailable(
-            f"could not download {what}: {e}. Without a network, download it where there is one and {by_hand}; "
-            "or set model.pretrained to a local weights file, or null to train from scratch"
+            f"could not download {what}: {str(e).rstrip('.')}. Without a network, download it where there is one "
+            f"and {by_hand}; or set model.pretrained to a local weights file, or null to train from scratch"
         ) from e
     return path
 
@@ -150,8 +151,8 @@ def _hf_file(hf_hub_id: str, what: str) -> str:
     """The weights file of Hugging Face repo `hf_hub_id` ("repo" or "repo@revision") in the hub's
     cache: model.safetensors, else pytorch_model.bin (timm's order). The cache is read first, so a
     cached file needs no network (the hub client would otherwise retry a lost connection for about
-    25 s before falling back to it). The hub names each cached blob by its content hash (SHA-256 for
-    LFS files, git's SHA-1 for others) but does not check it: checked here, a bad blob deleted."""
+    25 s before falling back to it). The hub names each cached LFS blob (weights files are) by its
+    SHA-256 but checks only its size: checked here, a bad blob deleted."""
     from huggingface_hub import constants, hf_hub_download, hf_hub_url
     from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
 
@@ -185,32 +186,32 @@ def _hf_file(hf_hub_id: str, what: str) -> str:
     url = hf_hub_url(repo, "model.safetensors", revision=revision)
     folder = os.path.join(constants.HF_HUB_CACHE, "models--" + repo.replace("/", "--"))
     raise WeightsUnavailable(
-        f"could not download {what} from {url}: {error}. Without a network, run "
+        f"could not download {what} from {url}: {str(error).rstrip('.')}. Without a network, run "
         f"`hf download {repo} model.safetensors` where there is one and copy the folder it fills, {folder}, to the "
         f"same place here; or download {url} and set model.pretrained to that file, or null to train from scratch"
     ) from error
 
 
 def _hf_delete(path: str) -> None:
+    """The snapshot's link and the blob it points to (in the hub's cache, both)."""
     _remove(os.path.realpath(path))
-    _remove(path)
-    print(f"deleted {path}: it failed its integrity check", file=sys.stderr)
+    _delete_corrupt(path)
 
 
 def _hf_blob_valid(path: str) -> bool:
     blob = os.path.realpath(path)
-    name = os.path.basename(blob)
-    if re.fullmatch(r"[0-9a-f]{64}", name):
-        return _digest(blob, "sha256") == name
-    if re.fullmatch(r"[0-9a-f]{40}", name):
-        return _digest(blob, "sha1", git_blob=True) == name
-    return True  # a cache without symlinks (copies named as the files): the hub checked their sizes
+    if re.fullmatch(r"[0-9a-f]{64}", os.path.basename(blob)):  # an LFS file, named by its SHA-256
+        return _digest(blob, "sha256") == os.path.basename(blob)
+    return True  # a git-stored file, or a cache without symlinks: the hub checked the size only
 
 
-def _digest(path: str, algorithm: str, git_blob: bool = False) -> str:
+def _delete_corrupt(path: str) -> None:
+    _remove(path)
+    print(f"deleted {path}: it failed its integrity check", file=sys.stderr)
+
+
+def _digest(path: str, algorithm: str) -> str:
     h = hashlib.new(algorithm)
-    if git_blob:  # git hashes "blob <size>\0" + the content
-        h.update(b"blob %d\0" % os.path.getsize(path))
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
