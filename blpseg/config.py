@@ -95,7 +95,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = _f("resnet101_deepstem")  # resnet18|50|101, resnet101_deepstem (the release's), timm:<model>
-    pretrained: str | None = _f(None)  # the backbone's weights: a local file (docs/training.md, The model)
+    pretrained: str | None = _f(None)  # imagenet (downloaded once), a local file, or null (docs/training.md)
     channels: int = _f(256, ge=1, le=4096)
     lam: bool = _f(True)
     similarity: Literal["both", "features", "position"] = _f("both")

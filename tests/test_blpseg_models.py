@@ -2,7 +2,13 @@
 network (parameter counts from the spec, key names, PPM, heads, initialisation); the backbone
 factory on saved state dicts; `blpseg info`."""
 
+import hashlib
+import http.server
+import io
 import pathlib
+import shutil
+import threading
+import zipfile
 
 import pytest
 import torch
@@ -12,7 +18,7 @@ from torch import nn
 
 from blpseg import cli
 from blpseg.config import class_names, load_config
-from blpseg.models import BLPSeg, build_backbone, build_model
+from blpseg.models import BLPSeg, build_backbone, build_model, pretrained
 from blpseg.models.decoder import PPM
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -317,3 +323,279 @@ def test_backbone_names_are_checked():
         build_backbone("timm:resnet_nope")
     with pytest.raises(ValueError, match="stride"):  # a ViT has stride-16 features only
         build_backbone("timm:vit_tiny_patch16_224")
+
+
+# ==== issue 20: weights by name
+# model.pretrained=imagenet for the three backbone kinds, without a network: the files are served
+# from 127.0.0.1 (as a download site, and as the Hugging Face hub answers), the caches are tmp_path.
+
+
+def test_the_paper_configs_start_from_imagenet_and_the_demos_need_no_network():
+    pretrained_of = lambda name: load_config(str(ROOT / "configs" / f"{name}.yaml"))["model"]["pretrained"]
+    assert pretrained_of("voc_scribble") == pretrained_of("context_scribble") == "imagenet"
+    assert pretrained_of("synthetic") is None and pretrained_of("own_data") is None  # make demo, demo-folder
+
+
+class WeightServer:
+    """Files (`files`: URL path -> bytes) served over HTTP on 127.0.0.1 in a thread. HEAD and GET
+    answer as the Hugging Face hub does (X-Repo-Commit, ETag: the content's SHA-256 unless `etags`
+    says otherwise); `requests` logs (method, path); a path in `truncate` sends half its bytes
+    under the full Content-Length; stop() closes the port (connections are then refused: no network)."""
+
+    def __init__(self):
+        self.files, self.etags, self.requests, self.truncate = {}, {}, [], set()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            timeout = 10  # a stuck connection cannot hold a test
+
+            def log_message(self, *args):
+                pass
+
+            def _head(self):
+                server.requests.append((self.command, self.path))
+                data = server.files.get(self.path)
+                self.send_response(404 if data is None else 200)
+                self.send_header("Content-Length", str(len(data or b"")))
+                if data is not None:
+                    self.send_header("X-Repo-Commit", "0" * 40)
+                    etag = server.etags.get(self.path) or hashlib.sha256(data).hexdigest()
+                    self.send_header("ETag", f'"{etag}"')
+                self.end_headers()
+                return data
+
+            def do_HEAD(self):
+                self._head()
+
+            def do_GET(self):
+                data = self._head()
+                if data is not None:
+                    self.wfile.write(data[: len(data) // 2] if self.path in server.truncate else data)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def gets(self) -> int:
+        """Downloads of the files (the hub client also asks the endpoint for other things)."""
+        return sum(method == "GET" and path in self.files for method, path in self.requests)
+
+    def stop(self):
+        if self.thread.is_alive():
+            self.httpd.shutdown()
+            self.thread.join(timeout=10)
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = WeightServer()
+    yield s
+    s.stop()
+
+
+def saved(state: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def tiny_run(tmp_path) -> list[str]:
+    """Overrides of configs/synthetic.yaml for a run of seconds in tmp_path."""
+    return [
+        *(f"out_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'data'}", "device=cpu", "data.crop=32"),
+        *("data.synthetic.num_train=2", "data.synthetic.num_val=1", "train.batch_size=2"),
+        *("model.channels=16", "model.embed_dim=8", "model.lam_backend=auto"),
+    ]
+
+
+def no_temporaries(folder) -> bool:
+    return not [p for p in pathlib.Path(folder).rglob("*") if ".partial" in p.name or p.suffix == ".zip"]
+
+
+@pytest.fixture
+def torchvision_imagenet(server, tmp_path, monkeypatch):
+    """resnet18's IMAGENET1K_V1 as a random state_dict on the server, named as torchvision names its
+    files (name-<SHA-256 prefix>.pth); TORCH_HOME in tmp_path. Returns (state, its URL, cache file)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    torch.manual_seed(0)
+    state = torchvision.models.resnet18().state_dict()
+    data = saved(state)
+    name = f"resnet18-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+    server.files["/" + name] = data
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    monkeypatch.setattr(weights.value, "url", f"{server.url}/{name}")
+    return state, weights.url, tmp_path / "torch" / "hub" / "checkpoints" / name
+
+
+def test_torchvision_imagenet_downloads_once_and_is_verified(server, torchvision_imagenet):
+    state, url, cached = torchvision_imagenet
+    served = url.removeprefix(server.url)
+    net = build_backbone("resnet18", "imagenet")
+    assert torch.equal(net.conv1.weight, state["conv1.weight"]) and server.gets() == 1
+    assert torch.equal(net.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"])
+    assert cached.read_bytes() == server.files[served]
+    assert torch.equal(build_backbone("resnet18", "imagenet").conv1.weight, state["conv1.weight"])
+    assert server.gets() == 1  # the cache, not the network
+    # a corrupt cached file is never loaded: deleted and downloaded again
+    cached.write_bytes(cached.read_bytes()[:-10] + b"0123456789")
+    assert torch.equal(build_backbone("resnet18", "imagenet").conv1.weight, state["conv1.weight"])
+    assert server.gets() == 2 and cached.read_bytes() == server.files[served]
+    # a partial download fails its hash check: an error naming the URL and the cache file, nothing left
+    cached.unlink()
+    server.truncate.add(served)
+    with pytest.raises(pretrained.WeightsUnavailable) as e:
+        build_backbone("resnet18", "imagenet")
+    assert url in str(e.value) and str(cached) in str(e.value) and "invalid hash" in str(e.value)
+    assert not cached.exists() and no_temporaries(cached.parent)
+
+
+def test_offline_imagenet_is_an_error_naming_the_url_and_the_cache_file(server, torchvision_imagenet, tmp_path, capsys):
+    _, url, cached = torchvision_imagenet
+    server.stop()
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"a corrupt file where the weights go")
+    synthetic = str(ROOT / "configs" / "synthetic.yaml")
+    assert cli.main(["train", "--config", synthetic, *tiny_run(tmp_path), "model.pretrained=imagenet"]) == 1
+    err = capsys.readouterr().err
+    assert "blpseg train: error: could not download torchvision's IMAGENET1K_V1 weights of resnet18" in err
+    assert f"from {url}" in err and f"put it at {cached}" in err and "Traceback" not in err
+    assert not cached.exists()  # the corrupt file was not used, nor left as if complete
+
+
+def test_a_resumed_run_reads_no_initial_weights(server, torchvision_imagenet, tmp_path, capsys):
+    # its checkpoint holds the weights: resuming on a machine without the initial ones works
+    server.stop()
+    synthetic, run = str(ROOT / "configs" / "synthetic.yaml"), tiny_run(tmp_path)
+    assert cli.main(["train", "--config", synthetic, *run, "train.iters=1"]) == 0
+    resume = ["--resume", str(tmp_path / "run" / "last.pt"), "model.pretrained=imagenet", "train.iters=2"]
+    assert cli.main(["train", "--config", synthetic, *resume, *run]) == 0, capsys.readouterr().err
+
+
+@pytest.fixture
+def deepstem_site(server, tmp_path, monkeypatch):
+    """Serves zips as PyTorch-Encoding does at our DEEPSTEM_URL; TORCH_HOME in tmp_path. Returns
+    (publish(state) -> the .pth's bytes, pinned as DEEPSTEM_SHA1; the cache file)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(pretrained, "DEEPSTEM_URL", f"{server.url}/encoding/models/resnet101s-03a0f310.zip")
+
+    def publish(state, pin=True):
+        data = saved(state)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr("resnet101s-03a0f310.pth", data)
+        server.files["/encoding/models/resnet101s-03a0f310.zip"] = buf.getvalue()
+        if pin:
+            monkeypatch.setattr(pretrained, "DEEPSTEM_SHA1", hashlib.sha1(data).hexdigest())
+        return data
+
+    return publish, tmp_path / "torch" / "hub" / "checkpoints" / "resnet101s-03a0f310.pth"
+
+
+def test_deepstem_imagenet_is_the_verified_content_of_the_releases_zip(server, deepstem_site):
+    publish, cached = deepstem_site
+    torch.manual_seed(0)
+    ref = build_backbone("resnet101_deepstem")
+    for p in ref.parameters():
+        nn.init.normal_(p)
+    state = {k: v for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")}
+    data = publish(state | {"fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)})
+    net = build_backbone("resnet101_deepstem", "imagenet")
+    assert torch.equal(net.conv1[6].weight, state["conv1.6.weight"]) and server.gets() == 1
+    assert torch.equal(net.layer3[22].conv2.weight, state["layer3.22.conv2.weight"])
+    # extracted into torch.hub's cache, as the release's model_zoo.load_url leaves it; no zip kept
+    assert cached.read_bytes() == data and no_temporaries(cached.parent)
+    assert pretrained.deepstem_file() == str(cached) and server.gets() == 1
+    cached.write_bytes(b"corrupt")
+    assert pretrained.deepstem_file() == str(cached) and server.gets() == 2 and cached.read_bytes() == data
+
+
+def test_deepstem_bad_downloads_name_the_url_and_leave_nothing(server, deepstem_site):
+    publish, cached = deepstem_site
+    url = pretrained.DEEPSTEM_URL
+    publish({"w": torch.arange(10.0)})
+    publish({"w": torch.arange(11.0)}, pin=False)  # a zip whose content is not the pinned file
+    with pytest.raises(pretrained.WeightsUnavailable, match="SHA-1") as e:
+        pretrained.deepstem_file()
+    assert url in str(e.value) and f"unzip it into {cached.parent}" in str(e.value) and cached.name in str(e.value)
+    assert not cached.exists() and no_temporaries(cached.parent)
+    publish({"w": torch.arange(12.0)})
+    server.truncate.add(url.removeprefix(server.url))  # a partial zip
+    with pytest.raises(pretrained.WeightsUnavailable, match="zip"):
+        pretrained.deepstem_file()
+    assert not cached.exists() and no_temporaries(cached.parent)
+    server.truncate.clear()
+    server.stop()
+    with pytest.raises(pretrained.WeightsUnavailable) as e:
+        pretrained.deepstem_file()
+    assert url in str(e.value) and str(cached.parent) in str(e.value) and not cached.exists()
+
+
+@pytest.fixture
+def hf_hub(server, tmp_path, monkeypatch):
+    """The Hugging Face hub's answers from `server`, its cache in tmp_path; timm's resnet10t
+    (default tag c3_in1k) published as a random model.safetensors. Returns (state, URL path)."""
+    from huggingface_hub import constants
+    from safetensors.torch import save
+
+    monkeypatch.setattr(constants, "ENDPOINT", server.url)
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    # what the client writes besides the cache (a registry it fetches from the endpoint) stays here too
+    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "hf_home" / "harnesses.json"), raising=False)
+    import timm
+
+    torch.manual_seed(0)
+    state = timm.create_model("resnet10t").state_dict()
+    path = "/timm/resnet10t.c3_in1k/resolve/main/model.safetensors"
+    server.files[path] = save(state)
+    return state, path
+
+
+def test_timm_imagenet_comes_from_the_hub_cache_and_is_verified(server, hf_hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    state, path = hf_hub
+    loaded = lambda: build_backbone("timm:resnet10t", "imagenet").net.state_dict()
+    assert torch.equal(loaded()["conv1.0.weight"], state["conv1.0.weight"]) and server.gets() == 1
+    blobs = list((tmp_path / "hf" / "models--timm--resnet10t.c3_in1k" / "blobs").iterdir())
+    assert [b.name for b in blobs] == [hashlib.sha256(server.files[path]).hexdigest()]
+    asked = len(server.requests)
+    assert torch.equal(loaded()["layer4.0.conv2.weight"], state["layer4.0.conv2.weight"])
+    assert len(server.requests) == asked  # the cache, not the network
+    # a corrupt blob (the hub names it by its SHA-256 but does not check it) is deleted and fetched again
+    blobs[0].write_bytes(blobs[0].read_bytes()[:-10] + b"0123456789")
+    assert torch.equal(loaded()["conv1.0.weight"], state["conv1.0.weight"]) and server.gets() == 2
+    assert blobs[0].read_bytes() == server.files[path]
+    # no network (the server is gone), then HF_HUB_OFFLINE=1: the cache serves it
+    server.stop()
+    assert torch.equal(loaded()["conv1.0.weight"], state["conv1.0.weight"])
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert torch.equal(loaded()["conv1.0.weight"], state["conv1.0.weight"])
+    # offline and not cached: the error names the URL and the hub's cache folder (without
+    # HF_HUB_OFFLINE the same, after the hub client's 25 s of retries)
+    shutil.rmtree(tmp_path / "hf")
+    with pytest.raises(pretrained.WeightsUnavailable) as e:
+        loaded()
+    folder = tmp_path / "hf" / "models--timm--resnet10t.c3_in1k"
+    assert f"{server.url}/timm/resnet10t.c3_in1k/resolve/main/model.safetensors" in str(e.value)
+    assert str(folder) in str(e.value) and "hf download timm/resnet10t.c3_in1k" in str(e.value)
+
+
+def test_timm_imagenet_refuses_what_it_cannot_use(server, hf_hub, tmp_path):
+    state, path = hf_hub
+    sha = server.etags[path] = hashlib.sha256(server.files[path]).hexdigest()
+    server.files[path] = server.files[path][:-10] + b"0123456789"  # other bytes than the hub names
+    with pytest.raises(pretrained.WeightsUnavailable, match="integrity"):
+        build_backbone("timm:resnet10t", "imagenet")
+    assert server.gets() == 1 and not list((tmp_path / "hf").rglob(sha))  # refused and deleted
+    assert not list((tmp_path / "hf").rglob("model.safetensors"))
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        pretrained.timm_file("botnet50ts_256")
+    with pytest.raises(ValueError, match="normalised with mean"):  # CLIP's statistics, not ImageNet's
+        pretrained.timm_file("convnext_base.clip_laion2b")

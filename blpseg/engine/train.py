@@ -84,7 +84,8 @@ def _train(cfg, d, resume, on_step, overwrite) -> dict:
     torch.manual_seed(seed)
     train_set = build_split(dc, "train", K, TrainTransform(dc["crop"], dc["scale"]), seed)
     val_set = build_split(dc, "val", K, EvalTransform()) if dc["val"] is not None else None
-    model = model_from_config(cfg["model"], K, d.device)
+    # a resumed run's weights are its checkpoint's: the initial ones are neither read nor downloaded
+    model = model_from_config(cfg["model"] if state is None else {**cfg["model"], "pretrained": None}, K, d.device)
     sampler = ResumableSampler(len(train_set), tc["batch_size"], seed, d.rank, d.world_size)
     total = int(tc["iters"] or tc["epochs"] * sampler.batches_per_epoch)
     optimization = build_optimization(model, tc, total, d.device)

@@ -5,12 +5,12 @@
     state_dict files, e.g. resnet101-63fe2227.pth);
   - "resnet101_deepstem": the authors' backbone, the PyTorch-Encoding ResNet-101 whose 7x7 stem is
     three 3x3 convolutions (3->64 stride 2, 64->64, 64->128), so layer1 takes 128 channels; not
-    dilated, BN momentum 0.1 (weights: PyTorch-Encoding's resnet101 file, keys conv1.0, conv1.1,
+    dilated, BN momentum 0.1 (weights: PyTorch-Encoding's resnet101s file, keys conv1.0, conv1.1,
     conv1.3, conv1.4, conv1.6, bn1, layer1..4);
   - "timm:<model>": any timm model with `features_only` support that has stride-4..32 stages
-    (weights: that model's timm state_dict, e.g. a pytorch_model.bin or .safetensors saved from
-    the hub on a machine with internet).
-Nothing is downloaded: `weights` is a local file or None (random initialisation)."""
+    (weights: that model's timm state_dict, a pytorch_model.bin or .safetensors).
+`weights` is a local file, "imagenet" (each backbone's ImageNet weights, downloaded once into the
+standard caches and verified: pretrained.py) or None (random initialisation)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
+
+from .pretrained import IMAGENET, deepstem_file, timm_file, torchvision_file
 
 TORCHVISION_RESNETS = ("resnet18", "resnet50", "resnet101")
 DEEPSTEM = "resnet101_deepstem"
@@ -35,9 +37,10 @@ def build_backbone(name: str, weights: str | None = None) -> nn.Module:
     if name.startswith(TIMM_PREFIX):
         return TimmBackbone(name[len(TIMM_PREFIX) :], weights)
     if name == DEEPSTEM:
-        return ResNetBackbone(deepstem_resnet101(), weights)
+        return ResNetBackbone(deepstem_resnet101(), deepstem_file() if weights == IMAGENET else weights)
     if name in TORCHVISION_RESNETS:
-        return ResNetBackbone(getattr(torchvision.models, name)(weights=None), weights)
+        net = getattr(torchvision.models, name)(weights=None)
+        return ResNetBackbone(net, torchvision_file(name) if weights == IMAGENET else weights)
     raise ValueError(f"backbone must be one of {BACKBONES}, got {name!r}")
 
 
@@ -119,6 +122,7 @@ class TimmBackbone(nn.Module):
         out_indices = tuple(max(i for i, r in enumerate(reductions) if r == red) for red in REDUCTIONS)
         options = dict(features_only=True, out_indices=out_indices)
         if weights:
+            weights = timm_file(model_name) if weights == IMAGENET else weights
             state = _timm_weights(timm, model_name, weights)
             options.update(pretrained=True, pretrained_cfg_overlay=dict(state_dict=state, source=""))
         self.net = timm.create_model(model_name, **options)
@@ -158,7 +162,7 @@ def _check_file(path: str) -> None:
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"pretrained backbone weights not found: {path!r} (give the path of a local weights file, "
-            "or model.pretrained=null to train from scratch)"
+            "model.pretrained=imagenet to download the backbone's ImageNet weights, or null to train from scratch)"
         )
 
 

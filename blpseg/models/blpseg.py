@@ -23,7 +23,7 @@ class BLPSeg(nn.Module):
     """Args:
     num_classes: K (background included).
     backbone, pretrained: a name for `build_backbone` (resnet18/50/101, resnet101_deepstem,
-        timm:<model>) and a local weights file (or None).
+        timm:<model>) and its weights: "imagenet" (downloaded once), a local file, or None.
     channels: decoder and head width (256).
     lam: apply the Local Aggregation Module to the segmentation logits (False: Table III "w/o").
     similarity, sigma, learnable_sigma, radius, embed_dim, lam_backend: LocalAggregation's options.
