@@ -14,7 +14,7 @@ OVERWRITE = "replace files already at the outputs (never the inputs, nor files i
 
 
 def _train(args) -> int:
-    from .config import dump, load_config
+    from .config import config_files, dump, load_config
 
     overrides = list(args.overrides)
     if args.resume and "=" in args.resume and not os.path.exists(args.resume):
@@ -25,11 +25,13 @@ def _train(args) -> int:
     if args.print_config:
         print(dump(cfg), end="")
         return 0
+    from .engine.run_folder import check_inputs
     from .engine.train import TrainingInterrupted, train
 
     resume = args.resume
     if resume == "last":
         resume = os.path.join(cfg["out_dir"], "last.pt")
+    check_inputs(cfg["out_dir"], config_files(args.config), resume)
     is_main = int(os.environ.get("RANK", "0")) == 0
     try:
         out = train(cfg, resume=resume, overwrite=args.overwrite)
@@ -67,6 +69,7 @@ def _eval(args) -> int:
     from .engine.distributed import Dist
     from .engine.evaluate import evaluate, format_table
     from .engine.plots import plot_boundary_precision
+    from .files import atomic_write
 
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval.json")
     figure = os.path.splitext(out)[0] + "_boundary_precision.png"
@@ -90,8 +93,7 @@ def _eval(args) -> int:
     check_outputs([(None, out), (None, figure)], dataset.files(), [args.checkpoint, *_class_files(cfg)])
     result = evaluate(model, dataset, len(names), cfg["eval"], Dist(device=device))
     print(format_table(result, names))
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as fh:
+    with atomic_write(out, "w", "results ") as fh:  # a failed write keeps the previous eval.json
         split = (args.split or "val") if folder else data["val"]["split"]
         json.dump({"checkpoint": args.checkpoint, "split": split, "eval": cfg["eval"], **result}, fh, indent=1)
     plot_boundary_precision({_run_name(args.checkpoint): result}, figure)

@@ -752,6 +752,36 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(trained
     assert "no checkpoint to continue" in capsys.readouterr().err
 
 
+def test_a_run_never_replaces_the_config_it_reads(trained, data_root, tmp_path, capsys):
+    # Seen: `--config runs/x/config.yaml out_dir=runs/x --overwrite` deleted and rewrote its own config.
+    import shutil
+
+    cfg, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(cfg["out_dir"], run)
+    config = run / "config.yaml"
+    before = folder_state(run)
+    assert cli.main(["train", "--config", str(config), f"out_dir={run}", "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert str(config) in err and "replace" in err and folder_state(run) == before
+    # a base file inside the run folder is an input too
+    (tmp_path / "child.yaml").write_text(f"base: {config}\n")
+    assert cli.main(["train", "--config", str(tmp_path / "child.yaml"), f"out_dir={run}", "--overwrite"]) == 1
+    assert str(config) in capsys.readouterr().err and folder_state(run) == before
+    # resuming the run from its own config is how a run is continued: its config.yaml records what runs
+    from blpseg.engine.run_folder import check_inputs
+
+    check_inputs(str(run), [str(config)], str(run / "last.pt"))
+
+
+def test_test_scales_too_small_for_the_validation_images_stop_before_training(data_root, tmp_path, capsys):
+    # Seen: eval.scales=[0.5] on 32 px validation images failed at the first evaluation, after training.
+    run = tmp_path / "run"
+    assert cli.main(tiny_args(data_root, run, "eval.scales=[0.5,1.0]")) == 1
+    err = capsys.readouterr().err
+    assert "eval.scales" in err and "32x32" in err and not (run / "last.pt").exists()
+
+
 HOLD_LOCK = """
 import sys
 from blpseg.engine.run_folder import locked

@@ -55,6 +55,7 @@ class LabeledImages(Dataset):
         self.num_classes, self.scribbles, self.transform = num_classes, scribbles, transform
         self.seed, self.epoch, self.label_diffusion = seed, 0, label_diffusion
         self.lists = list(lists)  # the split list files the items come from
+        self.smallest = None  # set by check_labels
 
     def files(self) -> list[str]:
         """Every file the data set reads: its images, labels and split lists."""
@@ -64,7 +65,8 @@ class LabeledImages(Dataset):
         """Reads every label once, up front, and refuses (naming the file) a missing image or label,
         an unreadable label, or class ids outside the classes: a bad file then stops a run before it
         trains, not hours into it. The labels are decoded in threads (PIL decodes without the GIL);
-        the bar shows only when this takes more than 2 s."""
+        the bar shows only when this takes more than 2 s. Records `smallest`, the (H, W) of the label
+        with the shortest side (what the test scales must fit: inference.check_scales)."""
         for _, image, _ in self.items:
             if not os.path.isfile(image):
                 raise FileNotFoundError(f"image not found: {image}")
@@ -78,8 +80,11 @@ class LabeledImages(Dataset):
                 delay=2,
                 disable=int(os.environ.get("RANK", "0")) != 0,
             )
-            for path, ids in zip(labels, bar, strict=True):
+            shapes = []
+            for path, (ids, shape) in zip(labels, bar, strict=True):
                 check_ids(path, ids, self.num_classes)
+                shapes.append(shape)
+        self.smallest = min(shapes, key=min, default=None)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -115,8 +120,9 @@ def _ids(label: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.bincount(label.ravel(), minlength=256))
 
 
-def _label_ids(path: str) -> np.ndarray:
-    return _ids(read_label(path))
+def _label_ids(path: str) -> tuple[np.ndarray, tuple[int, int]]:
+    label = read_label(path)
+    return _ids(label), label.shape
 
 
 def check_ids(path: str, ids: np.ndarray, num_classes: int) -> None:

@@ -51,6 +51,20 @@ def check_new_run(out_dir: str, resume: str | None, overwrite: bool) -> None:
     )
 
 
+def check_inputs(out_dir: str, inputs, resume: str | None) -> None:
+    """Refuses a run whose own files would replace a file it is configured from (`inputs`: the
+    config and its base files), e.g. `--config runs/x/config.yaml out_dir=runs/x --overwrite`.
+    Only a resumed run rewrites its folder's config.yaml: with the config that runs, as always."""
+    written = {os.path.realpath(os.path.join(out_dir, name)): name for name in RUN_FILES + EVAL_FILES}
+    for path in inputs:
+        name = written.get(os.path.realpath(path))
+        if name is not None and not (resume is not None and name == "config.yaml"):
+            raise RunFolderError(
+                f"the config file {path} is read by this run, which would replace it in out_dir={out_dir}: copy it "
+                "out of the run folder first, or choose another out_dir"
+            )
+
+
 def clear(out_dir: str) -> list[str]:
     """Deletes the previous run's files (RUN_FILES, EVAL_FILES and the temporaries of interrupted
     writes) from `out_dir`; other files stay. Returns the deleted paths."""

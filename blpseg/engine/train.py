@@ -24,6 +24,7 @@ from . import distributed, run_folder
 from .builders import amp_dtype, batches, build_losses, build_optimization, model_from_config
 from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint, saved_config
 from .evaluate import evaluate, format_table
+from .inference import check_scales
 from .logger import MetricLogger
 from .sampler import ResumableSampler
 from .step import NonFiniteLoss, TrainStep
@@ -84,6 +85,8 @@ def _train(cfg, d, resume, on_step, overwrite) -> dict:
     torch.manual_seed(seed)
     train_set = build_split(dc, "train", K, TrainTransform(dc["crop"], dc["scale"]), seed)
     val_set = build_split(dc, "val", K, EvalTransform()) if dc["val"] is not None else None
+    if val_set is not None and val_set.smallest is not None:  # found now, not at the first evaluation
+        check_scales(cfg["eval"]["scales"], *val_set.smallest)
     # a resumed run's weights are its checkpoint's: the initial ones are neither read nor downloaded
     model = model_from_config(cfg["model"] if state is None else {**cfg["model"], "pretrained": None}, K, d.device)
     sampler = ResumableSampler(len(train_set), tc["batch_size"], seed, d.rank, d.world_size)
