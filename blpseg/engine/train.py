@@ -175,6 +175,11 @@ def _evaluate(model, val_set, names, cfg: dict, d, logger: MetricLogger, done: i
 def _resume_state(resume: str, cfg: dict, names) -> dict:
     """The checkpoint to resume from, if what it fixes equals `cfg`; else an error listing the keys."""
     state = load_checkpoint(resume)
+    if "iteration" not in state:  # e.g. an imported release model: weights without a training state
+        raise ValueError(
+            f"{resume} holds a model but no training state to resume (optimiser, iteration): it is not a "
+            "checkpoint written by train"
+        )
     changed = fixed_differences(resolve(state["config"]), cfg) + class_differences(
         state.get("class_names", names), names
     )
