@@ -359,6 +359,23 @@ def _scribblize(args) -> int:
     return 0
 
 
+def _import_release(args) -> int:
+    from .config import class_names, config_files, load_config
+    from .data.io import check_outputs
+    from .engine.release import import_release
+
+    cfg = load_config(args.config, args.overrides)
+    names = class_names(cfg)
+    check_outputs([(None, args.out)], files=[args.src, *config_files(args.config)], overwrite=args.overwrite)
+    state = import_release(args.src, cfg, names, args.out)
+    source = state["source"]
+    print(
+        f"{args.out}: the release's model {args.src} (sha256 {source['sha256']}) as a checkpoint of "
+        f"{args.config}'s network, {len(names)} classes; evaluate it with `blpseg eval --checkpoint {args.out}`"
+    )
+    return 0
+
+
 def _number(parser, options, name: str, text: str = "") -> None:
     """An integer option --<name> whose default and range come from the schema section `options`
     (config.py), which check_options checks it against."""
@@ -490,6 +507,21 @@ def build_parser() -> argparse.ArgumentParser:
     _number(z, ScribblizeOptions, "min_area", "regions smaller than this, in pixels, get no scribble")
     z.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     z.set_defaults(func=_scribblize)
+
+    r = sub.add_parser(
+        "import-release",
+        help="the authors' released model (their train.py's .pth) as a checkpoint for eval and predict",
+    )
+    r.add_argument("src", help="a release model file (github.com/YudeWang/BLPSeg's Model Zoo), read with weights_only")
+    r.add_argument(
+        "--config",
+        required=True,
+        help="the config of its network and classes: configs/voc_scribble.yaml or configs/context_scribble.yaml",
+    )
+    r.add_argument("--out", required=True, help="the checkpoint to write (it records the source file and its sha256)")
+    r.add_argument("--overwrite", action="store_true", help=OVERWRITE)
+    r.add_argument("overrides", **overrides)
+    r.set_defaults(func=_import_release)
 
     def analysis_args(a, checkpoint_required):
         a.add_argument(
