@@ -65,8 +65,9 @@ class BLPSeg(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """The release's initialisation outside the backbone: convs Kaiming-normal (fan_out, relu)
-        with zero bias, BN weight 1 and bias 0."""
+        """Outside the backbone, as the release: convs Kaiming-normal (fan_out, relu), BN weight 1
+        and bias 0; conv biases start at 0 here, where the release leaves PyTorch's default uniform
+        ones (docs/reproduction.md, "Training differences")."""
         for part in (self.decoder, self.seg_head, self.scrib_head, self.lam):
             for m in part.modules() if part is not None else ():
                 if isinstance(m, nn.Conv2d):
