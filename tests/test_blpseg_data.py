@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from blpseg.data.classes import VOC_CLASSES
-from blpseg.data.folder import SegmentationFolder
+from blpseg.data.formats.voc import voc_split
 from blpseg.data.io import CorruptFileError, read_label, write_label
 from blpseg.data.scribbles import NOT_SCRIBBLED, convert_scribbles, rasterize_scribbles, simulate_scribbles
 from blpseg.data.synthetic import make_scene, make_synthetic
@@ -38,7 +38,7 @@ def make_voc(root, n=3, H=30, W=40, label_dir="Scribbles"):
 
 def test_scribble_dataset_maps_unscribbled_to_K_and_derives_classes(tmp_path):
     names = make_voc(tmp_path)
-    ds = SegmentationFolder(str(tmp_path), "train", K, "Scribbles", True, EvalTransform())
+    ds = voc_split(str(tmp_path), "train", K, "Scribbles", True, EvalTransform())
     item = ds[1]
     assert item["name"] == names[1] and item["image"].shape == (3, 30, 40)
     t = item["target"]
@@ -48,13 +48,13 @@ def test_scribble_dataset_maps_unscribbled_to_K_and_derives_classes(tmp_path):
 
 def test_full_mask_dataset_keeps_void(tmp_path):
     make_voc(tmp_path, label_dir="SegmentationClass")
-    item = SegmentationFolder(str(tmp_path), "train", K, "SegmentationClass", False, EvalTransform())[0]
+    item = voc_split(str(tmp_path), "train", K, "SegmentationClass", False, EvalTransform())[0]
     assert item["target"][0, 0] == 255 and item["target"][5, 3] == 0
 
 
 def test_train_transform_is_deterministic_per_seed_epoch_index(tmp_path):
     make_voc(tmp_path)
-    ds = SegmentationFolder(str(tmp_path), "train", K, "Scribbles", True, TrainTransform(48, (0.75, 1.25)), seed=3)
+    ds = voc_split(str(tmp_path), "train", K, "Scribbles", True, TrainTransform(48, (0.75, 1.25)), seed=3)
     a, b = ds[0], ds[0]
     assert a["image"].shape == (3, 48, 48) and a["target"].shape == (48, 48)
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["target"], b["target"])
@@ -68,7 +68,7 @@ def test_corrupt_image_names_its_file(tmp_path):
     names = make_voc(tmp_path)
     bad = tmp_path / "JPEGImages" / f"{names[2]}.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    ds = SegmentationFolder(str(tmp_path), "train", K, "Scribbles", True, EvalTransform())
+    ds = voc_split(str(tmp_path), "train", K, "Scribbles", True, EvalTransform())
     with pytest.raises(CorruptFileError, match=names[2]):
         ds[2]
 
@@ -78,11 +78,11 @@ def test_bad_labels_and_missing_lists_name_the_file(tmp_path):
     label = read_label(str(tmp_path / "Scribbles" / f"{names[0]}.png"))
     label[0, 0] = 7
     write_label(str(tmp_path / "Scribbles" / f"{names[0]}.png"), label)
-    ds = SegmentationFolder(str(tmp_path), "train", K, "Scribbles", True, EvalTransform())
+    ds = voc_split(str(tmp_path), "train", K, "Scribbles", True, EvalTransform())
     with pytest.raises(ValueError, match=f"{names[0]}.png.*7"):
         ds[0]
     with pytest.raises(FileNotFoundError, match="val.txt"):
-        SegmentationFolder(str(tmp_path), "val", K, "Scribbles", True, EvalTransform())
+        voc_split(str(tmp_path), "val", K, "Scribbles", True, EvalTransform())
     Image.new("RGB", (40, 30)).save(tmp_path / "Scribbles" / f"{names[1]}.png")
     with pytest.raises(CorruptFileError, match=f"{names[1]}.png"):
         ds[1]
@@ -164,10 +164,10 @@ def test_simulator_on_the_real_voc_photo(tmp_path):
     os.makedirs(tmp_path / "ImageSets" / "Segmentation")
     (tmp_path / "ImageSets" / "Segmentation" / "val.txt").write_text(name + "\n")
     nc = len(VOC_CLASSES)
-    train_item = SegmentationFolder(str(tmp_path), "val", nc, "Scribbles", True, TrainTransform(320))[0]
+    train_item = voc_split(str(tmp_path), "val", nc, "Scribbles", True, TrainTransform(320))[0]
     assert train_item["image"].shape == (3, 320, 320)
     assert train_item["classes"].nonzero().flatten().tolist() == sorted(set(np.unique(mask).tolist()) - {255})
-    val_item = SegmentationFolder(str(tmp_path), "val", nc, "SegmentationClassAug", False, EvalTransform())[0]
+    val_item = voc_split(str(tmp_path), "val", nc, "SegmentationClassAug", False, EvalTransform())[0]
     assert val_item["image"].shape == (3, 375, 500)
     assert torch.equal(val_item["target"], torch.from_numpy(mask.astype(np.int64)))
 
@@ -184,9 +184,9 @@ def test_simulator_skips_ignore_and_small_regions():
 
 def test_synthetic_set(tmp_path):
     make_synthetic(str(tmp_path), num_train=4, num_val=2, size=32, seed=0)
-    ds = SegmentationFolder(str(tmp_path), "train", 5, "Scribbles", True, EvalTransform(), image_ext=".png")
+    ds = voc_split(str(tmp_path), "train", 5, "Scribbles", True, EvalTransform(), image_ext=".png")
     assert len(ds) == 4 and ds[0]["image"].shape == (3, 32, 32)
-    val = SegmentationFolder(str(tmp_path), "val", 5, "SegmentationClass", False, EvalTransform(), image_ext=".png")
+    val = voc_split(str(tmp_path), "val", 5, "SegmentationClass", False, EvalTransform(), image_ext=".png")
     assert len(val) == 2 and (val[0]["target"] < 5).all()
     seen = set()
     for seed in range(30):
@@ -421,7 +421,7 @@ def make_own(root, train=("a", "b"), val=("c",), classes=("background", "cat")):
 
 
 def test_folder_format_splits_by_what_each_image_has(tmp_path):
-    from blpseg.data.own import folder_split, read_classes
+    from blpseg.data.formats.folder import folder_split, read_classes
 
     make_own(tmp_path)
     (tmp_path / "images" / "a.json").write_text("{}")  # labelme saves its JSON beside the image
@@ -444,7 +444,7 @@ def test_folder_format_splits_by_what_each_image_has(tmp_path):
 
 
 def test_folder_format_class_lists_are_checked(tmp_path):
-    from blpseg.data.own import read_classes
+    from blpseg.data.formats.folder import read_classes
 
     with pytest.raises(FileNotFoundError, match="classes.txt"):
         read_classes(str(tmp_path))
@@ -647,8 +647,8 @@ def test_images_and_labels_are_turned_by_their_exif_orientation(tmp_path):
 
 def test_labelme_scribbles_line_up_with_a_turned_photo(tmp_path):
     # labelme's imageHeight x imageWidth is the turned photo's; training must read the photo turned.
+    from blpseg.data.formats.folder import folder_split
     from blpseg.data.labelme import convert_labelme
-    from blpseg.data.own import folder_split
 
     os.makedirs(tmp_path / "images")
     exif_photo(tmp_path / "images" / "a.jpg", np.full((10, 12, 3), 128, np.uint8), 6)  # shown 12 x 10
@@ -827,7 +827,7 @@ def convert_cli(tmp_path, out, *extra):
 
 
 def test_labelme_masks_become_a_validation_set(tmp_path, capsys):
-    from blpseg.data.own import folder_split
+    from blpseg.data.formats.folder import folder_split
 
     (tmp_path / "json").mkdir()
     regions = [shape("background", "rectangle", [[0, 0], [11, 9]]), shape("cat", "circle", [[6, 5], [6, 2]])]
@@ -1042,7 +1042,7 @@ def test_a_scribble_value_equal_to_K_is_an_error_naming_the_file(tmp_path):
     label = read_label(str(tmp_path / "Scribbles" / f"{names[0]}.png"))
     label[0, 0] = K
     write_label(str(tmp_path / "Scribbles" / f"{names[0]}.png"), label)
-    ds = SegmentationFolder(str(tmp_path), "train", K, "Scribbles", True, EvalTransform())
+    ds = voc_split(str(tmp_path), "train", K, "Scribbles", True, EvalTransform())
     with pytest.raises(ValueError, match=f"{names[0]}.png holds class ids \\[{K}\\]"):
         ds[0]
     with pytest.raises(ValueError, match=f"{names[0]}.png holds class ids \\[{K}\\]"):
@@ -1052,7 +1052,7 @@ def test_a_scribble_value_equal_to_K_is_an_error_naming_the_file(tmp_path):
 def test_bad_labels_are_found_before_training(tmp_path):
     # Seen: a bad validation mask was found only when training ended and the evaluation read it.
     from blpseg.config import resolve
-    from blpseg.data.folder import build_split
+    from blpseg.data.formats import build_split
 
     make_own(tmp_path, train=("a", "b"), val=("c", "d"))
     cfg = resolve({"data": {"format": "folder", "root": str(tmp_path)}})
@@ -1076,7 +1076,7 @@ def test_bad_labels_are_found_before_training(tmp_path):
 
 def test_extensions_are_matched_in_any_case(tmp_path):
     # Seen: scribbles saved as .PNG were passed over in silence.
-    from blpseg.data.own import folder_split
+    from blpseg.data.formats.folder import folder_split
 
     make_own(tmp_path, train=("a", "b"), val=())
     os.rename(tmp_path / "scribbles" / "a.png", tmp_path / "scribbles" / "a.PNG")

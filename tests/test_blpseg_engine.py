@@ -14,7 +14,8 @@ import torch
 import yaml
 
 from blpseg import cli
-from blpseg.config import apply_overrides, class_names, load_config
+from blpseg.config import apply_overrides, load_config
+from blpseg.data.formats import class_names
 from blpseg.data.synthetic import make_synthetic
 from blpseg.engine import builders
 from blpseg.engine.checkpoint import load_checkpoint
@@ -239,7 +240,7 @@ def test_train_step_switches_to_pseudo_labels_and_stops_before_updating_on_nan(d
     segmentation loss is taken against pseudo labels; a non-finite loss stops it before the update."""
     # an untrained model's probabilities are near 1/K: a low threshold makes pseudo labels of them
     cfg, cpu = tiny_config(data_root, tmp_path, "loss.pseudo_threshold=0.01"), torch.device("cpu")
-    K = len(class_names(cfg))
+    K = len(class_names(cfg["data"]))
 
     def make_step():
         torch.manual_seed(0)

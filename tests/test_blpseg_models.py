@@ -17,8 +17,10 @@ import torchvision
 from torch import nn
 
 from blpseg import cli
-from blpseg.config import class_names, load_config
-from blpseg.models import BLPSeg, build_backbone, build_model, pretrained
+from blpseg.config import load_config
+from blpseg.data.formats import class_names
+from blpseg.engine.builders import model_from_config
+from blpseg.models import BLPSeg, build_backbone, pretrained
 from blpseg.models.decoder import PPM
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -152,8 +154,8 @@ def test_the_resnet_arithmetic_gives_torchvisions_published_count():
 @pytest.mark.parametrize("config,K", [("voc_scribble", 21), ("context_scribble", 60)])
 def test_paper_configs_build_the_releases_network(config, K):
     cfg = load_config(str(ROOT / "configs" / f"{config}.yaml"))
-    assert len(class_names(cfg)) == K
-    model = build_model(K, **{**cfg["model"], "pretrained": None})
+    assert len(class_names(cfg["data"])) == K
+    model = model_from_config(cfg["model"], K, pretrained=False)
     assert model.parameter_counts() == release_counts(K)
     assert sum(p.numel() for p in model.parameters()) == sum(release_counts(K).values())
 
