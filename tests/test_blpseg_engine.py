@@ -562,6 +562,9 @@ def test_own_folder_end_to_end(data_root, tmp_path, capsys):
     assert "mIoU" in capsys.readouterr().out and (run / "val.json").exists()
     state = load_checkpoint(str(run / "last.pt"))
     assert state["class_names"] == ["background", "stripes", "dots", "plain", "speckle"]
+    # the run's config (config.yaml, the checkpoint's) holds the data keys the folder format reads, no VOC folder names
+    written = yaml.safe_load((run / "config.yaml").read_text())
+    assert written == state["config"] and "image_dir" not in written["data"] and "split" not in written["data"]["train"]
     assert cli.main(["eval", "--checkpoint", str(run / "last.pt")]) == 0
     assert "speckle" in capsys.readouterr().out
 

@@ -106,6 +106,21 @@ def test_bad_options_name_the_argument():
         BLPSeg(1, **TINY)
 
 
+def test_the_network_defaults_are_the_configs():
+    # Seen: BLPSeg() defaulted to resnet101 while the config's default is resnet101_deepstem. The
+    # config schema holds every default: BLPSeg takes exactly model.*, with the same defaults.
+    import dataclasses
+    import inspect
+
+    from blpseg.config import ModelConfig
+
+    parameters = dict(inspect.signature(BLPSeg).parameters)
+    del parameters["num_classes"]
+    assert {k: p.default for k, p in parameters.items()} == dataclasses.asdict(ModelConfig())
+    # radius None (the exact LAM) reaches LocalAggregation, whose own default is 24
+    assert BLPSeg(K, **TINY).lam.radius is None and BLPSeg(K, **TINY, radius=5).lam.radius == 5
+
+
 # ------------------------------------------------- the release's network, by arithmetic from its spec
 
 
