@@ -190,7 +190,7 @@ def _analyze_bias(args) -> int:
 def _loss_maps(args) -> int:
     from .analysis.figures import plot_loss_maps
     from .analysis.loss_maps import loss_maps
-    from .config import AnalysisOptions, check_options
+    from .config import AnalysisOptions, BLPOptions, check_options
     from .data.io import check_outputs
 
     check_options(AnalysisOptions, args)
@@ -198,7 +198,7 @@ def _loss_maps(args) -> int:
     items, inputs = _items(args, cfg, names, args.num)
     path = os.path.join(args.out, "loss_maps.png")
     check_outputs([(None, path)], inputs, files)
-    gamma = float(cfg["loss"]["seg_options"].get("gamma", 2.0))  # the BLP loss's own default
+    gamma = float(cfg["loss"]["seg_options"].get("gamma", BLPOptions().gamma))  # a loss without one: BLP's
     rows = [(item, loss_maps(model, item, gamma, device)) for item in items]
     os.makedirs(args.out, exist_ok=True)
     plot_loss_maps(rows, path)
