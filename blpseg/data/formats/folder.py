@@ -110,7 +110,7 @@ class FolderFormat(DataFormat):
         return os.path.join(data["root"], CLASSES)
 
     def files(self, data: dict) -> list[str]:
-        return [os.path.join(data["root"], CLASSES)]
+        return [self.class_source(data)]
 
     def split(self, data: dict, which: str, num_classes: int, transform, seed: int = 0, split: str | None = None):
         return folder_split(data["root"], which, num_classes, transform, seed, data["train"]["label_diffusion"], split)
