@@ -48,10 +48,10 @@ class LabeledImages(Dataset):
                 "(known: segments, compactness)"
             )
         self.items, self.names = items, [name for name, _, _ in items]
+        self.split = split  # the split's name, as results record it
         self.num_classes, self.scribbles, self.transform = num_classes, scribbles, transform
         self.seed, self.epoch, self.label_diffusion = seed, 0, label_diffusion
         self.lists = list(lists)  # the split list files the items come from
-        self.split = split  # the split's name, as results record it
         self.smallest = None  # set by check_labels
 
     def files(self) -> list[str]:
