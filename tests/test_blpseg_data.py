@@ -465,6 +465,165 @@ def test_folder_analysis_pairs_the_images_with_both_labels(tmp_path):
     assert annotation_bias(items)["scribbles"]["mean"] > 0
 
 
+# ================================================================ issue 19: one home per data format
+
+
+def voc_data(root):
+    """A VOC-layout root: scribbles of three images, masks of the same images, train and val lists."""
+    from blpseg.config import resolve
+
+    names = make_voc(root)
+    for name in names:
+        write_label(str(root / "SegmentationClass" / f"{name}.png"), np.zeros((30, 40), np.uint8))
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text(names[0] + "\n")
+    return resolve({"data": {"root": str(root), "dataset": "synthetic", "train": {"label_dir": "Scribbles"}}})["data"]
+
+
+def folder_data(root):
+    """A folder-format root: a and b scribbled, b and c masked (b has both)."""
+    from blpseg.config import resolve
+
+    make_own(root, train=("a", "b"), val=("b", "c"))
+    return resolve({"data": {"format": "folder", "root": str(root)}})["data"]
+
+
+FORMAT_DATA = {"voc": voc_data, "folder": folder_data}
+
+
+def test_every_data_format_is_tested_here():
+    from blpseg.data import formats
+
+    assert set(FORMAT_DATA) == set(formats.FORMATS)
+
+
+@pytest.mark.parametrize("name", sorted(FORMAT_DATA))
+def test_each_data_format_answers_the_same_questions(tmp_path, name):
+    from blpseg.data import formats
+
+    data = FORMAT_DATA[name](tmp_path)
+    fmt = formats.get(name)
+    assert formats.of(data) is fmt and fmt.name == name and fmt.description
+    names = formats.class_names(data)
+    assert len(names) >= 2 and names[0] == "background" and fmt.class_source(data)
+    assert all(os.path.isfile(p) for p in fmt.files(data))
+    K = len(names)
+    train = formats.build_split(data, "train", K, EvalTransform())
+    val = formats.build_split(data, "val", K, EvalTransform())
+    assert len(train) and len(val) and (train.split, val.split) == ("train", "val")
+    assert (train[0]["target"] == K).any() and not (val[0]["target"] == K).any()  # K: not scribbled
+    assert all(os.path.isfile(p) for p in train.files() + val.files())
+    masks, scribbles = fmt.pairs(data, K, EvalTransform())
+    assert masks.names == scribbles.names and len(masks) and (masks.scribbles, scribbles.scribbles) == (False, True)
+    assert fmt.title(data)
+    fmt.generate(data, seed=0)  # nothing to generate: a no-op
+    # a resolved config keeps, of the keys formats list, exactly its format's
+    for key in {k for f in formats.FORMATS.values() for k in f.keys}:
+        *parents, leaf = key.split(".")
+        node = data
+        for p in parents:
+            node = node[p]
+        assert (leaf in node) == (key in fmt.keys), key
+
+
+def test_an_unknown_data_format_names_the_key_and_the_known_ones(capsys):
+    from blpseg import cli
+    from blpseg.config import resolve
+    from blpseg.data import formats
+
+    with pytest.raises(ValueError, match="data.format: unknown data format 'vocc'; known: folder .*; voc "):
+        resolve({"data": {"format": "vocc", "root": "r"}})
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml")
+    assert cli.main(["train", "--config", config, "--print-config", "data.format=vocc"]) == 1
+    err = capsys.readouterr().err
+    assert "data.format" in err and all(f"{n} ({f.description})" in err for n, f in formats.FORMATS.items())
+
+
+class SideBySide(DataFormat):
+    """A data format no module of blpseg has (registered by the test alone): <name><image_ext> beside
+    <name>.scribble.png and <name>.mask.png, the class names in names.txt."""
+
+    name = "side-by-side"
+    description = "images, scribbles and masks side by side in data.root"
+    keys = ("image_ext",)
+
+    def class_names(self, data):
+        return tuple(Path(self.class_source(data)).read_text().split())
+
+    def class_source(self, data):
+        return os.path.join(data["root"], "names.txt")
+
+    def files(self, data):
+        return [self.class_source(data)]
+
+    def _items(self, data, *kinds):
+        root, ext = data["root"], data["image_ext"]
+        names = sorted(f.removesuffix(ext) for f in os.listdir(root) if f.endswith(ext))
+        has = lambda n: all(os.path.isfile(os.path.join(root, f"{n}.{k}.png")) for k in kinds)
+        return [(n, os.path.join(root, n + ext), os.path.join(root, f"{n}.{kinds[0]}.png")) for n in names if has(n)]
+
+    def split(self, data, which, num_classes, transform, seed=0, split=None):
+        from blpseg.data.dataset import LabeledImages
+
+        kind = "scribble" if which == "train" else "mask"
+        return LabeledImages(self._items(data, kind), num_classes, which == "train", transform, seed, split=which)
+
+    def pairs(self, data, num_classes, transform, split=None, mask_dir=None, scribble_dir=None):
+        from blpseg.data.dataset import LabeledImages
+
+        masks, scribbles = self._items(data, "mask", "scribble"), self._items(data, "scribble", "mask")
+        return (
+            LabeledImages(masks, num_classes, False, transform),
+            LabeledImages(scribbles, num_classes, True, transform),
+        )
+
+    def title(self, data, split=None):
+        return "side by side"
+
+
+def test_a_data_format_added_in_one_place_is_read_by_every_command(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from blpseg import cli
+    from blpseg.config import load_config
+    from blpseg.data import formats
+
+    monkeypatch.setitem(formats.FORMATS, SideBySide.name, SideBySide())
+    root = tmp_path / "data"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"{name}.png")
+        s = np.full((32, 32), NOT_SCRIBBLED, np.uint8)
+        s[4:6, 2:20], s[20:22, 5:25] = 0, 1
+        write_label(str(root / f"{name}.scribble.png"), s)
+        write_label(str(root / f"{name}.mask.png"), (np.arange(32)[:, None].repeat(32, 1) > 12).astype(np.uint8))
+    (root / "names.txt").write_text("background\nthing\n")
+    config = tmp_path / "side.yaml"
+    config.write_text(
+        f"base: {Path(__file__).resolve().parents[1] / 'configs' / 'synthetic.yaml'}\n"
+        f"out_dir: {tmp_path / 'run'}\ndevice: cpu\n"
+        f"data: {{format: side-by-side, root: {root}, image_ext: .png, crop: 32}}\n"
+        "model: {channels: 16, embed_dim: 8, lam_backend: auto}\n"
+        "train: {batch_size: 2, iters: 1}\nloss: {self_training_from: null}\n"
+    )
+    # --print-config shows the keys it reads (image_ext), none of the VOC layout's
+    assert cli.main(["train", "--config", str(config), "--print-config"]) == 0
+    data = yaml.safe_load(capsys.readouterr().out)["data"]
+    assert data["image_ext"] == ".png" and "dataset" not in data and "synthetic" not in data
+    assert data["train"] == {} and data["val"] == {}
+    cfg = load_config(str(config))
+    assert formats.build_split(cfg["data"], "val", 2, EvalTransform()).names == ["a", "b", "c"]
+    # the analyses, training and evaluation read it through the registry
+    assert cli.main(["analyze-bias", "--config", str(config), "--out", str(tmp_path / "bias")]) == 0
+    assert cli.main(["train", "--config", str(config)]) == 0
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt")]) == 0
+    assert "thing" in capsys.readouterr().out
+    # its labels are checked up front (build_split), naming the file
+    write_label(str(root / "b.mask.png"), np.full((32, 32), 2, np.uint8))
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt")]) == 1
+    assert "b.mask.png holds class ids [2]" in capsys.readouterr().err
+
+
 # ================================================================ issue 18: the readers of users' files
 # (labelme JSON, PASCAL-Scribble XML, classes.txt, images: sizes, structure, encodings, EXIF)
 
@@ -1107,162 +1266,3 @@ def test_converters_read_annotations_and_masks_in_any_case(tmp_path):
     Image.new("L", (4, 4)).save(tmp_path / "jpg" / "x.jpg")
     with pytest.raises(ValueError, match="holds no masks \\(.png\\), only files ending in .jpg"):
         scribblize(str(tmp_path / "jpg"), str(tmp_path / "s2"))
-
-
-# ================================================================ issue 19: one home per data format
-
-
-def voc_data(root):
-    """A VOC-layout root: scribbles of three images, masks of the same images, train and val lists."""
-    from blpseg.config import resolve
-
-    names = make_voc(root)
-    for name in names:
-        write_label(str(root / "SegmentationClass" / f"{name}.png"), np.zeros((30, 40), np.uint8))
-    (root / "ImageSets" / "Segmentation" / "val.txt").write_text(names[0] + "\n")
-    return resolve({"data": {"root": str(root), "dataset": "synthetic", "train": {"label_dir": "Scribbles"}}})["data"]
-
-
-def folder_data(root):
-    """A folder-format root: a and b scribbled, b and c masked (b has both)."""
-    from blpseg.config import resolve
-
-    make_own(root, train=("a", "b"), val=("b", "c"))
-    return resolve({"data": {"format": "folder", "root": str(root)}})["data"]
-
-
-FORMAT_DATA = {"voc": voc_data, "folder": folder_data}
-
-
-def test_every_data_format_is_tested_here():
-    from blpseg.data import formats
-
-    assert set(FORMAT_DATA) == set(formats.FORMATS)
-
-
-@pytest.mark.parametrize("name", sorted(FORMAT_DATA))
-def test_each_data_format_answers_the_same_questions(tmp_path, name):
-    from blpseg.data import formats
-
-    data = FORMAT_DATA[name](tmp_path)
-    fmt = formats.get(name)
-    assert formats.of(data) is fmt and fmt.name == name and fmt.description
-    names = formats.class_names(data)
-    assert len(names) >= 2 and names[0] == "background" and fmt.class_source(data)
-    assert all(os.path.isfile(p) for p in fmt.files(data))
-    K = len(names)
-    train = formats.build_split(data, "train", K, EvalTransform())
-    val = formats.build_split(data, "val", K, EvalTransform())
-    assert len(train) and len(val) and (train.split, val.split) == ("train", "val")
-    assert (train[0]["target"] == K).any() and not (val[0]["target"] == K).any()  # K: not scribbled
-    assert all(os.path.isfile(p) for p in train.files() + val.files())
-    masks, scribbles = fmt.pairs(data, K, EvalTransform())
-    assert masks.names == scribbles.names and len(masks) and (masks.scribbles, scribbles.scribbles) == (False, True)
-    assert fmt.title(data)
-    fmt.generate(data, seed=0)  # nothing to generate: a no-op
-    # a resolved config keeps, of the keys formats list, exactly its format's
-    for key in {k for f in formats.FORMATS.values() for k in f.keys}:
-        *parents, leaf = key.split(".")
-        node = data
-        for p in parents:
-            node = node[p]
-        assert (leaf in node) == (key in fmt.keys), key
-
-
-def test_an_unknown_data_format_names_the_key_and_the_known_ones(capsys):
-    from blpseg import cli
-    from blpseg.config import resolve
-    from blpseg.data import formats
-
-    with pytest.raises(ValueError, match="data.format: unknown data format 'vocc'; known: folder .*; voc "):
-        resolve({"data": {"format": "vocc", "root": "r"}})
-    config = str(Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml")
-    assert cli.main(["train", "--config", config, "--print-config", "data.format=vocc"]) == 1
-    err = capsys.readouterr().err
-    assert "data.format" in err and all(f"{n} ({f.description})" in err for n, f in formats.FORMATS.items())
-
-
-class SideBySide(DataFormat):
-    """A data format no module of blpseg has (registered by the test alone): <name><image_ext> beside
-    <name>.scribble.png and <name>.mask.png, the class names in names.txt."""
-
-    name = "side-by-side"
-    description = "images, scribbles and masks side by side in data.root"
-    keys = ("image_ext",)
-
-    def class_names(self, data):
-        return tuple(Path(self.class_source(data)).read_text().split())
-
-    def class_source(self, data):
-        return os.path.join(data["root"], "names.txt")
-
-    def files(self, data):
-        return [self.class_source(data)]
-
-    def _items(self, data, *kinds):
-        root, ext = data["root"], data["image_ext"]
-        names = sorted(f.removesuffix(ext) for f in os.listdir(root) if f.endswith(ext))
-        has = lambda n: all(os.path.isfile(os.path.join(root, f"{n}.{k}.png")) for k in kinds)
-        return [(n, os.path.join(root, n + ext), os.path.join(root, f"{n}.{kinds[0]}.png")) for n in names if has(n)]
-
-    def split(self, data, which, num_classes, transform, seed=0, split=None):
-        from blpseg.data.dataset import LabeledImages
-
-        kind = "scribble" if which == "train" else "mask"
-        return LabeledImages(self._items(data, kind), num_classes, which == "train", transform, seed, split=which)
-
-    def pairs(self, data, num_classes, transform, split=None, mask_dir=None, scribble_dir=None):
-        from blpseg.data.dataset import LabeledImages
-
-        masks, scribbles = self._items(data, "mask", "scribble"), self._items(data, "scribble", "mask")
-        return (
-            LabeledImages(masks, num_classes, False, transform),
-            LabeledImages(scribbles, num_classes, True, transform),
-        )
-
-    def title(self, data, split=None):
-        return "side by side"
-
-
-def test_a_data_format_added_in_one_place_is_read_by_every_command(tmp_path, monkeypatch, capsys):
-    import yaml
-
-    from blpseg import cli
-    from blpseg.config import load_config
-    from blpseg.data import formats
-
-    monkeypatch.setitem(formats.FORMATS, SideBySide.name, SideBySide())
-    root = tmp_path / "data"
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    for name in ("a", "b", "c"):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"{name}.png")
-        s = np.full((32, 32), NOT_SCRIBBLED, np.uint8)
-        s[4:6, 2:20], s[20:22, 5:25] = 0, 1
-        write_label(str(root / f"{name}.scribble.png"), s)
-        write_label(str(root / f"{name}.mask.png"), (np.arange(32)[:, None].repeat(32, 1) > 12).astype(np.uint8))
-    (root / "names.txt").write_text("background\nthing\n")
-    config = tmp_path / "side.yaml"
-    config.write_text(
-        f"base: {Path(__file__).resolve().parents[1] / 'configs' / 'synthetic.yaml'}\n"
-        f"out_dir: {tmp_path / 'run'}\ndevice: cpu\n"
-        f"data: {{format: side-by-side, root: {root}, image_ext: .png, crop: 32}}\n"
-        "model: {channels: 16, embed_dim: 8, lam_backend: auto}\n"
-        "train: {batch_size: 2, iters: 1}\nloss: {self_training_from: null}\n"
-    )
-    # --print-config shows the keys it reads (image_ext), none of the VOC layout's
-    assert cli.main(["train", "--config", str(config), "--print-config"]) == 0
-    data = yaml.safe_load(capsys.readouterr().out)["data"]
-    assert data["image_ext"] == ".png" and "dataset" not in data and "synthetic" not in data
-    assert data["train"] == {} and data["val"] == {}
-    cfg = load_config(str(config))
-    assert formats.build_split(cfg["data"], "val", 2, EvalTransform()).names == ["a", "b", "c"]
-    # the analyses, training and evaluation read it through the registry
-    assert cli.main(["analyze-bias", "--config", str(config), "--out", str(tmp_path / "bias")]) == 0
-    assert cli.main(["train", "--config", str(config)]) == 0
-    assert cli.main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt")]) == 0
-    assert "thing" in capsys.readouterr().out
-    # its labels are checked up front (build_split), naming the file
-    write_label(str(root / "b.mask.png"), np.full((32, 32), 2, np.uint8))
-    assert cli.main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt")]) == 1
-    assert "b.mask.png holds class ids [2]" in capsys.readouterr().err
