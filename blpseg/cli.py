@@ -62,7 +62,7 @@ def _interrupted(e, args, overrides: list[str], out_dir: str) -> str:
 
 
 def _eval(args) -> int:
-    from .data.folder import build_split
+    from .data import formats
     from .data.io import check_outputs
     from .data.transforms import EvalTransform
     from .engine.checkpoint import load_model
@@ -74,7 +74,7 @@ def _eval(args) -> int:
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval.json")
     figure = os.path.splitext(out)[0] + "_boundary_precision.png"
     overrides = list(args.overrides)
-    if args.split:
+    if args.split:  # also brings back the data.val section (its defaults) of a run trained without one
         overrides.append(f"data.val.split={args.split}")
     model, cfg, names, device = load_model(args.checkpoint, overrides)
     data = cfg["data"]
@@ -85,50 +85,43 @@ def _eval(args) -> int:
             "data.val.label_dir=DIR)"
         )
     _check_classes(args.checkpoint, names, cfg)
-    # the VOC layout reads the (overridden) data.val section; a folder the split's images' masks/
-    folder = data["format"] == "folder"
-    dataset = build_split(data, "val", len(names), EvalTransform(), split=args.split if folder else None)
+    dataset = formats.build_split(data, "val", len(names), EvalTransform(), split=args.split)
     if dataset is None:
         raise ValueError(f"{data['root']} has no validation images (masks/ of images without scribbles, or val.txt)")
-    check_outputs([(None, out), (None, figure)], dataset.files(), [args.checkpoint, *_class_files(cfg)])
+    check_outputs([(None, out), (None, figure)], dataset.files(), [args.checkpoint, *formats.of(data).files(data)])
     result = evaluate(model, dataset, len(names), cfg["eval"], Dist(device=device))
     print(format_table(result, names))
     with atomic_write(out, "w", "results ") as fh:  # a failed write keeps the previous eval.json
-        split = (args.split or "val") if folder else data["val"]["split"]
-        json.dump({"checkpoint": args.checkpoint, "split": split, "eval": cfg["eval"], **result}, fh, indent=1)
+        json.dump({"checkpoint": args.checkpoint, "split": dataset.split, "eval": cfg["eval"], **result}, fh, indent=1)
     plot_boundary_precision({_run_name(args.checkpoint): result}, figure)
     print(f"results: {out}, {figure}")
     return 0
 
 
-def _class_files(cfg: dict) -> list[str]:
-    """The class list a config's data reads (a folder's classes.txt), for the outputs' checks."""
-    from .data.own import CLASSES
-
-    return [os.path.join(cfg["data"]["root"], CLASSES)] if cfg["data"]["format"] == "folder" else []
-
-
 def _check_classes(checkpoint: str, names, cfg: dict) -> None:
     """A model is evaluated or analysed only on data of the classes it was trained on, in its order;
     otherwise its IoUs would be reported under the data's names. Refused, naming the differences."""
-    from .config import class_differences, class_names
+    from .config import class_differences
+    from .data import formats
 
-    differences = class_differences(names, class_names(cfg))
+    data = cfg["data"]
+    differences = class_differences(names, formats.class_names(data))
     if differences:
-        where = (_class_files(cfg) or [f"data.dataset={cfg['data']['dataset']}"])[0]
         raise ValueError(
-            f"{checkpoint} was trained on other classes than the data's ({where}), checkpoint -> data: "
+            f"{checkpoint} was trained on other classes than the data's ({formats.of(data).class_source(data)}), "
+            "checkpoint -> data: "
             f"{'; '.join(differences)}. Use data of its classes, listed in its order"
         )
 
 
 def _info(args) -> int:
-    from .config import class_names, load_config
-    from .models import build_model
+    from .config import load_config
+    from .data.formats import class_names
+    from .engine.builders import model_from_config
 
     cfg = load_config(args.config, args.overrides)
     # counting needs no weights: the network is built as configured, randomly initialised
-    model = build_model(len(class_names(cfg)), **{**cfg["model"], "pretrained": None})
+    model = model_from_config(cfg["model"], len(class_names(cfg["data"])), pretrained=False)
     counts = model.parameter_counts()
     print(f"network of {args.config}: backbone {cfg['model']['backbone']}, {model.num_classes} classes")
     for part, n in counts.items():
@@ -144,7 +137,8 @@ def _run_name(checkpoint: str) -> str:
 def _analysis_setup(args):
     """(model or None, config, class names, device, the files read) from --checkpoint or --config,
     with the data set generated first if it is the synthetic one and missing."""
-    from .config import class_names, config_files, load_config
+    from .config import config_files, load_config
+    from .data import formats
     from .data.prepare import prepare_data
     from .engine.checkpoint import load_model
     from .engine.distributed import Dist
@@ -155,31 +149,17 @@ def _analysis_setup(args):
         files = [args.checkpoint]
     else:
         cfg = load_config(args.config, args.overrides)
-        model, names, device = None, class_names(cfg), "cpu"
+        model, names, device = None, formats.class_names(cfg["data"]), "cpu"
         files = config_files(args.config)
     prepare_data(cfg, Dist())
-    return model, cfg, names, device, files + _class_files(cfg)
+    return model, cfg, names, device, files + formats.of(cfg["data"]).files(cfg["data"])
 
 
 def _items(args, cfg, names, limit):
     """The (mask, scribble) pairs of the analyses, and the files they are read from."""
     from .analysis.bias import paired_datasets, pairs
 
-    data = cfg["data"]
-    if data["format"] == "folder":
-        if args.split or args.mask_dir or args.scribble_dir:
-            raise ValueError(
-                "--split, --mask-dir and --scribble-dir apply to the VOC layout; a data.format=folder "
-                "analysis reads the images that have both a scribble and a mask"
-            )
-        split = mask_dir = scribble_dir = None
-    else:
-        if args.mask_dir is None and data["val"] is None:
-            raise ValueError("this config has no data.val section to take the full masks' folder from: pass --mask-dir")
-        split = args.split or data["train"]["split"]
-        mask_dir = args.mask_dir or data["val"]["label_dir"]
-        scribble_dir = args.scribble_dir or data["train"]["label_dir"]
-    masks, scribbles = paired_datasets(cfg, len(names), split, mask_dir, scribble_dir)
+    masks, scribbles = paired_datasets(cfg, len(names), args.split, args.mask_dir, args.scribble_dir)
     return pairs(masks, scribbles, limit), masks.files() + scribbles.files()
 
 
@@ -187,6 +167,7 @@ def _analyze_bias(args) -> int:
     from .analysis.bias import annotation_bias
     from .analysis.figures import write_bias
     from .config import AnalysisOptions, check_options
+    from .data import formats
     from .data.io import check_outputs
 
     check_options(AnalysisOptions, args)
@@ -196,11 +177,8 @@ def _analyze_bias(args) -> int:
     check_outputs([(None, csv_path), (None, png_path)], inputs, files)
     result = annotation_bias(items, args.bins, model, device)
     os.makedirs(args.out, exist_ok=True)
-    data = cfg["data"]
-    where = (
-        f"{data['dataset']}, {args.split or data['train']['split']} split" if data["format"] == "voc" else data["root"]
-    )
-    title = where + (f", model {_run_name(args.checkpoint)}" if model is not None else "")
+    title = formats.of(cfg["data"]).title(cfg["data"], args.split)
+    title += f", model {_run_name(args.checkpoint)}" if model is not None else ""
     write_bias(result, csv_path, png_path, title)
     for name in ("masks", "scribbles", "p_scrib", "p_seg"):
         if name in result:
@@ -212,7 +190,7 @@ def _analyze_bias(args) -> int:
 def _loss_maps(args) -> int:
     from .analysis.figures import plot_loss_maps
     from .analysis.loss_maps import loss_maps
-    from .config import AnalysisOptions, check_options
+    from .config import AnalysisOptions, BLPOptions, check_options
     from .data.io import check_outputs
 
     check_options(AnalysisOptions, args)
@@ -220,7 +198,7 @@ def _loss_maps(args) -> int:
     items, inputs = _items(args, cfg, names, args.num)
     path = os.path.join(args.out, "loss_maps.png")
     check_outputs([(None, path)], inputs, files)
-    gamma = float(cfg["loss"]["seg_options"].get("gamma", 2.0))  # the BLP loss's own default
+    gamma = float(cfg["loss"]["seg_options"].get("gamma", BLPOptions().gamma))  # a loss without one: BLP's
     rows = [(item, loss_maps(model, item, gamma, device)) for item in items]
     os.makedirs(args.out, exist_ok=True)
     plot_loss_maps(rows, path)
@@ -298,14 +276,15 @@ def _make_synthetic(args) -> int:
 
 
 def _export_folder(args) -> int:
-    from .config import class_names, config_files, load_config
-    from .data.own import export_folder
+    from .config import config_files, load_config
+    from .data.export import export_folder
+    from .data.formats import class_names
     from .data.prepare import prepare_data
     from .engine.distributed import Dist
 
     cfg = load_config(args.config, args.overrides)
     prepare_data(cfg, Dist())
-    counts = export_folder(cfg["data"], class_names(cfg), args.out, args.overwrite, config_files(args.config))
+    counts = export_folder(cfg["data"], class_names(cfg["data"]), args.out, args.overwrite, config_files(args.config))
     print(
         f"{counts['train']} training images (scribbles/) and {counts['val']} validation images (masks/) in {args.out}"
     )
@@ -313,8 +292,7 @@ def _export_folder(args) -> int:
 
 
 def _class_list(value: str) -> tuple[str, ...]:
-    from .data.classes import CLASS_SETS
-    from .data.own import read_class_file
+    from .data.classes import CLASS_SETS, read_class_file
 
     return CLASS_SETS[value] if value in CLASS_SETS else read_class_file(value)
 

@@ -24,6 +24,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from .data import formats
 from .data.classes import CLASS_SETS
 
 BASE_KEY = "base"
@@ -73,13 +74,13 @@ class ValSplit:
 
 @dataclass
 class DataConfig:
-    """image_dir, image_ext, list_dir and the label_dir and split of train / val name the VOC
-    layout's folders and lists; a data.format=folder root has fixed names (data/own.py)."""
+    """The keys of every data format; each format reads some of them (DataFormat.keys in
+    data/formats/), and a resolved config keeps only those of its format. dataset, image_dir,
+    image_ext, list_dir, synthetic and the label_dir and split of train / val are the VOC layout's;
+    a data.format=folder root has fixed names (data/formats/folder.py)."""
 
-    format: Literal["voc", "folder"] = _f(
-        "voc"
-    )  # voc: the VOC layout; folder: images/, scribbles/, masks/, classes.txt
-    dataset: Literal["voc", "context", "synthetic"] | None = _f(None)  # class names of the VOC layout
+    format: str = _f("voc")  # a format of data/formats/: voc (the VOC layout), folder (images/, scribbles/, ...)
+    dataset: Literal[tuple(CLASS_SETS)] | None = _f(None)  # class names of the VOC layout
     root: str = _f()
     image_dir: str = _f("JPEGImages")
     image_ext: str = _f(".jpg")
@@ -123,13 +124,15 @@ class NoOptions:
     pass
 
 
-SEG_OPTIONS = {"blp": BLPOptions, "ce": NoOptions, "focal": FocalOptions}  # loss.seg -> its seg_options
+# loss.seg -> its seg_options: the losses' names, which losses.SEG_LOSSES maps to the modules (the
+# config reads them here, where importing no torch keeps --print-config and config errors quick)
+SEG_OPTIONS = {"blp": BLPOptions, "ce": NoOptions, "focal": FocalOptions}
 
 
 @dataclass
 class LossConfig:
-    seg: Literal["blp", "ce", "focal"] = _f("blp")
-    seg_options: dict = _f({"gamma": 2.0, "normalize": "weights"})  # checked against SEG_OPTIONS[seg]
+    seg: Literal[tuple(SEG_OPTIONS)] = _f("blp")
+    seg_options: dict = _f(dataclasses.asdict(BLPOptions()))  # checked against SEG_OPTIONS[seg]
     unlabeled_weight: float = _f(0.02, ge=0)
     self_training_from: int | None = _f(None, ge=0)  # iteration; null: no self-training
     pseudo_threshold: float = _f(0.9, gt=0, le=1)
@@ -249,8 +252,7 @@ def resolve(raw: dict) -> dict:
         raise ValueError(f"a config must be a mapping, got {type(raw).__name__}")
     cfg = dataclasses.asdict(_build(Config, raw, ""))
     data = cfg["data"]
-    if data["format"] == "voc" and data["dataset"] is None:
-        raise ValueError(f"data.dataset: the VOC layout needs the class names, one of {tuple(CLASS_SETS)}")
+    formats.of(data).check(data)
     if not data["scale"] or len(data["scale"]) != 2 or data["scale"][0] > data["scale"][1]:
         raise ValueError(f"data.scale: expected [low, high] with 0 < low <= high, got {data['scale']}")
     if not cfg["eval"]["scales"]:
@@ -267,6 +269,7 @@ def resolve(raw: dict) -> dict:
     loss["seg_options"] = dataclasses.asdict(_build(options, loss["seg_options"], "loss.seg_options."))
     if cfg["model"]["key_mask"] is not None and not cfg["model"]["lam"]:
         raise ValueError("model.key_mask needs the LAM (model.lam=true)")
+    cfg["data"] = formats.prune(data)  # what the run reads: --print-config, config.yaml, checkpoints
     return cfg
 
 
@@ -489,14 +492,3 @@ def class_differences(old, new) -> list[str]:
 
 def dump(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
-
-
-def class_names(cfg: dict) -> tuple[str, ...]:
-    """The class names of a resolved config: the VOC layout's named set, or the classes.txt of a
-    data.format=folder root."""
-    data = cfg["data"]
-    if data["format"] == "folder":
-        from .data.own import read_classes
-
-        return read_classes(data["root"])
-    return CLASS_SETS[data["dataset"]]

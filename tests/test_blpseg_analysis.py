@@ -19,10 +19,11 @@ from blpseg.config import apply_overrides, load_config
 from blpseg.data.io import write_label
 from blpseg.data.scribbles import simulate_scribbles
 from blpseg.data.synthetic import make_synthetic
+from blpseg.engine.builders import model_from_config
 from blpseg.engine.checkpoint import load_model, save_checkpoint
 from blpseg.engine.metrics import relative_boundary_distance
 from blpseg.engine.train import train
-from blpseg.models import build_model
+from blpseg.models import BLPSeg
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ["model.channels=16", "model.embed_dim=8", "model.lam_backend=auto", "device=cpu"]
@@ -174,7 +175,7 @@ def voc_photo(tmp_path_factory):
         ],
     )
     torch.manual_seed(0)
-    model = build_model(21, **{**cfg["model"], "pretrained": None})
+    model = model_from_config(cfg["model"], 21, pretrained=False)
     save_checkpoint({"model": model.state_dict(), "config": cfg}, str(root / "init.pt"))
     return root
 
@@ -234,7 +235,7 @@ def test_fidelity_script_writes_csv_and_png(synthetic_run, tmp_path):
 
 def test_lam_inputs_needs_a_lam():
     with pytest.raises(ValueError, match="no LAM"):
-        lam_inputs(build_model(3, backbone="resnet18", channels=16, lam=False), torch.randn(1, 3, 32, 32))
+        lam_inputs(BLPSeg(3, backbone="resnet18", channels=16, lam=False), torch.randn(1, 3, 32, 32))
 
 
 # ---------------------------------------------------------------- an ablation table, end to end

@@ -144,6 +144,30 @@ def test_print_config_shows_the_resolved_config(capsys):
     assert printed["model"]["backbone"] == "resnet101_deepstem" and printed["data"]["dataset"] == "context"
 
 
+# the VOC layout's keys, which a data.format=folder root does not read (its folder names are fixed)
+VOC_ONLY = ["dataset", "image_dir", "image_ext", "list_dir", "synthetic"]
+VOC_ONLY_SPLIT = {"train": ["split", "label_dir", "scribbles"], "val": ["split", "label_dir", "scribbles"]}
+
+
+def test_print_config_shows_only_the_data_keys_of_its_format(capsys):
+    # Seen: --print-config of configs/own_data.yaml showed image_dir, list_dir, train.label_dir... of the
+    # VOC layout, which the folder format never reads.
+    own = str(ROOT / "configs" / "own_data.yaml")
+    assert cli.main(["train", "--config", own, "--print-config", "data.image_dir=photos"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    data = printed["data"]
+    assert data["format"] == "folder" and not set(VOC_ONLY) & set(data)
+    for section, keys in VOC_ONLY_SPLIT.items():
+        assert not set(keys) & set(data[section]), section
+    assert data["train"] == {"label_diffusion": None} and data["val"] == {}
+    assert {"root", "crop", "scale", "workers"} <= set(data)
+    assert resolve(printed) == printed  # what it prints is a config that resolves to itself
+    # the VOC layout reads them all
+    assert cli.main(["train", "--config", SYNTHETIC, "--print-config"]) == 0
+    data = yaml.safe_load(capsys.readouterr().out)["data"]
+    assert set(VOC_ONLY) <= set(data) and all(set(k) <= set(data[s]) for s, k in VOC_ONLY_SPLIT.items())
+
+
 def test_overrides_recreate_a_null_section():
     cfg = load_config(SYNTHETIC, ["data.val=null"])
     assert cfg["data"]["val"] is None

@@ -14,7 +14,8 @@ import torch
 import yaml
 
 from blpseg import cli
-from blpseg.config import apply_overrides, class_names, load_config
+from blpseg.config import apply_overrides, load_config
+from blpseg.data.formats import class_names
 from blpseg.data.synthetic import make_synthetic
 from blpseg.engine import builders
 from blpseg.engine.checkpoint import load_checkpoint
@@ -239,7 +240,7 @@ def test_train_step_switches_to_pseudo_labels_and_stops_before_updating_on_nan(d
     segmentation loss is taken against pseudo labels; a non-finite loss stops it before the update."""
     # an untrained model's probabilities are near 1/K: a low threshold makes pseudo labels of them
     cfg, cpu = tiny_config(data_root, tmp_path, "loss.pseudo_threshold=0.01"), torch.device("cpu")
-    K = len(class_names(cfg))
+    K = len(class_names(cfg["data"]))
 
     def make_step():
         torch.manual_seed(0)
@@ -561,6 +562,9 @@ def test_own_folder_end_to_end(data_root, tmp_path, capsys):
     assert "mIoU" in capsys.readouterr().out and (run / "val.json").exists()
     state = load_checkpoint(str(run / "last.pt"))
     assert state["class_names"] == ["background", "stripes", "dots", "plain", "speckle"]
+    # the run's config (config.yaml, the checkpoint's) holds the data keys the folder format reads, no VOC folder names
+    written = yaml.safe_load((run / "config.yaml").read_text())
+    assert written == state["config"] and "image_dir" not in written["data"] and "split" not in written["data"]["train"]
     assert cli.main(["eval", "--checkpoint", str(run / "last.pt")]) == 0
     assert "speckle" in capsys.readouterr().out
 

@@ -131,3 +131,27 @@ def test_seg_options_that_do_not_apply_name_the_option():
     with pytest.raises(ValueError, match=r"loss.seg_options \['normalize'\] do not apply to loss.seg='ce'"):
         build_seg_loss("ce", normalize="weights")
     assert build_seg_loss("focal", gamma=2.0) is not None
+
+
+def test_the_config_names_each_loss_and_its_options_as_the_losses_do():
+    # The config reads the loss names and options from config.SEG_OPTIONS (it imports no torch); the
+    # modules are losses.SEG_LOSSES: the same names, each options section the loss's own keyword
+    # arguments with the same defaults (but ignore_index, the padding value, which is not an option).
+    import dataclasses
+    import inspect
+    import typing
+
+    from blpseg.config import SEG_OPTIONS, LossConfig, resolve
+    from blpseg.losses import SEG_LOSSES
+
+    assert list(SEG_OPTIONS) == list(SEG_LOSSES)
+    assert typing.get_args(typing.get_type_hints(LossConfig)["seg"]) == tuple(SEG_LOSSES)
+    for name, loss in SEG_LOSSES.items():
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)  # not nn.Module's *args
+        parameters = {k: p for k, p in inspect.signature(loss).parameters.items() if p.kind in named}
+        options = {f.name: f.default for f in dataclasses.fields(SEG_OPTIONS[name])}
+        assert options == {k: p.default for k, p in parameters.items() if k != "ignore_index"}, name
+        cfg = resolve({"data": {"root": "r", "dataset": "voc"}, "loss": {"seg": name, "seg_options": {}}})
+        assert cfg["loss"]["seg_options"] == options
+    with pytest.raises(ValueError, match="loss.seg: expected one of 'blp', 'ce', 'focal', got 'dice'"):
+        resolve({"data": {"root": "r", "dataset": "voc"}, "loss": {"seg": "dice"}})

@@ -5,7 +5,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from blpseg.data.folder import SegmentationFolder
+from blpseg.data.formats.voc import voc_split
 from blpseg.data.superpixels import expand_scribbles
 from blpseg.data.synthetic import make_synthetic
 from blpseg.data.transforms import EvalTransform
@@ -60,15 +60,15 @@ def test_bad_options_name_the_key():
 def test_the_dataset_expands_training_scribbles(tmp_path):
     make_synthetic(str(tmp_path), num_train=4, num_val=1, size=48, seed=0)
     args = (str(tmp_path), "train", 5, "Scribbles")
-    plain = SegmentationFolder(*args, scribbles=True, transform=EvalTransform(), image_ext=".png")
-    diffused = SegmentationFolder(
+    plain = voc_split(*args, scribbles=True, transform=EvalTransform(), image_ext=".png")
+    diffused = voc_split(
         *args,
         scribbles=True,
         transform=EvalTransform(),
         image_ext=".png",
         label_diffusion={"segments": 50, "compactness": 10.0},
     )
-    masks = SegmentationFolder(
+    masks = voc_split(
         str(tmp_path), "train", 5, "SegmentationClass", scribbles=False, transform=EvalTransform(), image_ext=".png"
     )
     labeled = right = 0
@@ -79,14 +79,14 @@ def test_the_dataset_expands_training_scribbles(tmp_path):
         right += int(((b < 5) & (a == 5) & (b == m)).sum())
     assert labeled > 0 and right / labeled > 0.8  # mostly right on this set (95% over the 300 images)
     with pytest.raises(ValueError, match="label_diffusion needs scribbles"):
-        SegmentationFolder(*args, scribbles=False, transform=None, label_diffusion={"segments": 50})
+        voc_split(*args, scribbles=False, transform=None, label_diffusion={"segments": 50})
     with pytest.raises(ValueError, match="unknown keys"):
-        SegmentationFolder(*args, scribbles=True, transform=None, label_diffusion={"n_segments": 50})
+        voc_split(*args, scribbles=True, transform=None, label_diffusion={"n_segments": 50})
 
 
 def test_the_config_key_reaches_the_training_split(tmp_path):
     from blpseg.config import load_config
-    from blpseg.data.folder import build_split
+    from blpseg.data.formats import build_split
 
     make_synthetic(str(tmp_path), num_train=2, num_val=1, size=32, seed=0)
     config = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml")

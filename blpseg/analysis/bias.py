@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.folder import build_dataset
-from ..data.own import paired_folder_items
+from ..data import formats
 from ..data.transforms import EvalTransform
 from ..engine.metrics import relative_boundary_distance
 
@@ -72,17 +71,14 @@ def model_probs(model: nn.Module, image: Tensor) -> tuple[Tensor, Tensor]:
     return F.softmax(out["seg"].float(), dim=1), F.softmax(out["scrib"].float(), dim=1)
 
 
-def paired_datasets(cfg: dict, num_classes: int, split: str, mask_dir: str, scribble_dir: str):
-    """(full masks, scribbles) of the images of `split` from the config's data root, as data sets in
-    one order: the VOC layout's mask_dir and scribble_dir, or a folder's images that have both."""
+def paired_datasets(
+    cfg: dict, num_classes: int, split: str | None = None, mask_dir: str | None = None, scribble_dir: str | None = None
+):
+    """(full masks, scribbles) of the same images of the config's data, as data sets in one order
+    (DataFormat.pairs; split, mask_dir, scribble_dir: other than the config's, where the format
+    names such things)."""
     data = cfg["data"]
-    if data["format"] == "folder":  # the images that have both (split and folders are the format's)
-        return paired_folder_items(data["root"], num_classes, EvalTransform())
-    masks = build_dataset(data, {"split": split, "label_dir": mask_dir}, num_classes, EvalTransform())
-    scribbles = build_dataset(
-        data, {"split": split, "label_dir": scribble_dir, "scribbles": True}, num_classes, EvalTransform()
-    )
-    return masks, scribbles
+    return formats.of(data).pairs(data, num_classes, EvalTransform(), split, mask_dir, scribble_dir)
 
 
 def pairs(masks, scribbles, limit: int | None = None) -> Iterator[dict]:
@@ -99,7 +95,12 @@ def pairs(masks, scribbles, limit: int | None = None) -> Iterator[dict]:
 
 
 def paired_items(
-    cfg: dict, num_classes: int, split: str, mask_dir: str, scribble_dir: str, limit: int | None = None
+    cfg: dict,
+    num_classes: int,
+    split: str | None = None,
+    mask_dir: str | None = None,
+    scribble_dir: str | None = None,
+    limit: int | None = None,
 ) -> Iterator[dict]:
     """pairs() of paired_datasets()."""
     return pairs(*paired_datasets(cfg, num_classes, split, mask_dir, scribble_dir), limit)

@@ -1,4 +1,4 @@
-"""Reading and writing images and label PNGs; a file that cannot be read is named in the error."""
+"""Reading and writing images, label PNGs and split lists; a file that cannot be read is named in the error."""
 
 from __future__ import annotations
 
@@ -118,6 +118,17 @@ def _atomic_save(im: Image.Image, path: str) -> None:
     # make-synthetic's time); the rename alone keeps a killed process from leaving a broken one
     with atomic_write(path, sync=False) as fh:
         im.save(fh, format=Image.registered_extensions().get(os.path.splitext(path)[1].lower(), "PNG"))
+
+
+def read_split_list(path: str) -> list[str]:
+    """The names of a split list: the first word of each non-blank line."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"split list not found: {path}")
+    with open(path) as fh:
+        names = [line.split()[0] for line in fh if line.strip()]
+    if not names:
+        raise ValueError(f"split list {path} is empty")
+    return names
 
 
 def list_files(folder: str, extensions, what: str) -> dict[str, str]:

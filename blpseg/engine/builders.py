@@ -15,7 +15,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset
 
 from ..losses import ScribbleLoss, build_seg_loss, pseudo_labels
-from ..models import build_model
+from ..models import BLPSeg
 from .sampler import ResumableSampler
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -33,8 +33,15 @@ def amp_dtype(value) -> torch.dtype | None:
     raise ValueError(f"train.amp: expected true, false, 'bfloat16' or 'float16', got {value!r}")
 
 
-def model_from_config(model_cfg: dict, num_classes: int, device: torch.device) -> nn.Module:
-    return build_model(num_classes, **model_cfg).to(device)
+def model_from_config(
+    model_cfg: dict, num_classes: int, device: torch.device | None = None, pretrained: bool = True
+) -> BLPSeg:
+    """The network of a config's model section, on `device` (None: where it was built, the CPU).
+    The one place a config becomes a model (training, checkpoints, `blpseg info`, benchmarks).
+    pretrained=False leaves model.pretrained out: random initial weights, nothing read or downloaded,
+    for weights about to be replaced (a checkpoint's) or not needed (counting parameters)."""
+    model = BLPSeg(num_classes, **{**model_cfg, "pretrained": model_cfg["pretrained"] if pretrained else None})
+    return model if device is None else model.to(device)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

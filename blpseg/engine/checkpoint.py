@@ -109,14 +109,15 @@ MODEL_FIXED_MAY_CHANGE = (
 def checkpoint_config(state: dict, overrides=(), path: str = "the checkpoint") -> tuple[dict, tuple[str, ...]]:
     """The resolved config of the checkpoint `state` (read from `path`) with `overrides` applied,
     and its class names."""
-    from ..config import apply_overrides, class_names, fixed_differences, resolve
+    from ..config import apply_overrides, fixed_differences, resolve
+    from ..data.formats import class_names
 
     saved = saved_config(state, path)
     cfg = resolve(apply_overrides(saved, overrides))
     changed = fixed_differences(saved, cfg, MODEL_FIXED_MAY_CHANGE)
     if changed:
         raise ValueError(f"the model of a checkpoint is fixed; these overrides would change it: {'; '.join(changed)}")
-    names = tuple(state["class_names"]) if "class_names" in state else class_names(cfg)
+    names = tuple(state["class_names"]) if "class_names" in state else class_names(cfg["data"])
     return cfg, names
 
 
@@ -133,13 +134,13 @@ def saved_config(state: dict, path: str) -> dict:
 def load_model(checkpoint: str, overrides=()):
     """The model of a training checkpoint in eval mode on the configured device (CUDA when
     available unless device=cpu): (model, config with `overrides` applied, class names, device)."""
-    from ..models import build_model
+    from .builders import model_from_config
     from .distributed import set_threads
 
     state = load_checkpoint(checkpoint)
     cfg, names = checkpoint_config(state, overrides, checkpoint)
     set_threads(cfg["threads"])
-    model = build_model(len(names), **{**cfg["model"], "pretrained": None})
+    model = model_from_config(cfg["model"], len(names), pretrained=False)
     load_weights(model, state["model"], checkpoint)
     device = torch.device("cuda" if cfg["device"] != "cpu" and torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), cfg, names, device

@@ -15,8 +15,8 @@ from tqdm import tqdm
 
 from lam_ops import available_backends
 
-from ..config import RESUME_MAY_CHANGE, check_device, class_differences, class_names, dump, fixed_differences, resolve
-from ..data.folder import build_split
+from ..config import RESUME_MAY_CHANGE, check_device, class_differences, dump, fixed_differences, resolve
+from ..data.formats import build_split, class_names
 from ..data.prepare import prepare_data
 from ..data.transforms import EvalTransform, TrainTransform
 from ..files import atomic_write
@@ -76,7 +76,7 @@ def _claim(held: contextlib.ExitStack, out_dir: str, resume: str | None, overwri
 
 
 def _train(cfg, d, resume, on_step, overwrite) -> dict:
-    names = class_names(cfg)
+    names = class_names(cfg["data"])
     K = len(names)
     dc, tc = cfg["data"], cfg["train"]
     out_dir, seed = cfg["out_dir"], cfg["seed"]
@@ -88,7 +88,7 @@ def _train(cfg, d, resume, on_step, overwrite) -> dict:
     if val_set is not None and val_set.smallest is not None:  # found now, not at the first evaluation
         check_scales(cfg["eval"]["scales"], *val_set.smallest)
     # a resumed run's weights are its checkpoint's: the initial ones are neither read nor downloaded
-    model = model_from_config(cfg["model"] if state is None else {**cfg["model"], "pretrained": None}, K, d.device)
+    model = model_from_config(cfg["model"], K, d.device, pretrained=state is None)
     sampler = ResumableSampler(len(train_set), tc["batch_size"], seed, d.rank, d.world_size)
     total = int(tc["iters"] or tc["epochs"] * sampler.batches_per_epoch)
     optimization = build_optimization(model, tc, total, d.device)

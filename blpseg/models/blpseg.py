@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from lam_ops import LocalAggregation
 
+from ..config import ModelConfig
 from .backbone import build_backbone
 from .decoder import UPerNetDecoder
 from .heads import Head
@@ -17,6 +18,9 @@ KEY_MASKS = (None, "labeled", "unlabeled")
 # Bumped whenever a config trains a different network than before (ablation run folders hash it, so
 # runs of an older network are not taken for finished ones). 2: the release's PPM, heads and init.
 NETWORK_VERSION = 2
+# The defaults are the config schema's (config.ModelConfig holds every default): a BLPSeg built
+# here is the network a config that leaves model.* out trains.
+DEFAULTS = ModelConfig()
 
 
 class BLPSeg(nn.Module):
@@ -26,7 +30,9 @@ class BLPSeg(nn.Module):
         timm:<model>) and its weights: "imagenet" (downloaded once), a local file, or None.
     channels: decoder and head width (256).
     lam: apply the Local Aggregation Module to the segmentation logits (False: Table III "w/o").
-    similarity, sigma, learnable_sigma, radius, embed_dim, lam_backend: LocalAggregation's options.
+    similarity, sigma, learnable_sigma, radius, embed_dim, lam_backend: LocalAggregation's options;
+        radius=None, the exact global LAM as the paper's, where LocalAggregation's own default is 24
+        (the operator library's choice for its users: docs/operator.md).
     key_mask: None (aggregate from every pixel), "labeled" or "unlabeled" (aggregate only from
         scribbled / unscribbled pixels, Table V). Needs the target, so it applies in training.
     """
@@ -34,17 +40,17 @@ class BLPSeg(nn.Module):
     def __init__(
         self,
         num_classes: int,
-        backbone: str = "resnet101",
-        pretrained: str | None = None,
-        channels: int = 256,
-        lam: bool = True,
-        similarity: str = "both",
-        sigma: float = 6.0,
-        learnable_sigma: bool = False,
-        radius: int | None = None,
-        embed_dim: int = 256,
-        lam_backend: str = "auto",
-        key_mask: str | None = None,
+        backbone: str = DEFAULTS.backbone,
+        pretrained: str | None = DEFAULTS.pretrained,
+        channels: int = DEFAULTS.channels,
+        lam: bool = DEFAULTS.lam,
+        similarity: str = DEFAULTS.similarity,
+        sigma: float = DEFAULTS.sigma,
+        learnable_sigma: bool = DEFAULTS.learnable_sigma,
+        radius: int | None = DEFAULTS.radius,
+        embed_dim: int = DEFAULTS.embed_dim,
+        lam_backend: str = DEFAULTS.lam_backend,
+        key_mask: str | None = DEFAULTS.key_mask,
     ):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
@@ -59,9 +65,18 @@ class BLPSeg(nn.Module):
         self.decoder = UPerNetDecoder(self.backbone.channels, channels)
         self.seg_head = Head(channels, num_classes, channels)
         self.scrib_head = Head(channels, num_classes + 1, channels)
-        self.lam = (
-            LocalAggregation(3, embed_dim, 4, sigma, learnable_sigma, radius, similarity, lam_backend) if lam else None
-        )
+        self.lam = None
+        if lam:
+            self.lam = LocalAggregation(
+                in_chans=3,
+                embed_dim=embed_dim,
+                patch_size=4,
+                sigma=sigma,
+                learnable_sigma=learnable_sigma,
+                radius=radius,
+                similarity=similarity,
+                backend=lam_backend,
+            )
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -114,7 +129,3 @@ class BLPSeg(nn.Module):
             return None
         t = F.interpolate(target[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
         return t < self.num_classes if self.key_mask == "labeled" else t == self.num_classes
-
-
-def build_model(num_classes: int, **options) -> BLPSeg:
-    return BLPSeg(num_classes, **options)

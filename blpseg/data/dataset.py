@@ -1,11 +1,5 @@
-"""Labeled image sets: the PASCAL VOC layout, which PASCAL-Context and the synthetic set share,
-
-    root/JPEGImages/<id>.jpg            images
-    root/<label_dir>/<id>.png           labels: full masks (255 = void) or scribbles (255 = not scribbled)
-    root/<list_dir>/<split>.txt         one id per line (list_dir: ImageSets/Segmentation)
-
-and, through `build_split`, the plain folder format of one's own data (own.py).
-"""
+"""The data set every data format reads into (data/formats/): (image, label) file pairs as items
+of image, target, classes present and name, with the labels checked up front."""
 
 from __future__ import annotations
 
@@ -28,7 +22,8 @@ class LabeledImages(Dataset):
     scribbles=True reads scribble PNGs, whose 255 (not scribbled) becomes class K in the target;
     padding added by transforms is `ignore_index`. scribbles=False reads full masks as they are.
     label_diffusion (scribbles only): None, or expand_scribbles' options ({segments, compactness}):
-    the scribbles are expanded into superpixels before the transforms (Table VI).
+    the scribbles are expanded into superpixels before the transforms (Table VI). lists: the split
+    list files the items come from; split: the split's name.
     """
 
     def __init__(
@@ -40,6 +35,7 @@ class LabeledImages(Dataset):
         seed: int = 0,
         label_diffusion: dict | None = None,
         lists=(),
+        split: str | None = None,
     ):
         if label_diffusion is not None and not (scribbles and isinstance(label_diffusion, dict)):
             raise ValueError(
@@ -52,6 +48,7 @@ class LabeledImages(Dataset):
                 "(known: segments, compactness)"
             )
         self.items, self.names = items, [name for name, _, _ in items]
+        self.split = split  # the split's name, as results record it
         self.num_classes, self.scribbles, self.transform = num_classes, scribbles, transform
         self.seed, self.epoch, self.label_diffusion = seed, 0, label_diffusion
         self.lists = list(lists)  # the split list files the items come from
@@ -135,76 +132,3 @@ def check_ids(path: str, ids: np.ndarray, num_classes: int) -> None:
             f"{path} holds class ids {bad.tolist()} >= {num_classes} classes (ids are 0..{num_classes - 1}, "
             "255 = not labelled): is a class missing from the class list?"
         )
-
-
-class SegmentationFolder(LabeledImages):
-    """The VOC layout: the ids of root/list_dir/<split>.txt."""
-
-    def __init__(
-        self,
-        root: str,
-        split: str,
-        num_classes: int,
-        label_dir: str,
-        scribbles: bool,
-        transform,
-        image_dir: str = "JPEGImages",
-        image_ext: str = ".jpg",
-        label_ext: str = ".png",
-        list_dir: str = os.path.join("ImageSets", "Segmentation"),
-        seed: int = 0,
-        label_diffusion: dict | None = None,
-    ):
-        list_path = os.path.join(root, list_dir, f"{split}.txt")
-        items = [
-            (n, os.path.join(root, image_dir, n + image_ext), os.path.join(root, label_dir, n + label_ext))
-            for n in read_split_list(list_path)
-        ]
-        super().__init__(items, num_classes, scribbles, transform, seed, label_diffusion, [list_path])
-        self.root = root
-
-
-def read_split_list(path: str) -> list[str]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"split list not found: {path}")
-    with open(path) as fh:
-        names = [line.split()[0] for line in fh if line.strip()]
-    if not names:
-        raise ValueError(f"split list {path} is empty")
-    return names
-
-
-def build_dataset(data: dict, split_cfg: dict, num_classes: int, transform, seed: int = 0) -> SegmentationFolder:
-    """A VOC-layout split: `data` is a resolved config's data section, `split_cfg` a mapping with
-    split, label_dir and optionally scribbles (false when absent)."""
-    return SegmentationFolder(
-        data["root"],
-        split_cfg["split"],
-        num_classes,
-        split_cfg["label_dir"],
-        bool(split_cfg.get("scribbles", False)),
-        transform,
-        image_dir=data["image_dir"],
-        image_ext=data["image_ext"],
-        list_dir=data["list_dir"],
-        seed=seed,
-        label_diffusion=split_cfg.get("label_diffusion"),
-    )
-
-
-def build_split(data: dict, which: str, num_classes: int, transform, seed: int = 0, split: str | None = None):
-    """The config's training data ("train": its scribbles) or evaluation data ("val": full masks) in
-    either format, its labels checked up front (LabeledImages.check_labels); None for a folder
-    without validation images. `split` names other images for "val": for the VOC layout override
-    data.val.split instead; for a folder, root/<split>.txt (or "train": the scribbled images)."""
-    if data["format"] == "folder":
-        from .own import folder_split
-
-        dataset = folder_split(
-            data["root"], which, num_classes, transform, seed, data["train"]["label_diffusion"], split
-        )
-    else:
-        dataset = build_dataset(data, data[which], num_classes, transform, seed)
-    if dataset is not None:
-        dataset.check_labels()
-    return dataset

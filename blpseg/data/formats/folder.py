@@ -1,4 +1,4 @@
-"""The plain folder format for one's own data (docs/training.md, "Your own data"):
+"""The plain folder format for one's own data (data.format: folder; docs/training.md, "Your own data"):
 
     root/classes.txt        one class name per line; line i (from 0) is class id i, background first
     root/images/<name>.*    images in any format and mode PIL reads (.jpg, .png, .tif...); other
@@ -15,16 +15,17 @@ images, or with NAME=train and no list, of the scribbled images). Extensions mat
 
 from __future__ import annotations
 
-import filecmp
 import os
-import shutil
+from typing import TYPE_CHECKING
 
 from PIL import Image
-from tqdm import tqdm
 
-from .classes import read_class_file
-from .folder import LabeledImages, read_split_list
-from .io import check_outputs, list_files, refuse_existing
+from ..classes import read_class_file
+from ..io import list_files, read_split_list
+from .base import DataFormat
+
+if TYPE_CHECKING:
+    from ..dataset import LabeledImages
 
 IMAGES, SCRIBBLES, MASKS, CLASSES = "images", "scribbles", "masks", "classes.txt"
 
@@ -59,6 +60,8 @@ def folder_split(
     root/<split>.txt when present, else for "train" the images with a scribble and for "val" those
     with a mask but no scribble; another split needs its list. None for the default "val" when the
     folder has no such image. `label_diffusion` applies to "train" (LabeledImages)."""
+    from ..dataset import LabeledImages
+
     split = split or which
     images = _images(root)
     scribbles, masks = _labels(root, SCRIBBLES), _labels(root, MASKS)
@@ -90,63 +93,49 @@ def folder_split(
         transform,
         seed,
         label_diffusion if which == "train" else None,
-        lists=lists,
+        lists,
+        split,
     )
 
 
-def export_folder(data: dict, class_names, out: str, overwrite: bool = False, files=()) -> dict:
-    """Writes a VOC-layout config's data (a resolved data section) in the folder format: the train
-    split's images and scribbles, the val split's images and masks, classes.txt. Returns counts.
-    A file already there with the same bytes is left as it is (exporting again does nothing); other
-    files there are replaced only with `overwrite`. `files`: the config's files, never written."""
-    from .folder import build_dataset
+class FolderFormat(DataFormat):
+    name = "folder"
+    description = "the folder format: images/, scribbles/, masks/, classes.txt under data.root"
+    keys = ("train.label_diffusion",)
 
-    if data["format"] != "voc":
-        raise ValueError("export-folder reads a VOC-layout config (data.format=voc)")
-    if data["val"] is None:
-        raise ValueError("export-folder needs the config's data.val section (the validation masks)")
-    jobs, counts, lists = [], {}, [*files]
-    for which, folder in (("train", SCRIBBLES), ("val", MASKS)):
-        ds = build_dataset(data, data[which], len(class_names), None)
-        counts[which], lists = len(ds), lists + ds.lists
-        for i, name in enumerate(ds.names):
-            image, label = ds.paths(i)
-            jobs.append((image, os.path.join(out, IMAGES, name + os.path.splitext(image)[1])))
-            jobs.append((label, os.path.join(out, folder, name + ".png")))
-    classes_path, classes_text = os.path.join(out, CLASSES), ("\n".join(class_names) + "\n").encode()
-    check_outputs([*jobs, (None, classes_path)], files=lists)
-    for src, _ in jobs:
-        if not os.path.isfile(src):
-            raise FileNotFoundError(f"{src} not found")
-    jobs = [(src, dst) for src, dst in jobs if not (os.path.isfile(dst) and filecmp.cmp(src, dst, shallow=False))]
-    write_classes = not (os.path.isfile(classes_path) and _read_bytes(classes_path) == classes_text)
-    changed = [dst for _, dst in jobs] + ([classes_path] if write_classes else [])
-    if not overwrite:
-        refuse_existing([p for p in changed if os.path.lexists(p)])
-    for src, dst in tqdm(jobs, desc="export-folder", unit="file"):
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        tmp = f"{dst}.tmp{os.getpid()}"  # then renamed: a link at dst is replaced, never written through
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    if write_classes:
-        os.makedirs(out, exist_ok=True)
-        with open(classes_path, "wb") as fh:
-            fh.write(classes_text)
-    return counts
+    def class_names(self, data: dict) -> tuple[str, ...]:
+        return read_classes(data["root"])
 
+    def class_source(self, data: dict) -> str:
+        return os.path.join(data["root"], CLASSES)
 
-def _read_bytes(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read()
+    def files(self, data: dict) -> list[str]:
+        return [self.class_source(data)]
+
+    def split(self, data: dict, which: str, num_classes: int, transform, seed: int = 0, split: str | None = None):
+        return folder_split(data["root"], which, num_classes, transform, seed, data["train"]["label_diffusion"], split)
+
+    def pairs(self, data, num_classes, transform, split=None, mask_dir=None, scribble_dir=None):
+        """The images that have both a mask and a scribble (the format names its own folders)."""
+        from ..dataset import LabeledImages
+
+        if split or mask_dir or scribble_dir:
+            raise ValueError(
+                "--split, --mask-dir and --scribble-dir apply to the VOC layout; a data.format=folder "
+                "analysis reads the images that have both a scribble and a mask"
+            )
+        root = data["root"]
+        images, scribbles, masks = _images(root), _labels(root, SCRIBBLES), _labels(root, MASKS)
+        names = [n for n in images if n in scribbles and n in masks]
+        if not names:
+            raise ValueError(f"no image of {root} has both a scribble ({SCRIBBLES}/) and a mask ({MASKS}/)")
+        return (
+            LabeledImages([(n, images[n], masks[n]) for n in names], num_classes, False, transform),
+            LabeledImages([(n, images[n], scribbles[n]) for n in names], num_classes, True, transform),
+        )
+
+    def title(self, data: dict, split: str | None = None) -> str:
+        return data["root"]
 
 
-def paired_folder_items(root: str, num_classes: int, transform) -> tuple[LabeledImages, LabeledImages]:
-    """The images with both a mask and a scribble, as (masks, scribbles) data sets in one order."""
-    images, scribbles, masks = _images(root), _labels(root, SCRIBBLES), _labels(root, MASKS)
-    names = [n for n in images if n in scribbles and n in masks]
-    if not names:
-        raise ValueError(f"no image of {root} has both a scribble ({SCRIBBLES}/) and a mask ({MASKS}/)")
-    return (
-        LabeledImages([(n, images[n], masks[n]) for n in names], num_classes, False, transform),
-        LabeledImages([(n, images[n], scribbles[n]) for n in names], num_classes, True, transform),
-    )
+FORMAT = FolderFormat()
