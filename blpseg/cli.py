@@ -338,13 +338,15 @@ def _scribblize(args) -> int:
 
 
 def _import_release(args) -> int:
-    from .config import class_names, config_files, load_config
+    from .config import config_files, load_config
+    from .data import formats
     from .data.io import check_outputs
     from .engine.release import import_release
 
     cfg = load_config(args.config, args.overrides)
-    names = class_names(cfg)
-    check_outputs([(None, args.out)], files=[args.src, *config_files(args.config)], overwrite=args.overwrite)
+    names = formats.class_names(cfg["data"])
+    inputs = [args.src, *config_files(args.config), *formats.of(cfg["data"]).files(cfg["data"])]
+    check_outputs([(None, args.out)], files=inputs, overwrite=args.overwrite)
     state = import_release(args.src, cfg, names, args.out)
     source = state["source"]
     print(

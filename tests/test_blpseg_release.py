@@ -16,9 +16,9 @@ from blpseg import cli
 from blpseg.config import load_config
 from blpseg.data.classes import VOC_CLASSES
 from blpseg.data.synthetic import make_synthetic
+from blpseg.engine.builders import model_from_config
 from blpseg.engine.checkpoint import load_checkpoint, load_model
 from blpseg.engine.release import PPM_BOTTLENECK, convert, read_release
-from blpseg.models import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOC = os.path.join(ROOT, "configs", "voc_scribble.yaml")
@@ -104,7 +104,7 @@ def test_the_ppm_bottleneck_columns_must_be_reordered(release):
     """Without the reordering (their PPM reads [branches, input], ours [input, branches]) the
     logits are far off: the comparison above can tell."""
     cfg = load_config(VOC, ["model.pretrained=null"])
-    model = build_model(len(VOC_CLASSES), **cfg["model"])
+    model = model_from_config(cfg["model"], len(VOC_CLASSES))
     state = release.state_dict()
     weights = convert(state, model)
     assert not torch.equal(weights[PPM_BOTTLENECK], state["ppm.bottleneck.0.weight"])
@@ -155,7 +155,7 @@ def test_a_file_of_other_classes_is_refused_naming_the_shapes(release_file, tmp_
 @pytest.fixture(scope="module")
 def model():
     cfg = load_config(VOC, ["model.pretrained=null"])
-    return build_model(len(VOC_CLASSES), **cfg["model"])
+    return model_from_config(cfg["model"], len(VOC_CLASSES))
 
 
 def test_missing_and_unexpected_keys_are_named_in_the_releases_names(release, model):

@@ -166,12 +166,12 @@ def sha256(path: str) -> str:
 def import_release(src: str, cfg: dict, names, out: str) -> dict:
     """Writes `out`, a checkpoint of ours holding the release file `src`'s weights in the network
     of `cfg` (a resolved config) for the classes `names`, and where they came from. Returns it."""
-    from ..models import build_model
+    from .builders import model_from_config
     from .checkpoint import save_checkpoint
 
     state = read_release(src)
     cfg = {**cfg, "model": {**cfg["model"], "pretrained": None}}  # the weights are all the release's
-    model = build_model(len(names), **cfg["model"])
+    model = model_from_config(cfg["model"], len(names))
     try:
         weights = convert(state, model)
     except ValueError as e:
