@@ -125,6 +125,16 @@ def test_pt2_equals_the_checkpoint_at_every_size_with_only_torch_and_lam_ops(pt2
     assert out["metadata"]["blpseg.classes"] == "background,stripes,dots,plain,speckle"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (and lam_ops' CUDA kernels)")
+def test_cuda_pt2_equals_the_checkpoint(checkpoint, tmp_path):
+    out = str(tmp_path / "cuda.pt2")
+    export.export_checkpoint(checkpoint, out, 64, 80, device="cuda", log=lambda *a: None)
+    package = torch._inductor.aoti_load_package(out)
+    model = load_model(checkpoint, ["device=cuda", "model.lam_backend=auto"])[0]
+    for image in images():
+        assert_equal_logits(package(image.cuda()), logits(model, image.cuda()))
+
+
 def test_pt2_calls_the_fused_lam_operator(pt2):
     """The package's extern kernels (JSON beside its compiled wrapper) name lam_ops::forward: the
     LAM is the fused operator, not a dense copy compiled into the package."""
@@ -142,7 +152,7 @@ def test_onnx_equals_the_checkpoint_in_onnxruntime(onnx_file, model):
     assert image_input.name == "image" and image_input.shape[1] == 3
     assert all(isinstance(d, str) for d in (image_input.shape[0], *image_input.shape[2:])), image_input.shape
     # ONNX has no size limit of its own: below the .pt2's smallest size too
-    for image in images([*SIZES, (1, 32, 32), (1, 20, 28)]):
+    for image in images([*SIZES, (1, 32, 32), (1, 20, 28), (1, 1, 1)]):
         (got,) = session.run(["logits"], {"image": image.numpy()})
         assert_equal_logits(torch.from_numpy(got), logits(model, image))
 
