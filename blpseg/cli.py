@@ -251,6 +251,43 @@ def _predict(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from .config import ExportOptions, check_options
+    from .data.io import check_outputs
+    from .engine.export import export_checkpoint
+
+    check_options(ExportOptions, args)
+    check_outputs([(None, args.out)], files=[args.checkpoint], overwrite=args.overwrite)
+    result = export_checkpoint(args.checkpoint, args.out, args.height, args.width, args.device)
+    sizes = " and ".join(f"{h}x{w}" for h, w in result["sizes"])
+    print(
+        f"{args.out}: equal to the checkpoint's logits at {sizes} (largest difference {result['max_error']:.1e} "
+        "of their magnitude); docs/deployment.md says how to run it"
+    )
+    return 0
+
+
+def _export_parser(sub) -> None:
+    from .config import ExportOptions
+
+    ex = sub.add_parser(
+        "export",
+        help="a checkpoint as a .pt2 (AOTInductor) or .onnx file that runs without blpseg (docs/deployment.md)",
+    )
+    ex.add_argument("--checkpoint", required=True, help="a checkpoint written by train")
+    ex.add_argument(
+        "--out",
+        required=True,
+        help="F.pt2: torch.export + AOTInductor package (the LAM as the fused lam_ops operator); F.onnx: ONNX for "
+        "onnxruntime (the LAM in dense form, B x (HW/16)^2 weights)",
+    )
+    _number(ex, ExportOptions, "height", "the height the export is traced and checked at; other heights run too")
+    _number(ex, ExportOptions, "width", "the width the export is traced and checked at; other widths run too")
+    ex.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="the device a .pt2 runs on (default cpu)")
+    ex.add_argument("--overwrite", action="store_true", help=OVERWRITE)
+    ex.set_defaults(func=_export)
+
+
 def prediction_paths(images, out_dir: str) -> list[str]:
     """<out_dir>/<name>.png; when two images share a name, their paths below the inputs' common
     folder keep them apart (a/x.jpg, b/x.jpg -> out/a/x.png, out/b/x.png)."""
@@ -422,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="config overrides, e.g. eval.flip=true",
     )
     pr.set_defaults(func=_predict)
+
+    _export_parser(sub)
 
     i = sub.add_parser("info", help="the configured network's parameter count per part")
     i.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")

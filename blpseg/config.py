@@ -215,6 +215,13 @@ class AnalysisOptions:
     num: int = _f(4, ge=1, le=32)  # loss-maps: one figure row per image
 
 
+@dataclass
+class ExportOptions:
+    # the size an export is traced and checked at (any size runs); >= engine/export.py's MIN_SIDE
+    height: int = _f(256, ge=33, le=4096)
+    width: int = _f(256, ge=33, le=4096)
+
+
 def check_options(cls, args) -> None:
     """The fields of `cls` that the argparse namespace `args` holds, checked against their types
     and ranges; an error names the option (--max-width)."""

@@ -1,59 +1,22 @@
-"""The CMake build for C++ users (CMakeLists.txt): configure, build and ctest in a temporary
-directory (the ctests check the CPU operators against a naive loop, and run the CUDA kernels
-emulated on CPU threads), then load the library with torch.ops.load_library in a fresh
-interpreter. CPU-only: setup.py already compiles the .cu files, and nvcc would add minutes to CI.
-Here (pytest rather than a Makefile target) so that `make test` and a plain `pytest` run it, and a
-machine without cmake skips it with the reason."""
+"""The CMake build for C++ users (CMakeLists.txt): configure, build (conftest.py's cmake_build,
+which the test of examples/segment shares) and ctest in a temporary directory (the ctests check the
+CPU operators against a naive loop, and run the CUDA kernels emulated on CPU threads), then load the
+library with torch.ops.load_library in a fresh interpreter. CPU-only: setup.py already compiles the
+.cu files, and nvcc would add minutes to CI. Here (pytest rather than a Makefile target) so that
+`make test` and a plain `pytest` run it, and a machine without cmake skips it with the reason."""
 
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
-import torch.utils
-from build_env import ROOT, cuda_toolkit
+from build_env import cmake_unavailable, run_checked
 
-pytestmark = [
-    pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed"),
-    pytest.mark.skipif(
-        bool(torch.version.cuda) and cuda_toolkit() is None,
-        reason="libtorch's CMake config needs a CUDA toolkit for this CUDA build of torch, and none was found",
-    ),
-]
+pytestmark = pytest.mark.skipif(cmake_unavailable() is not None, reason=str(cmake_unavailable()))
 
 
-def _run(cmd, cwd=None):
-    result = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True)
-    assert result.returncode == 0, (
-        f"{' '.join(map(str, cmd))} failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
-    )
-    return result.stdout
-
-
-@pytest.fixture(scope="module")
-def build_dir(tmp_path_factory):
-    build = tmp_path_factory.mktemp("cmake")
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    _run(
-        [
-            "cmake",
-            "-S",
-            ROOT,
-            "-B",
-            build,
-            *generator,
-            "-DCMAKE_BUILD_TYPE=Release",
-            "-DLAM_OPS_CUDA=OFF",
-            f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
-        ]
-    )
-    _run(["cmake", "--build", build, "--parallel", os.environ.get("MAX_JOBS", "2")])
-    return build
-
-
-def test_ctest(build_dir):
-    out = _run(["ctest", "--output-on-failure"], cwd=build_dir)
+def test_ctest(cmake_build):
+    out = run_checked(["ctest", "--output-on-failure"], cwd=cmake_build)
     assert "100% tests passed" in out and "out of 2" in out, out
 
 
@@ -76,10 +39,10 @@ print("ok")
 """
 
 
-def test_library_loads_with_torch_ops(build_dir):
-    library = next(p for p in build_dir.iterdir() if p.name.startswith("liblam_ops."))
+def test_library_loads_with_torch_ops(cmake_build):
+    library = next(p for p in cmake_build.iterdir() if p.name.startswith("liblam_ops."))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
-        [sys.executable, "-c", _LOAD, str(library)], capture_output=True, text=True, env=env, cwd=build_dir
+        [sys.executable, "-c", _LOAD, str(library)], capture_output=True, text=True, env=env, cwd=cmake_build
     )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-6000:]
