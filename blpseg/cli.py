@@ -568,13 +568,31 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     c.set_defaults(func=_convert)
 
-    z = sub.add_parser("scribblize", help="simulate annotators' scribbles on a folder of PNG masks")
-    z.add_argument("mask_dir", help="PNG masks (class ids, 255 = void)")
-    z.add_argument("out_dir", help="where the scribble PNGs go, under the masks' names")
-    _number(z, ScribblizeOptions, "seed", "the random seed")
-    _number(z, ScribblizeOptions, "min_width", "the narrowest stroke, in pixels")
+    z = sub.add_parser(
+        "scribblize",
+        help="simulate annotators' scribbles on a folder of PNG masks",
+        description="Simulated scribbles for full masks (docs/training.md, 'The synthetic set'): for each "
+        "connected region of each class, one stroke along the skeleton of the region's eroded interior, from the "
+        "skeleton point nearest its centre a random 40-90% of the way to the skeleton's ends, as annotators draw "
+        "(the paper's Fig. 1). Each NAME.png mask of MASK_DIR gives OUT_DIR/NAME.png: class ids on the strokes, "
+        "255 (not scribbled) elsewhere.",
+    )
+    z.add_argument("mask_dir", help="the full masks: PNGs of class ids, 255 = void (void pixels get no stroke)")
+    z.add_argument("out_dir", help="where the scribble PNGs go, under the masks' names (never over the masks)")
+    _number(
+        z,
+        ScribblizeOptions,
+        "seed",
+        "the random seed of the strokes' lengths and widths; the same seed on the same folder gives the same scribbles",
+    )
+    _number(
+        z,
+        ScribblizeOptions,
+        "min_width",
+        "the narrowest stroke, in pixels (each stroke takes a width at random from here to --max-width)",
+    )
     _number(z, ScribblizeOptions, "max_width", "the widest stroke, in pixels")
-    _number(z, ScribblizeOptions, "min_area", "regions smaller than this, in pixels, get no scribble")
+    _number(z, ScribblizeOptions, "min_area", "regions smaller than this, in pixels, get no stroke")
     z.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     z.set_defaults(func=_scribblize)
 

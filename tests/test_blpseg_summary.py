@@ -82,12 +82,12 @@ def test_data_summary_warns_without_validation_data(tmp_path, capsys):
     overrides = folder(tmp_path, labels, {})
     out = summary_of(capsys, *overrides)
     assert [line for line in out.splitlines() if line.startswith("warning:")] == [
-        f"warning: no validation set ({tmp_path} has no validation images (masks/ of images without scribbles, "
-        "or val.txt)): training runs without evaluation"
+        f"warning: no validation set: {tmp_path} has no validation images (masks/ of images without scribbles, "
+        "or val.txt); training runs without evaluation"
     ]
     assert "validation data" not in out and "val px" not in out
     out = summary_of(capsys, *overrides, "data.val=null")
-    assert "warning: no validation set (data.val is null)" in out
+    assert "warning: no validation set: data.val is null; training runs without evaluation" in out
 
 
 def test_train_prints_the_summary_and_keeps_it_in_the_run_folder(tmp_path, capsys):

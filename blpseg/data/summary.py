@@ -47,7 +47,7 @@ def data_summary(train_set, val_set, class_names, no_val: str = "") -> dict:
             f"so a model can never learn them: {', '.join(unseen)}"
         )
     if val is None:
-        warnings.append(f"no validation set ({no_val or 'none configured'}): training runs without evaluation")
+        warnings.append(f"no validation set: {no_val or 'none configured'}; training runs without evaluation")
     return {"classes": names, "train": train, "val": val, "warnings": warnings}
 
 

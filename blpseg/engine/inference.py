@@ -76,7 +76,9 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, **params) -> np.ndarray:
         import pydensecrf.densecrf as dcrf
         from pydensecrf.utils import unary_from_softmax
     except ImportError as e:
-        raise ImportError("eval.crf needs pydensecrf2: pip install 'blpseg[crf]'") from e
+        raise ImportError(
+            "eval.crf needs pydensecrf2 (the crf extra): pip install pydensecrf2, in the venv that runs blpseg"
+        ) from e
     p = {**CRF_DEFAULTS, **params}
     K, H, W = probs.shape
     d = dcrf.DenseCRF2D(W, H, K)
