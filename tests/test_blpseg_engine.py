@@ -310,6 +310,7 @@ def test_two_process_ddp_on_cpu(data_root, tmp_path):
     [
         [],
         ["train"],
+        ["data-summary"],
         ["eval"],
         ["predict"],
         ["make-synthetic"],
@@ -1226,3 +1227,12 @@ def test_every_argument_of_every_command_says_what_it_is():
     scribblize = sub.choices["scribblize"].format_help()
     for words in ("skeleton", "connected region", "255", "--seed", "same seed", "void"):
         assert words in scribblize, words
+
+
+def test_the_overlay_legend_draws_accented_class_names():
+    # PIL's default font draws every letter outside ASCII as the same box: "é" and "ü" looked alike.
+    from blpseg.engine.overlay import overlay
+
+    pred = np.ones((40, 60), np.uint8)
+    sheets = [overlay(np.zeros((40, 60, 3), np.uint8), pred, ["background", name])[40:] for name in ("é", "ü")]
+    assert sheets[0].shape == sheets[1].shape and (sheets[0] != sheets[1]).any()

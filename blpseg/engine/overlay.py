@@ -4,6 +4,8 @@ present."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -25,7 +27,7 @@ def _with_legend(im: Image.Image, entries: list[tuple[str, tuple[int, int, int]]
     fit its width; the text grows with the image (a 4000 px photo gets a readable legend)."""
     W, H = im.size
     size = max(12, min(W, H) // 30)
-    font = ImageFont.load_default(size=size)
+    font = _font(size)
     pad = size // 2
     measure = ImageDraw.Draw(im)
     rows: list[list[tuple[int, str, tuple]]] = [[]]
@@ -47,3 +49,12 @@ def _with_legend(im: Image.Image, entries: list[tuple[str, tuple[int, int, int]]
             draw.rectangle((x, y, x + size - 1, y + size - 1), fill=colour, outline=(120, 120, 120))
             draw.text((x + size + pad // 2, y + size // 2), name, fill=(0, 0, 0), font=font, anchor="lm")
     return sheet
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans, which matplotlib (a dependency) ships: Latin with its accents, Greek and
+    Cyrillic (class names are UTF-8). PIL's default font draws everything outside ASCII as boxes;
+    CJK names are boxes in both."""
+    import matplotlib
+
+    return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"), size)
