@@ -80,11 +80,11 @@ demo: install
 	@echo "run files: $(DEMO_RUN)/ (last.pt, config.yaml, train.csv, val.csv, eval.json, eval_boundary_precision.png, tensorboard/: tensorboard --logdir $(DEMO_RUN))"
 
 # The same, from the plain folder format of one's own data (docs/training.md, "Your own data").
-FOLDER_RUN ?= runs/own_data
+FOLDER_RUN ?= runs/synthetic_folder
 demo-folder: install
 	$(VENV)/bin/blpseg make-synthetic --root data/synthetic
 	$(VENV)/bin/blpseg export-folder --config configs/synthetic.yaml data.root=data/synthetic --out data/synthetic_folder
-	$(VENV)/bin/blpseg train --config configs/own_data.yaml --overwrite out_dir=$(FOLDER_RUN) data.root=data/synthetic_folder
+	$(VENV)/bin/blpseg train --config configs/synthetic_folder.yaml --overwrite out_dir=$(FOLDER_RUN) data.root=data/synthetic_folder
 	$(VENV)/bin/blpseg eval --checkpoint $(FOLDER_RUN)/last.pt eval.flip=true
 
 # The LAM operator benchmark (docs/benchmarks.md); results in benchmarks/results/.

@@ -1,4 +1,4 @@
-"""The `blpseg` command: train, eval, predict, info, make-synthetic, export-folder, convert-scribbles,
+"""The `blpseg` command: train, data-summary, eval, predict, info, make-synthetic, export-folder, convert-scribbles,
 scribblize, and the analyses analyze-bias, loss-maps, plot-precision."""
 
 from __future__ import annotations
@@ -46,6 +46,23 @@ def _train(args) -> int:
     return 0
 
 
+def _data_summary(args) -> int:
+    from .config import load_config
+    from .data.formats import build_split, class_names
+    from .data.prepare import prepare_data
+    from .data.summary import data_summary, format_summary, no_val_reason
+    from .engine.distributed import Dist
+
+    cfg = load_config(args.config, args.overrides)
+    prepare_data(cfg, Dist())
+    data, names = cfg["data"], class_names(cfg["data"])
+    train_set = build_split(data, "train", len(names), None)
+    val_set = build_split(data, "val", len(names), None) if data["val"] is not None else None
+    summary = data_summary(train_set, val_set, names, no_val_reason(data))
+    print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
+    return 0
+
+
 def _interrupted(e, args, overrides: list[str], out_dir: str) -> str:
     """What was kept of an interrupted run, and the command that continues it (or starts it again)."""
     import shlex
@@ -64,6 +81,7 @@ def _interrupted(e, args, overrides: list[str], out_dir: str) -> str:
 def _eval(args) -> int:
     from .data import formats
     from .data.io import check_outputs
+    from .data.summary import no_val_reason
     from .data.transforms import EvalTransform
     from .engine.checkpoint import load_model
     from .engine.distributed import Dist
@@ -85,14 +103,19 @@ def _eval(args) -> int:
             "data.val.label_dir=DIR)"
         )
     _check_classes(args.checkpoint, names, cfg)
-    dataset = formats.build_split(data, "val", len(names), EvalTransform(), split=args.split)
+    dataset = formats.build_split(data, "val", len(names), EvalTransform(data["resize"]), split=args.split)
     if dataset is None:
-        raise ValueError(f"{data['root']} has no validation images (masks/ of images without scribbles, or val.txt)")
+        raise ValueError(no_val_reason(data))
     check_outputs([(None, out), (None, figure)], dataset.files(), [args.checkpoint, *formats.of(data).files(data)])
     result = evaluate(model, dataset, len(names), cfg["eval"], Dist(device=device))
     print(format_table(result, names))
     with atomic_write(out, "w", "results ") as fh:  # a failed write keeps the previous eval.json
-        json.dump({"checkpoint": args.checkpoint, "split": dataset.split, "eval": cfg["eval"], **result}, fh, indent=1)
+        named = {"iou_by_class": dict(zip(names, result["iou"], strict=True))}  # NaN: in neither mask nor prediction
+        json.dump(
+            {"checkpoint": args.checkpoint, "split": dataset.split, "eval": cfg["eval"], **named, **result},
+            fh,
+            indent=1,
+        )
     plot_boundary_precision({_run_name(args.checkpoint): result}, figure)
     print(f"results: {out}, {figure}")
     return 0
@@ -233,21 +256,30 @@ def _plot_precision(args) -> int:
 
 
 def _predict(args) -> int:
-    from .data.io import check_outputs, read_image, write_label
-    from .data.transforms import normalize
-    from .engine.checkpoint import load_model
-    from .engine.inference import predict_probs
+    import numpy as np
 
-    jobs = list(zip(args.images, prediction_paths(args.images, args.out), strict=True))
+    from .data.io import check_outputs, read_image, write_image, write_label
+    from .engine.checkpoint import load_model
+    from .engine.inference import predict_image
+    from .engine.overlay import overlay
+    from .files import atomic_write
+
+    outputs = prediction_outputs(args.images, args.out, args.overlay, args.probs)
+    jobs = [(image, out) for image, outs in zip(args.images, outputs, strict=True) for out in outs.values()]
     check_outputs(jobs, files=[args.checkpoint], overwrite=args.overwrite)
     # no data, so no class list to check: the PNGs hold the checkpoint's class ids
-    model, cfg, _, device = load_model(args.checkpoint, args.overrides)
-    ev = cfg["eval"]
-    for path, out in jobs:
-        x = normalize(read_image(path))[None].to(device)
-        pred = predict_probs(model, x, ev["scales"], ev["flip"])[0].argmax(0)
-        write_label(out, pred.cpu().numpy())
-        print(out)
+    model, cfg, names, device = load_model(args.checkpoint, args.overrides)
+    for path, outs in zip(args.images, outputs, strict=True):
+        image = read_image(path)
+        probs = predict_image(model, image, cfg, device)
+        pred = probs.argmax(0).numpy().astype(np.uint8)
+        write_label(outs["mask"], pred)
+        if "overlay" in outs:
+            write_image(outs["overlay"], overlay(image, pred, names, args.alpha))
+        if "probs" in outs:
+            with atomic_write(outs["probs"], sync=False) as fh:
+                np.save(fh, probs.numpy().astype(np.float16))
+        print(", ".join(outs.values()))
     return 0
 
 
@@ -288,6 +320,21 @@ def _export_parser(sub) -> None:
     ex.set_defaults(func=_export)
 
 
+def prediction_outputs(images, out_dir: str, overlay: bool, probs: bool) -> list[dict[str, str]]:
+    """Per image {"mask": <name>.png, "overlay": <name>_overlay.png, "probs": <name>_probs.npy}
+    (the last two when asked for) in `out_dir`, as prediction_paths names them."""
+    outputs = []
+    for path in prediction_paths(images, out_dir):
+        base = os.path.splitext(path)[0]
+        outs = {"mask": path}
+        if overlay:
+            outs["overlay"] = base + "_overlay.png"
+        if probs:
+            outs["probs"] = base + "_probs.npy"
+        outputs.append(outs)
+    return outputs
+
+
 def prediction_paths(images, out_dir: str) -> list[str]:
     """<out_dir>/<name>.png; when two images share a name, their paths below the inputs' common
     folder keep them apart (a/x.jpg, b/x.jpg -> out/a/x.png, out/b/x.png)."""
@@ -298,6 +345,17 @@ def prediction_paths(images, out_dir: str) -> list[str]:
     return [
         os.path.join(out_dir, os.path.splitext(os.path.relpath(os.path.abspath(p), common))[0] + ".png") for p in images
     ]
+
+
+def _alpha(value: str) -> float:
+    """--alpha: a number in [0, 1]."""
+    try:
+        alpha = float(value)
+    except ValueError:
+        alpha = float("nan")
+    if not 0 <= alpha <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 (the photo) to 1 (the colours), got {value!r}")
+    return alpha
 
 
 def _make_synthetic(args) -> int:
@@ -405,6 +463,7 @@ def _number(parser, options, name: str, text: str = "") -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .config import AnalysisOptions, ConvertOptions, MakeSyntheticOptions, ScribblizeOptions
+    from .engine.run_folder import EVAL_FILES, RUN_FILES
 
     p = argparse.ArgumentParser(prog="blpseg", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -423,13 +482,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--overwrite",
         action="store_true",
-        help="start anew in an out_dir that holds a run, deleting its run files (last.pt, config.yaml, train.csv, "
-        "val.csv, val.json, tensorboard/, eval.json, eval_boundary_precision.png; other files stay) when training "
-        "starts; without it (or --resume) such a folder is refused",
+        help=f"start anew in an out_dir that holds a run, deleting its run files ({', '.join(RUN_FILES + EVAL_FILES)}; "
+        "other files stay) when training starts; without it (or --resume) such a folder is refused",
     )
     t.add_argument("--print-config", action="store_true", help="print the resolved config (defaults included) and exit")
     t.add_argument("overrides", **overrides)
     t.set_defaults(func=_train)
+
+    ds = sub.add_parser(
+        "data-summary",
+        help="per class, the scribbled pixels and images of the training data and the validation data's; "
+        "warnings for classes no scribble marks and for a missing validation set (train prints it too)",
+    )
+    ds.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
+    ds.add_argument("--json", action="store_true", help="print the summary as JSON (train's data_summary.json)")
+    ds.add_argument("overrides", **overrides)
+    ds.set_defaults(func=_data_summary)
 
     e = sub.add_parser("eval", help="mIoU, per-class IoU and boundary precision on the config's val split")
     e.add_argument("--checkpoint", required=True, help="a checkpoint written by train (holds its config)")
@@ -443,11 +511,34 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", **overrides)
     e.set_defaults(func=_eval)
 
-    pr = sub.add_parser("predict", help="colourised (palette PNG) masks for images")
+    pr = sub.add_parser(
+        "predict",
+        help="colourised (palette PNG) masks for images; with --overlay the photo blended with them, with --probs "
+        "the class probabilities",
+    )
     pr.add_argument("images", nargs="+", help="image files")
-    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--checkpoint", required=True, help="a checkpoint written by train (holds its config and classes)")
     pr.add_argument(
-        "--out", default="predictions", help="output folder (default predictions/); inputs are never overwritten"
+        "--out",
+        default="predictions",
+        help="output folder (default predictions/): NAME.png, the class ids in the PASCAL palette; inputs are never "
+        "overwritten",
+    )
+    pr.add_argument(
+        "--overlay",
+        action="store_true",
+        help="also NAME_overlay.png: the photo blended with the class colours, a legend of the classes present below",
+    )
+    pr.add_argument(
+        "--alpha",
+        type=_alpha,
+        default=0.5,
+        help="the overlay's colour weight, from 0 (the photo alone) to 1 (the colours alone); default 0.5",
+    )
+    pr.add_argument(
+        "--probs",
+        action="store_true",
+        help="also NAME_probs.npy: the class probabilities, float16 (K, H, W) at the image's size (numpy.load)",
     )
     pr.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     pr.add_argument(
@@ -517,13 +608,31 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     c.set_defaults(func=_convert)
 
-    z = sub.add_parser("scribblize", help="simulate annotators' scribbles on a folder of PNG masks")
-    z.add_argument("mask_dir", help="PNG masks (class ids, 255 = void)")
-    z.add_argument("out_dir", help="where the scribble PNGs go, under the masks' names")
-    _number(z, ScribblizeOptions, "seed", "the random seed")
-    _number(z, ScribblizeOptions, "min_width", "the narrowest stroke, in pixels")
+    z = sub.add_parser(
+        "scribblize",
+        help="simulate annotators' scribbles on a folder of PNG masks",
+        description="Simulated scribbles for full masks (docs/training.md, 'The synthetic set'): for each "
+        "connected region of each class, one stroke along the skeleton of the region's eroded interior, from the "
+        "skeleton point nearest its centre a random 40-90% of the way to the skeleton's ends, as annotators draw "
+        "(the paper's Fig. 1). Each NAME.png mask of MASK_DIR gives OUT_DIR/NAME.png: class ids on the strokes, "
+        "255 (not scribbled) elsewhere.",
+    )
+    z.add_argument("mask_dir", help="the full masks: PNGs of class ids, 255 = void (void pixels get no stroke)")
+    z.add_argument("out_dir", help="where the scribble PNGs go, under the masks' names (never over the masks)")
+    _number(
+        z,
+        ScribblizeOptions,
+        "seed",
+        "the random seed of the strokes' lengths and widths; the same seed on the same folder gives the same scribbles",
+    )
+    _number(
+        z,
+        ScribblizeOptions,
+        "min_width",
+        "the narrowest stroke, in pixels (each stroke takes a width at random from here to --max-width)",
+    )
     _number(z, ScribblizeOptions, "max_width", "the widest stroke, in pixels")
-    _number(z, ScribblizeOptions, "min_area", "regions smaller than this, in pixels, get no scribble")
+    _number(z, ScribblizeOptions, "min_area", "regions smaller than this, in pixels, get no stroke")
     z.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     z.set_defaults(func=_scribblize)
 

@@ -88,6 +88,9 @@ class DataConfig:
     synthetic: SyntheticConfig | None = _f(None)  # generate the synthetic set under root on first use
     train: TrainSplit = _f(TrainSplit())
     val: ValSplit | None = _f(ValSplit())  # null: no evaluation during training
+    # every image scaled so its longest side has this many pixels, in training (before data.scale and
+    # the crop) and evaluation (the prediction then scaled back to the mask's size); null: as stored
+    resize: int | None = _f(None, ge=32, le=4096)
     crop: int = _f(384, ge=32, le=4096)  # at least the network's coarsest stride
     scale: list[float] = _f([0.75, 1.25], **SCALE)
     workers: int = _f(0, ge=0, le=256)

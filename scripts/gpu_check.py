@@ -56,8 +56,11 @@ def missing_requirements() -> list[str]:
     missing = []
     try:
         import torch
-    except ImportError as e:
-        return [f"torch cannot be imported ({e})"]
+    except ImportError as e:  # most often the system's python3, where the project's venv has torch
+        return [
+            f"torch cannot be imported by {sys.executable} ({e}): run the check with a python that has it, "
+            "e.g. the project's venv: make gpu-check PYTHON=.venv/bin/python"
+        ]
     if not torch.cuda.is_available():
         missing.append(
             f"a CUDA GPU (torch {torch.__version__}, CUDA runtime {torch.version.cuda}: "

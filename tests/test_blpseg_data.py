@@ -1266,3 +1266,55 @@ def test_converters_read_annotations_and_masks_in_any_case(tmp_path):
     Image.new("L", (4, 4)).save(tmp_path / "jpg" / "x.jpg")
     with pytest.raises(ValueError, match="holds no masks \\(.png\\), only files ending in .jpg"):
         scribblize(str(tmp_path / "jpg"), str(tmp_path / "s2"))
+
+
+# ---------------------------------------------------------------- issue 19: data.resize
+
+
+def test_resized_keeps_the_aspect_ratio():
+    from blpseg.data.transforms import resized
+
+    assert resized(375, 500, 512) == (384, 512) and resized(500, 375, 512) == (512, 384)
+    assert resized(375, 500, None) == (375, 500) and resized(375, 500, None, 0.5) == (188, 250)
+    assert resized(4000, 3, 64) == (64, 1)
+
+
+def test_shrinking_a_label_keeps_thin_scribbles():
+    """Each output pixel of an 8x shrink takes the class covering most of its 8x8 block, when any
+    class covers part of it: a 1 px stroke survives, where nearest-neighbour keeps one row in eight."""
+    from blpseg.data.transforms import resize_label
+
+    K = 3
+    y = torch.full((400, 320), K)  # K: not scribbled
+    y[101, 20:300] = 1  # a 1 px horizontal stroke
+    rr = np.arange(40, 360)
+    y[rr, rr // 2] = 2  # a 1 px diagonal
+    y[rr, rr // 2 + 1] = 2
+    y[200:240, 100:180] = 0  # a region
+    y[0:8, 0:3], y[0:8, 3:8] = 1, 2  # a block shared by two classes: the larger share wins
+    out = resize_label(y, (50, 40), K)
+    blocks = y.reshape(50, 8, 40, 8).permute(0, 2, 1, 3).reshape(50, 40, 64)
+    for i in range(50):
+        for j in range(40):
+            counts = torch.bincount(blocks[i, j], minlength=K + 1)[:K]
+            assert out[i, j] == (counts.argmax() if counts.any() else K), (i, j)
+    assert (out == 1).sum() == 36 - 1 and out[0, 0] == 2  # 36 blocks, one of them won by the diagonal
+    nearest = torch.nn.functional.interpolate(y[None, None].float(), size=(50, 40), mode="nearest")[0, 0]
+    assert (nearest == 1).sum() < 2  # what the stroke would have become
+
+
+def test_train_and_eval_transforms_resize_to_the_longest_side():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)
+    label = np.full((150, 200), 3, np.int64)
+    label[75, 10:190] = 1
+    x, y = EvalTransform(resize=100)(image, label)
+    assert x.shape == (3, 75, 100) and y.shape == (150, 200)  # the mask stays at its size
+    t = TrainTransform(crop=64, scale=(1.0, 1.0), resize=100, num_classes=3)
+    x, y = t(image, label, np.random.default_rng(0))
+    assert x.shape == (3, 64, 64) and y.shape == (64, 64)
+    with pytest.raises(ValueError, match="num_classes"):
+        TrainTransform(crop=64, resize=100)
+    # the whole resized image in one crop: the stroke is there, thinner
+    x, y = TrainTransform(crop=100, scale=(1.0, 1.0), resize=100, num_classes=3)(image, label, np.random.default_rng(0))
+    assert (y[:75] == 1).sum() >= 85 and (y[75:] == 255).all()  # below the 75 rows: padding

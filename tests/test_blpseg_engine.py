@@ -97,7 +97,7 @@ def test_dense_crf_cleans_noisy_probabilities_or_says_how_to_install():
     try:
         import pydensecrf  # noqa: F401
     except ImportError:
-        with pytest.raises(ImportError, match="blpseg\\[crf\\]"):
+        with pytest.raises(ImportError, match="pip install pydensecrf2"):
             dense_crf(voc["rgb"], probs)
         return
     out = dense_crf(voc["rgb"], probs)
@@ -116,7 +116,7 @@ def test_overrides():
 
 
 def test_configs_load_and_name_valid_options():
-    for name in ("synthetic", "voc_scribble", "context_scribble"):
+    for name in ("synthetic", "synthetic_folder", "own_data", "voc_scribble", "context_scribble"):
         cfg = load_config(str(ROOT / "configs" / f"{name}.yaml"))
         assert {"data", "model", "loss", "train", "eval"} <= set(cfg)
     voc = load_config(str(ROOT / "configs" / "voc_scribble.yaml"))
@@ -311,6 +311,7 @@ def test_two_process_ddp_on_cpu(data_root, tmp_path):
     [
         [],
         ["train"],
+        ["data-summary"],
         ["eval"],
         ["predict"],
         ["make-synthetic"],
@@ -397,7 +398,7 @@ def test_cli_train_resume_continues_the_run(trained, tmp_path, capsys):
 def test_crf_missing_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "pydensecrf", None)
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
-    with pytest.raises(ImportError, match="blpseg\\[crf\\]"):
+    with pytest.raises(ImportError, match="pip install pydensecrf2"):
         dense_crf(np.zeros((4, 4, 3), np.uint8), np.full((2, 4, 4), 0.5, np.float32))
 
 
@@ -546,7 +547,7 @@ def test_own_folder_end_to_end(data_root, tmp_path, capsys):
     args = [
         "train",
         "--config",
-        str(ROOT / "configs" / "own_data.yaml"),
+        str(ROOT / "configs" / "synthetic_folder.yaml"),
         f"data.root={folder}",
         f"out_dir={run}",
         "device=cpu",
@@ -873,7 +874,7 @@ def test_a_full_disk_stops_training_naming_the_folder_and_keeps_the_last_checkpo
     assert err.startswith("blpseg train: error: could not write checkpoint")
     assert f"no space left in {run}" in err and f"the previous {run / 'last.pt'} is unchanged" in err
     assert load_checkpoint(str(run / "last.pt"))["iteration"] == 2
-    assert sorted(os.listdir(run)) == ["config.yaml", "last.pt", "tensorboard", "train.csv"]
+    assert sorted(os.listdir(run)) == ["config.yaml", "data_summary.json", "last.pt", "tensorboard", "train.csv"]
 
 
 def test_ctrl_c_mid_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -1063,3 +1064,179 @@ def test_a_bad_checkpoint_is_one_clear_error_naming_it(bad_checkpoints, data_roo
             assert "seg_head.4.weight: (3, 16, 1, 1) in the file, (5, 16, 1, 1) in the network" in err
     assert not (bad_checkpoints / "pwned").exists()
     assert not (tmp_path / "run").exists()  # train's run folder, made for its lock, is not left empty
+
+
+# ---------------------------------------------------------------- issue 19: predictions to look at, data.resize
+
+
+def test_predict_writes_an_overlay_and_the_probabilities_when_asked(trained, data_root, tmp_path, capsys):
+    from PIL import Image
+
+    from blpseg.data.classes import palette
+    from blpseg.data.io import read_image, read_label
+
+    cfg, _ = trained
+    ckpt = os.path.join(cfg["out_dir"], "last.pt")
+    image = data_root / "JPEGImages" / "val_00000.png"
+    out = tmp_path / "p"
+    assert cli.main(["predict", str(image), "--checkpoint", ckpt, "--out", str(out), "--overlay", "--probs"]) == 0
+    assert sorted(os.listdir(out)) == ["val_00000.png", "val_00000_overlay.png", "val_00000_probs.npy"]
+    pred = read_label(str(out / "val_00000.png"))
+    probs = np.load(out / "val_00000_probs.npy")
+    assert probs.dtype == np.float16 and probs.shape == (5, 32, 32)
+    assert np.allclose(probs.astype(np.float32).sum(0), 1, atol=5e-3)
+    top2 = np.sort(probs.astype(np.float32), axis=0)[-2:]
+    differ = probs.argmax(0) != pred  # only where float16 rounding ties the two likeliest classes
+    assert (top2[1] - top2[0])[differ].max(initial=0) < 2e-3
+    # the photo blended half and half with the class colours, then the legend strip
+    sheet = np.asarray(Image.open(out / "val_00000_overlay.png").convert("RGB")).astype(int)
+    assert sheet.shape[0] > 32 and sheet.shape[1:] == (32, 3)
+    expected = 0.5 * read_image(str(image)) + 0.5 * palette()[pred]
+    assert np.abs(sheet[:32] - expected).max() <= 1
+    legend = {tuple(c) for c in sheet[32:].reshape(-1, 3)}
+    for c in range(1, 5):  # (background's black is also the text's)
+        assert (tuple(palette()[c]) in legend) == (c in pred), c  # a swatch for each class present only
+
+
+def test_predict_overlay_alpha_runs_from_the_photo_to_the_colours(trained, data_root, tmp_path, capsys):
+    from PIL import Image
+
+    from blpseg.data.classes import palette
+    from blpseg.data.io import read_image, read_label
+
+    cfg, _ = trained
+    ckpt = os.path.join(cfg["out_dir"], "last.pt")
+    image = data_root / "JPEGImages" / "val_00001.png"
+    for alpha in ("0", "1"):
+        out = tmp_path / alpha
+        args = ["predict", str(image), "--checkpoint", ckpt, "--out", str(out), "--overlay", "--alpha", alpha]
+        assert cli.main(args) == 0
+        sheet = np.asarray(Image.open(out / "val_00001_overlay.png").convert("RGB"))[:32]
+        photo, colours = read_image(str(image)), palette()[read_label(str(out / "val_00001.png"))]
+        assert (sheet == (photo if alpha == "0" else colours)).all()
+    with pytest.raises(SystemExit) as e:
+        cli.main(["predict", str(image), "--checkpoint", ckpt, "--overlay", "--alpha", "1.5"])
+    assert e.value.code == 2 and "--alpha" in capsys.readouterr().err
+
+
+def test_predict_checks_the_overlay_and_probabilities_as_any_output(trained, data_root, tmp_path, capsys):
+    import shutil
+
+    cfg, _ = trained
+    ckpt = os.path.join(cfg["out_dir"], "last.pt")
+    d = tmp_path / "d"
+    d.mkdir()
+    shutil.copy(data_root / "JPEGImages" / "val_00000.png", d / "x.png")
+    shutil.copy(data_root / "JPEGImages" / "val_00001.png", d / "x_overlay.png")
+    out = tmp_path / "p"
+    # x's overlay and x_overlay's mask would be one file
+    args = ["predict", str(d / "x.png"), str(d / "x_overlay.png"), "--checkpoint", ckpt, "--out", str(out)]
+    assert cli.main([*args, "--overlay"]) == 1
+    assert "would both be written to" in capsys.readouterr().err and not out.exists()
+    out.mkdir()
+    (out / "x_probs.npy").write_bytes(b"mine")
+    assert cli.main(["predict", str(d / "x.png"), "--checkpoint", ckpt, "--out", str(out), "--probs"]) == 1
+    assert "x_probs.npy exists" in capsys.readouterr().err and sorted(os.listdir(out)) == ["x_probs.npy"]
+    assert cli.main(["predict", str(d / "x.png"), "--checkpoint", ckpt, "--out", str(d), "--overlay"]) == 1
+    assert "would overwrite the input" in capsys.readouterr().err
+
+
+def test_eval_json_names_each_class_beside_its_iou(trained, tmp_path, capsys):
+    cfg, _ = trained
+    out = tmp_path / "e.json"
+    assert cli.main(["eval", "--checkpoint", os.path.join(cfg["out_dir"], "last.pt"), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert list(result["iou_by_class"]) == SYNTHETIC_NAMES
+    assert np.allclose(list(result["iou_by_class"].values()), result["iou"], equal_nan=True)
+
+
+def test_a_resized_evaluation_compares_with_the_masks_at_their_own_size(trained, tmp_path, capsys):
+    cfg, _ = trained
+    ckpt = os.path.join(cfg["out_dir"], "last.pt")
+    for resize in (48, 32):  # the 32 px images enlarged, and as they are
+        out = tmp_path / f"{resize}.json"
+        assert cli.main(["eval", "--checkpoint", ckpt, "--out", str(out), f"data.resize={resize}"]) == 0
+        confusion = np.array(json.loads(out.read_text())["confusion"])
+        assert confusion.sum() == 2 * 32 * 32  # every pixel of the 2 validation masks, at 32 x 32
+    assert json.loads((tmp_path / "32.json").read_text())["miou"] == pytest.approx(
+        json.loads(cli_eval(ckpt, tmp_path / "none.json", capsys))["miou"]
+    )
+
+
+def cli_eval(ckpt, out, capsys, *overrides):
+    assert cli.main(["eval", "--checkpoint", ckpt, "--out", str(out), *overrides]) == 0
+    capsys.readouterr()
+    return out.read_text()
+
+
+def test_the_test_scales_are_checked_at_the_resized_size(data_root, tmp_path, capsys):
+    # 32 px validation images: 0.5 shrinks them to 16 px, below the network's stride, unless resized to 64 first
+    assert cli.main([*tiny_args(data_root, tmp_path / "a", "eval.scales=[0.5]")]) == 1
+    assert "eval.scales: 0.5" in capsys.readouterr().err
+    args = tiny_args(data_root, tmp_path / "b", "eval.scales=[0.5]", "data.resize=64", "train.iters=1")
+    assert cli.main(args) == 0
+
+
+def test_the_overlay_legend_shows_each_class_present_within_the_image_width():
+    from blpseg.data.classes import VOC_CLASSES, palette
+    from blpseg.engine.overlay import overlay
+
+    pred = np.zeros((40, 60), np.uint8)
+    present = [1, 2, 5, 7, 8, 11, 15, 20]
+    for i, c in enumerate(present):
+        pred[i * 5 : i * 5 + 5, :] = c
+    sheet = overlay(np.full((40, 60, 3), 200, np.uint8), pred, VOC_CLASSES)
+    assert sheet.shape[1:] == (60, 3) and sheet.shape[0] > 40 + 2 * 12  # the names wrap onto several rows
+    legend = {tuple(c) for c in sheet[40:].reshape(-1, 3)}
+    for c in range(1, 21):
+        assert (tuple(palette()[c]) in legend) == (c in present), VOC_CLASSES[c]
+
+
+def test_a_set_smaller_than_a_batch_says_which_batch_size_fits(tmp_path, capsys):
+    # Seen: 7 photos with configs/own_data.yaml: "7 training images make no full batch of 8 x 1 processes".
+    overrides = own_folder(tmp_path / "set", SYNTHETIC_NAMES, scribbled=("a", "b", "c"), masked=())
+    base = ["train", "--config", str(ROOT / "configs" / "own_data.yaml"), *overrides, "device=cpu"]
+    assert cli.main([*base, f"out_dir={tmp_path / 'a'}", "train.batch_size=4"]) == 1
+    err = capsys.readouterr().err
+    assert "train.batch_size" in err and "only 3" in err and "train.batch_size=3 or less" in err
+    assert cli.main([*base, f"out_dir={tmp_path / 'b'}", "train.batch_size=1"]) == 1
+    err = capsys.readouterr().err
+    assert "train.batch_size=1" in err and "at least 2 images" in err and "Expected more" not in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_own_data_config_is_sized_for_photos_on_any_machine():
+    from blpseg.data.transforms import resized
+
+    cfg = load_config(str(ROOT / "configs" / "own_data.yaml"))
+    data, train_cfg = cfg["data"], cfg["train"]
+    assert data["format"] == "folder" and data["resize"] is not None
+    assert min(resized(3000, 4000, data["resize"])) >= data["crop"]  # a 4:3 photo fills the crop
+    assert train_cfg["batch_size"] == 2 and train_cfg["iters"] is None  # any set of 2 or more; in epochs
+    assert cfg["model"]["lam_backend"] == "auto"  # a named CPU kernel would refuse a GPU machine
+    assert cfg["loss"]["self_training_from"] is None  # an iteration, which no set size fixes
+
+
+def test_every_argument_of_every_command_says_what_it_is():
+    # Seen: `blpseg scribblize --help` described almost none of its arguments; predict's --checkpoint had no text.
+    import argparse
+
+    parser = cli.build_parser()
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, command in sub.choices.items():
+        assert command.description or name in {c.dest for c in sub._choices_actions if c.help}, name
+        for action in command._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help and len(action.help) > 10, (name, action.dest)
+    scribblize = sub.choices["scribblize"].format_help()
+    for words in ("skeleton", "connected region", "255", "--seed", "same seed", "void"):
+        assert words in scribblize, words
+
+
+def test_the_overlay_legend_draws_accented_class_names():
+    # PIL's default font draws every letter outside ASCII as the same box: "é" and "ü" looked alike.
+    from blpseg.engine.overlay import overlay
+
+    pred = np.ones((40, 60), np.uint8)
+    sheets = [overlay(np.zeros((40, 60, 3), np.uint8), pred, ["background", name])[40:] for name in ("é", "ü")]
+    assert sheets[0].shape == sheets[1].shape and (sheets[0] != sheets[1]).any()

@@ -17,11 +17,12 @@ import torch
 from build_env import ROOT, cmake_unavailable
 
 from blpseg import cli
-from blpseg.config import class_names, load_config
+from blpseg.config import load_config
+from blpseg.data.formats import class_names
 from blpseg.data.transforms import normalize
 from blpseg.engine import export
+from blpseg.engine.builders import model_from_config
 from blpseg.engine.checkpoint import load_model, save_checkpoint
-from blpseg.models import build_model
 from lam_ops import local_aggregate
 
 # (batch, height, width): the traced size, a larger one, one that is no multiple of any stride
@@ -34,7 +35,7 @@ def checkpoint(tmp_path_factory):
     overrides = ["model.channels=16", "model.embed_dim=8", "model.radius=3", "device=cpu"]
     cfg = load_config(os.path.join(ROOT, "configs", "synthetic.yaml"), overrides)
     torch.manual_seed(0)
-    model = build_model(len(class_names(cfg)), **{**cfg["model"], "pretrained": None})
+    model = model_from_config(cfg["model"], len(class_names(cfg["data"])), pretrained=False)
     path = str(tmp_path_factory.mktemp("export") / "tiny.pt")
     save_checkpoint({"model": model.state_dict(), "config": cfg}, path)
     return path

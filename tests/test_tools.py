@@ -124,3 +124,21 @@ def test_gpu_benchmark_code_path_on_cpu(tmp_path):
             if r["mode"] == "fwd":
                 assert r["max_abs_err_vs_dense64"] < (1e-5 if r["dtype"] == "float32" else 5e-2), r
     assert "| B2 C3 D4 8x8 r2 | float32 | fwd | cpp |" in (tmp_path / "bench_gpu.md").read_text()
+
+
+def test_gpu_check_without_torch_says_which_python_to_use(tmp_path):
+    """A python3 without torch (the system's, beside the project's venv) stops at once with the
+    make command that names the venv's python."""
+    python = tmp_path / "python3"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')  # -S: no site-packages, so no torch
+    python.chmod(0o755)
+    run = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHON=str(python)),
+        timeout=120,
+    )
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "torch cannot be imported" in run.stderr and "make gpu-check PYTHON=.venv/bin/python" in run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "out").exists()

@@ -52,36 +52,41 @@ class LabeledImages(Dataset):
         self.num_classes, self.scribbles, self.transform = num_classes, scribbles, transform
         self.seed, self.epoch, self.label_diffusion = seed, 0, label_diffusion
         self.lists = list(lists)  # the split list files the items come from
-        self.smallest = None  # set by check_labels
+        self.shapes = self.class_pixels = None  # set by check_labels
 
     def files(self) -> list[str]:
         """Every file the data set reads: its images, labels and split lists."""
         return [*(p for _, image, label in self.items for p in (image, label)), *self.lists]
 
-    def check_labels(self) -> None:
+    def check_labels(self) -> np.ndarray:
         """Reads every label once, up front, and refuses (naming the file) a missing image or label,
         an unreadable label, or class ids outside the classes: a bad file then stops a run before it
         trains, not hours into it. The labels are decoded in threads (PIL decodes without the GIL);
-        the bar shows only when this takes more than 2 s. Records `smallest`, the (H, W) of the label
-        with the shortest side (what the test scales must fit: inference.check_scales)."""
+        the bar shows only when this takes more than 2 s. Records `shapes`, the (H, W) of every label
+        (what the test scales must fit: inference.check_scales), and `class_pixels`, which it
+        returns: (N, K) int64, the pixels of each class in each label (what the data summary counts,
+        data/summary.py)."""
         for _, image, _ in self.items:
             if not os.path.isfile(image):
                 raise FileNotFoundError(f"image not found: {image}")
         labels = [label for _, _, label in self.items]
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             bar = tqdm(
-                pool.map(_label_ids, labels),
+                pool.map(_label_counts, labels),
                 total=len(labels),
                 desc="checking labels",
                 unit="file",
                 delay=2,
                 disable=int(os.environ.get("RANK", "0")) != 0,
             )
-            shapes = []
-            for path, (ids, shape) in zip(labels, bar, strict=True):
-                check_ids(path, ids, self.num_classes)
+            shapes, counts = [], []
+            for path, (count, shape) in zip(labels, bar, strict=True):
+                check_ids(path, np.flatnonzero(count), self.num_classes)
                 shapes.append(shape)
-        self.smallest = min(shapes, key=min, default=None)
+                counts.append(count[: self.num_classes])
+        self.shapes = shapes
+        self.class_pixels = np.array(counts, dtype=np.int64).reshape(len(counts), self.num_classes)
+        return self.class_pixels
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -117,9 +122,10 @@ def _ids(label: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.bincount(label.ravel(), minlength=256))
 
 
-def _label_ids(path: str) -> tuple[np.ndarray, tuple[int, int]]:
+def _label_counts(path: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """The pixels of each value 0..255 in the label at `path`, and its (H, W)."""
     label = read_label(path)
-    return _ids(label), label.shape
+    return np.bincount(label.ravel(), minlength=256), label.shape
 
 
 def check_ids(path: str, ids: np.ndarray, num_classes: int) -> None:

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from ..data.transforms import denormalize
 from .distributed import SINGLE_PROCESS, Dist, all_reduce_sum
-from .inference import dense_crf, predict_probs
+from .inference import dense_crf, predict_probs, to_size
 from .metrics import BoundaryPrecision, confusion_matrix, iou_from_confusion
 
 
@@ -17,7 +17,9 @@ from .metrics import BoundaryPrecision, confusion_matrix, iou_from_confusion
 def evaluate(
     model: nn.Module, dataset, num_classes: int, cfg: dict, d: Dist = SINGLE_PROCESS, progress: bool = True
 ) -> dict:
-    """`cfg` is a resolved config's eval section: scales, flip, crf (bool or CRF parameters), boundary_bins."""
+    """`cfg` is a resolved config's eval section: scales, flip, crf (bool or CRF parameters), boundary_bins.
+    An image resized for the network (data.resize, EvalTransform) is predicted (and refined by the
+    CRF) at that size, and the probabilities scaled back to its mask's size, which the metrics use."""
     was_training = model.training
     model.eval()
     scales, flip, crf = cfg["scales"], cfg["flip"], cfg["crf"]
@@ -31,7 +33,7 @@ def evaluate(
         if crf:
             rgb = (denormalize(item["image"]).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             probs = torch.from_numpy(dense_crf(rgb, probs.numpy(), **(crf if isinstance(crf, dict) else {})))
-        pred = probs.argmax(0)
+        pred = to_size(probs, target.shape).argmax(0)
         cm += confusion_matrix(pred, target, num_classes)
         bp.update(pred.numpy(), target.numpy())
     cm = all_reduce_sum(cm.to(d.device), d).cpu()

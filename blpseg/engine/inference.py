@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import CRFConfig
+from ..data.transforms import EvalTransform
 
 
 @torch.no_grad()
@@ -30,6 +31,24 @@ def predict_probs(model: nn.Module, image: Tensor, scales: Sequence[float] = (1.
             p = p.flip(-1) if mirrored else p
             total = total + F.interpolate(p, size=(H, W), mode="bilinear", align_corners=False)
     return total / (len(scales) * (2 if flip else 1))
+
+
+def predict_image(model: nn.Module, image: np.ndarray, cfg: dict, device: torch.device) -> Tensor:
+    """(K, H, W) float32 probabilities, on the CPU, of an (H, W, 3) uint8 image, made as evaluation
+    makes them (`cfg`: a resolved config): at data.resize's size when set, with eval.scales and
+    eval.flip, then scaled back to the image's size."""
+    x = EvalTransform(cfg["data"]["resize"]).image(image)[None].to(device)
+    probs = predict_probs(model, x, cfg["eval"]["scales"], cfg["eval"]["flip"])[0].cpu()
+    return to_size(probs, image.shape[:2])
+
+
+def to_size(probs: Tensor, size: Sequence[int]) -> Tensor:
+    """(K, h, w) probabilities at `size` (H, W), bilinearly: the prediction of an image resized for
+    the network (data.resize) back at the image's own size, as mmsegmentation scales its test
+    predictions back to the original image."""
+    if tuple(probs.shape[-2:]) == tuple(size):
+        return probs
+    return F.interpolate(probs[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
 
 
 MIN_SIDE = 32  # the backbone's coarsest stride: below it the deepest features hold one cell
@@ -57,7 +76,9 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, **params) -> np.ndarray:
         import pydensecrf.densecrf as dcrf
         from pydensecrf.utils import unary_from_softmax
     except ImportError as e:
-        raise ImportError("eval.crf needs pydensecrf2: pip install 'blpseg[crf]'") from e
+        raise ImportError(
+            "eval.crf needs pydensecrf2 (the crf extra): pip install pydensecrf2, in the venv that runs blpseg"
+        ) from e
     p = {**CRF_DEFAULTS, **params}
     K, H, W = probs.shape
     d = dcrf.DenseCRF2D(W, H, K)

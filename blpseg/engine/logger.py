@@ -42,6 +42,12 @@ class MetricLogger:
                 self.tb.add_scalar(f"{stream}/{k}", v, step)
         self.tb.flush()
 
+    def text(self, tag: str, text: str, step: int) -> None:
+        """`text` (markdown) on TensorBoard's text tab under `tag`, at iteration `step`."""
+        if self.enabled:
+            self.tb.add_text(tag, text, step)
+            self.tb.flush()
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from ..files import TEMPORARY
 
 # What a run writes; any of them makes a folder "hold a run".
-RUN_FILES = ("last.pt", "config.yaml", "train.csv", "val.csv", "val.json", "tensorboard")
+RUN_FILES = ("last.pt", "config.yaml", "data_summary.json", "train.csv", "val.csv", "val.json", "tensorboard")
 # What `blpseg eval` writes beside a checkpoint by default: results of the model a new run replaces.
 EVAL_FILES = ("eval.json", "eval_boundary_precision.png")
 LOCK = "train.lock"

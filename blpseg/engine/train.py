@@ -18,7 +18,8 @@ from lam_ops import available_backends
 from ..config import RESUME_MAY_CHANGE, check_device, class_differences, dump, fixed_differences, resolve
 from ..data.formats import build_split, class_names
 from ..data.prepare import prepare_data
-from ..data.transforms import EvalTransform, TrainTransform
+from ..data.summary import data_summary, format_summary, markdown, no_val_reason
+from ..data.transforms import EvalTransform, TrainTransform, resized
 from ..files import atomic_write
 from . import distributed, run_folder
 from .builders import amp_dtype, batches, build_losses, build_optimization, model_from_config
@@ -66,6 +67,18 @@ def train(
         distributed.cleanup()
 
 
+def check_batch_size(batch_size: int, d) -> None:
+    """A batch norm normalises over the batch, and the PPM's 1x1 pooling branch has one value per
+    image: one image per step cannot train (torch: "Expected more than 1 value per channel").
+    SyncBatchNorm (DDP on GPUs) pools the processes' images, so there 1 per process is enough."""
+    if batch_size * (d.world_size if d.device.type == "cuda" else 1) < 2:
+        raise ValueError(
+            "train.batch_size=1: the network's batch norms need at least 2 images per step"
+            + (" on each process (CPU processes do not share batch statistics)" if d.world_size > 1 else "")
+            + "; set train.batch_size=2 or more"
+        )
+
+
 def _claim(held: contextlib.ExitStack, out_dir: str, resume: str | None, overwrite: bool) -> None:
     """Locks the run folder for as long as `held` lasts, then refuses it if the run would write over
     another's files."""
@@ -83,12 +96,15 @@ def _train(cfg, d, resume, on_step, overwrite) -> dict:
     state = _resume_state(resume, cfg, names) if resume else None
     prepare_data(cfg, d)
     torch.manual_seed(seed)
-    train_set = build_split(dc, "train", K, TrainTransform(dc["crop"], dc["scale"]), seed)
-    val_set = build_split(dc, "val", K, EvalTransform()) if dc["val"] is not None else None
-    if val_set is not None and val_set.smallest is not None:  # found now, not at the first evaluation
-        check_scales(cfg["eval"]["scales"], *val_set.smallest)
+    transform = TrainTransform(dc["crop"], dc["scale"], resize=dc["resize"], num_classes=K)
+    train_set = build_split(dc, "train", K, transform, seed)
+    val_set = build_split(dc, "val", K, EvalTransform(dc["resize"])) if dc["val"] is not None else None
+    summary = data_summary(train_set, val_set, names, no_val_reason(dc))
+    if val_set is not None and val_set.shapes:  # found now, not at the first evaluation
+        check_scales(cfg["eval"]["scales"], *min((resized(h, w, dc["resize"]) for h, w in val_set.shapes), key=min))
     # a resumed run's weights are its checkpoint's: the initial ones are neither read nor downloaded
     model = model_from_config(cfg["model"], K, d.device, pretrained=state is None)
+    check_batch_size(tc["batch_size"], d)
     sampler = ResumableSampler(len(train_set), tc["batch_size"], seed, d.rank, d.world_size)
     total = int(tc["iters"] or tc["epochs"] * sampler.batches_per_epoch)
     optimization = build_optimization(model, tc, total, d.device)
@@ -113,12 +129,14 @@ def _train(cfg, d, resume, on_step, overwrite) -> dict:
     ckpt_every = int(tc["checkpoint_every"] or sampler.batches_per_epoch)
     eval_every, log_every = int(tc["eval_every"] or 0), tc["log_every"]
     if d.is_main:
-        _open_run_folder(cfg, val_set, overwrite)
+        _open_run_folder(cfg, summary, overwrite)
+        tqdm.write(format_summary(summary))
         tqdm.write(
             f"training {total} iterations from {start} on {d.world_size} x {d.device}; "
             f"LAM backends here: {', '.join(available_backends(d.device))}; run folder: {out_dir}"
         )
     logger = MetricLogger(out_dir, d.is_main, start=start)
+    logger.text("data", markdown(summary), start)
     bar = tqdm(total=total, initial=start, desc="train", unit="it", disable=not d.is_main, dynamic_ncols=True)
     data = batches(train_set, sampler, start, tc["batch_size"], dc["workers"], d.device)
     result, tic = None, time.perf_counter()
@@ -174,11 +192,11 @@ def _train(cfg, d, resume, on_step, overwrite) -> dict:
     return {"val": result, "out_dir": out_dir, "checkpoint": last[0]}
 
 
-def _open_run_folder(cfg: dict, val_set, overwrite: bool) -> None:
+def _open_run_folder(cfg: dict, summary: dict, overwrite: bool) -> None:
     """Deletes the previous run's files (`overwrite`) or the temporaries of interrupted writes, and
-    writes the config that runs. Called once the run is built: a config or data error leaves the
-    previous run as it was."""
-    out_dir, dc = cfg["out_dir"], cfg["data"]
+    writes the config that runs and its data summary. Called once the run is built: a config or
+    data error leaves the previous run as it was."""
+    out_dir = cfg["out_dir"]
     if overwrite:
         removed = run_folder.clear(out_dir)
         if removed:
@@ -188,8 +206,8 @@ def _open_run_folder(cfg: dict, val_set, overwrite: bool) -> None:
             tqdm.write(f"removed {path}, left by a write that was interrupted")
     with atomic_write(os.path.join(out_dir, "config.yaml"), "w") as fh:
         fh.write(dump(cfg))
-    if dc["val"] is not None and val_set is None:
-        tqdm.write(f"{dc['root']} has no validation images (masks/ of images without scribbles): no evaluation")
+    with atomic_write(os.path.join(out_dir, "data_summary.json"), "w") as fh:
+        json.dump(summary, fh, indent=1)
 
 
 def _train_row(values: list[float], optimization, model, sec_per_iter: float) -> dict:
