@@ -7,7 +7,7 @@ import os
 import re
 
 from ..data.formats.folder import CLASSES, IMAGES, SCRIBBLES, _images, folder_split, read_classes
-from ..data.io import refuse_existing, write_image, write_label
+from ..data.io import write_image, write_label
 from ..data.summary import data_summary, format_summary
 from ..files import atomic_write
 
@@ -54,7 +54,10 @@ def save(root: str, name: str, image, scribble, names, image_path: str | None, o
     if image_path is None:
         writes.insert(0, (os.path.join(root, IMAGES, name + ".png"), image))
     if existing and not overwrite:
-        refuse_existing(existing)
+        raise FileExistsError(
+            f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: tick "
+            '"overwrite an existing scribble" to replace, or leave it as it is'
+        )
     if not os.path.exists(os.path.join(root, CLASSES)):
         with atomic_write(os.path.join(root, CLASSES), "w", sync=False) as fh:
             fh.write("".join(n + "\n" for n in names))

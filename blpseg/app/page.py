@@ -51,7 +51,8 @@ def build_page(model, cfg: dict, names, device, root: str | None):
     import gradio as gr
 
     colours = class_colours(len(names))
-    brush = lambda c: gr.Brush(colors=colours, default_color=colours[c], color_mode="fixed", default_size=8)
+    PROGRESS = gr.Progress()  # gradio's marker for a handler's progress bar (one instance serves all)
+    brush = lambda c: gr.Brush(colors=colours, default_color=colours[c], color_mode="fixed", default_size=6)
 
     def open_photo(path: str, shown_name: str, from_data: bool, alpha: float, progress):
         progress(0, desc="reading the photo")
@@ -67,13 +68,13 @@ def build_page(model, cfg: dict, names, device, root: str | None):
         return photo, editor, overlay(image, pred, names, alpha), f"{name}: {image.shape[1]}x{image.shape[0]} px"
 
     @_user_errors
-    def on_upload(file, alpha, progress=gr.Progress()):
+    def on_upload(file, alpha, progress=PROGRESS):
         if file is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return open_photo(file, os.path.basename(file), False, alpha, progress)
 
     @_user_errors
-    def on_choose(name, alpha, progress=gr.Progress()):
+    def on_choose(name, alpha, progress=PROGRESS):
         if not name:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         path = data.photos(root)[name]
@@ -85,7 +86,7 @@ def build_page(model, cfg: dict, names, device, root: str | None):
         return overlay(photo["image"], photo["pred"], names, alpha)
 
     @_user_errors
-    def on_save(photo, edited, overwrite, progress=gr.Progress()):
+    def on_save(photo, edited, overwrite, progress=PROGRESS):
         if root is None:
             raise gr.Error("no data folder: start the page with --data-root to save scribbles", print_exception=False)
         if photo is None:
@@ -95,7 +96,9 @@ def build_page(model, cfg: dict, names, device, root: str | None):
             raise gr.Error("nothing scribbled: draw with a class's brush first", print_exception=False)
         progress(0, desc="saving")
         written = data.save(root, photo["name"], photo["image"], scribble, names, photo["path"], overwrite)
-        counts = ", ".join(f"{names[c]} {n}" for c, n in zip(*np.unique(scribble[scribble != 255], return_counts=True)))
+        counts = ", ".join(
+            f"{names[c]} {n}" for c, n in zip(*np.unique(scribble[scribble != 255], return_counts=True), strict=True)
+        )
         progress(0.5, desc="counting the scribbles")
         message = f"saved {', '.join(written)} (scribbled pixels: {counts})"
         return message, data.summary_text(root, names), gr.update(choices=list(data.photos(root)))
@@ -108,7 +111,8 @@ def build_page(model, cfg: dict, names, device, root: str | None):
         )
         photo = gr.State(None)
         with gr.Row():
-            upload = gr.File(label="upload a photo", file_types=["image"], type="filepath", elem_id="upload")
+            # a button rather than gr.File: it stays ready for the next photo after a refused one
+            upload = gr.UploadButton("upload a photo", file_types=["image"], type="filepath", elem_id="upload")
             choose = gr.Dropdown(
                 choices=list(data.photos(root)), value=None, label="or a photo of the data folder", elem_id="choose"
             )
