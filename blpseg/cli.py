@@ -1,5 +1,5 @@
-"""The `blpseg` command: train, data-summary, eval, predict, info, make-synthetic, export-folder, convert-scribbles,
-scribblize, and the analyses analyze-bias, loss-maps, plot-precision."""
+"""The `blpseg` command: train, data-summary, eval, predict, app, info, make-synthetic, export-folder,
+convert-scribbles, scribblize, and the analyses analyze-bias, loss-maps, plot-precision."""
 
 from __future__ import annotations
 
@@ -283,6 +283,37 @@ def _predict(args) -> int:
     return 0
 
 
+def _app(args) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local page sends nothing out
+    try:
+        import gradio  # noqa: F401
+    except ImportError as e:
+        raise ImportError('blpseg app needs gradio (the app extra): pip install -e ".[app]"') from e
+    from .app.page import build_page
+    from .engine.checkpoint import load_model
+
+    if args.data_root is not None and os.path.exists(args.data_root) and not os.path.isdir(args.data_root):
+        raise ValueError(f"--data-root {args.data_root} is a file; name a folder (it is created when missing)")
+    if args.host not in ("127.0.0.1", "localhost"):
+        print(
+            f"blpseg app: warning: --host {args.host} serves the page (and the saving of files into "
+            f"{args.data_root}) to every machine that can reach this one; it has no login",
+            file=sys.stderr,
+        )
+    model, cfg, names, device = load_model(args.checkpoint, args.overrides)
+    if args.data_root is not None:
+        from .app.data import check_classes
+
+        check_classes(args.data_root, names)
+    page = build_page(model, cfg, names, device, args.data_root)
+    print(f"blpseg app: {len(names)} classes of {args.checkpoint} on {device}; Ctrl-C stops the page", flush=True)
+    # never share=True: the photos and the data folder stay on this machine
+    page.queue(default_concurrency_limit=1).launch(
+        server_name=args.host, server_port=args.port, share=False, inbrowser=False, show_error=False, quiet=True
+    )
+    return 0
+
+
 def _export(args) -> int:
     from .config import ExportOptions, check_options
     from .data.io import check_outputs
@@ -552,6 +583,29 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=_predict)
 
     _export_parser(sub)
+
+    ap = sub.add_parser(
+        "app",
+        help="a local page in the browser: scribble on photos, see the model's prediction, save the scribbles "
+        "(needs the app extra: gradio)",
+    )
+    ap.add_argument("--checkpoint", required=True, help="a checkpoint written by train (holds its config and classes)")
+    ap.add_argument(
+        "--data-root",
+        default=None,
+        help="a data folder in the folder format: its images/ are offered, scribbles are saved into its scribbles/ "
+        "(created when missing); without it nothing is saved",
+    )
+    ap.add_argument("--port", type=int, default=7860, help="the page's port (default 7860)")
+    ap.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to serve on (default 127.0.0.1: this machine only; another is warned about)",
+    )
+    ap.add_argument(
+        "--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. device=cpu"
+    )
+    ap.set_defaults(func=_app)
 
     i = sub.add_parser("info", help="the configured network's parameter count per part")
     i.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")

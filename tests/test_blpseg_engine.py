@@ -314,6 +314,7 @@ def test_two_process_ddp_on_cpu(data_root, tmp_path):
         ["data-summary"],
         ["eval"],
         ["predict"],
+        ["app"],
         ["make-synthetic"],
         ["export-folder"],
         ["convert-scribbles"],

@@ -1,0 +1,157 @@
+"""The page: open a photo (an upload, or one of the data folder's images/), see the model's
+prediction as an overlay, scribble per class with the checkpoint's colours, save the scribbles into
+the data folder and see its data summary. Every handler turns a bad request (an unreadable photo, a
+refused save) into a message on the page (gr.Error), never a traceback; the server keeps running."""
+
+from __future__ import annotations
+
+import functools
+import html
+import os
+
+import numpy as np
+
+from ..data.io import read_image
+from ..engine.inference import predict_image
+from ..engine.overlay import overlay
+from . import data
+from .scribbles import class_colours, layers_to_scribble
+
+ERRORS = (OSError, ValueError, RuntimeError)  # what reading a user's photo or writing a file may raise
+
+
+def _user_errors(fn):
+    """Runs a handler; a bad file or a refused save becomes gr.Error (a message on the page)."""
+    import gradio as gr
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except ERRORS as e:
+            raise gr.Error(str(e), print_exception=False) from None
+
+    return wrapper
+
+
+def _legend(names, colours) -> str:
+    swatches = "".join(
+        f'<span style="display:inline-block;margin:2px 10px 2px 0"><span style="display:inline-block;width:14px;'
+        f'height:14px;background:{c};border:1px solid #888;vertical-align:middle"></span> {i}: {html.escape(n)}</span>'
+        for i, (n, c) in enumerate(zip(names, colours, strict=True))
+    )
+    return f'<div id="class-legend">{swatches}</div>'
+
+
+def build_page(model, cfg: dict, names, device, root: str | None):
+    """The gr.Blocks of the page for a loaded checkpoint (engine/checkpoint.py load_model) and a
+    data folder (None: no saving)."""
+    import gradio as gr
+
+    colours = class_colours(len(names))
+    PROGRESS = gr.Progress()  # gradio's marker for a handler's progress bar (one instance serves all)
+    brush = lambda c: gr.Brush(colors=colours, default_color=colours[c], color_mode="fixed", default_size=6)
+
+    def open_photo(path: str, shown_name: str, from_data: bool, alpha: float, progress):
+        progress(0, desc="reading the photo")
+        try:
+            image = read_image(path)
+        except ERRORS as e:  # name the file as the user knows it, not the server's temporary copy
+            raise gr.Error(str(e).replace(path, shown_name), print_exception=False) from None
+        progress(0.2, desc="predicting")
+        pred = predict_image(model, image, cfg, device).argmax(0).numpy().astype(np.uint8)
+        name = data.safe_name(shown_name)
+        photo = {"name": name, "path": path if from_data else None, "image": image, "pred": pred}
+        editor = {"background": image, "layers": [], "composite": None}
+        return photo, editor, overlay(image, pred, names, alpha), f"{name}: {image.shape[1]}x{image.shape[0]} px"
+
+    @_user_errors
+    def on_upload(file, alpha, progress=PROGRESS):
+        if file is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return open_photo(file, os.path.basename(file), False, alpha, progress)
+
+    @_user_errors
+    def on_choose(name, alpha, progress=PROGRESS):
+        if not name:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        path = data.photos(root)[name]
+        return open_photo(path, os.path.basename(path), True, alpha, progress)
+
+    def on_alpha(photo, alpha):
+        if photo is None:
+            return gr.skip()
+        return overlay(photo["image"], photo["pred"], names, alpha)
+
+    @_user_errors
+    def on_save(photo, edited, overwrite, progress=PROGRESS):
+        if root is None:
+            raise gr.Error("no data folder: start the page with --data-root to save scribbles", print_exception=False)
+        if photo is None:
+            raise gr.Error("open a photo first", print_exception=False)
+        scribble = layers_to_scribble((edited or {}).get("layers") or [], len(names), photo["image"].shape[:2])
+        if (scribble == 255).all():
+            raise gr.Error("nothing scribbled: draw with a class's brush first", print_exception=False)
+        progress(0, desc="saving")
+        written = data.save(root, photo["name"], photo["image"], scribble, names, photo["path"], overwrite)
+        counts = ", ".join(
+            f"{names[c]} {n}" for c, n in zip(*np.unique(scribble[scribble != 255], return_counts=True), strict=True)
+        )
+        progress(0.5, desc="counting the scribbles")
+        message = f"saved {', '.join(written)} (scribbled pixels: {counts})"
+        return message, data.summary_text(root, names), gr.update(choices=list(data.photos(root)))
+
+    with gr.Blocks(title="BLPSeg scribbles") as page:
+        gr.Markdown(
+            "## BLPSeg: scribble on a photo, see the model's prediction\n"
+            "Open a photo, pick a class, draw over it, save: the scribble goes into the data folder "
+            f"(`{html.escape(root) if root else 'none: start with --data-root'}`) in the folder format."
+        )
+        photo = gr.State(None)
+        with gr.Row():
+            # a button rather than gr.File: it stays ready for the next photo after a refused one
+            upload = gr.UploadButton("upload a photo", file_types=["image"], type="filepath", elem_id="upload")
+            choose = gr.Dropdown(
+                choices=list(data.photos(root)), value=None, label="or a photo of the data folder", elem_id="choose"
+            )
+        info = gr.Textbox(label="photo", interactive=False, elem_id="info")
+        with gr.Row():
+            with gr.Column():
+                klass = gr.Radio(
+                    choices=[(f"{i}: {n}", i) for i, n in enumerate(names)],
+                    value=min(1, len(names) - 1),
+                    label="brush: class",
+                    elem_id="brush-class",
+                )
+                gr.HTML(_legend(names, colours))
+                editor = gr.ImageEditor(
+                    label="scribbles (brush of the chosen class; the eraser removes)",
+                    type="numpy",
+                    image_mode="RGBA",
+                    sources=(),
+                    transforms=(),
+                    layers=False,
+                    brush=brush(min(1, len(names) - 1)),
+                    eraser=gr.Eraser(default_size=12),
+                    elem_id="editor",
+                )
+            with gr.Column():
+                alpha = gr.Slider(0, 1, value=0.5, step=0.05, label="overlay opacity", elem_id="alpha")
+                shown = gr.Image(label="prediction", type="numpy", interactive=False, elem_id="overlay")
+        with gr.Row():
+            overwrite = gr.Checkbox(label="overwrite an existing scribble", value=False, elem_id="overwrite")
+            save = gr.Button("save scribbles", variant="primary", elem_id="save")
+        status = gr.Textbox(label="saved", interactive=False, elem_id="status")
+        summary = gr.Textbox(
+            label="data summary", value=data.summary_text(root, names), lines=8, interactive=False, elem_id="summary"
+        )
+
+        outputs = [photo, editor, shown, info]
+        upload.upload(on_upload, [upload, alpha], outputs)
+        choose.input(on_choose, [choose, alpha], outputs)
+        alpha.release(on_alpha, [photo, alpha], shown)
+        klass.change(lambda c: gr.update(brush=brush(c)), klass, editor)
+        save.click(on_save, [photo, editor, overwrite], [status, summary, choose])
+    return page
