@@ -451,14 +451,17 @@ struct BackwardTile {
       return dsig;
     }
     // A non-finite f or grad_out in the block: as in the forward, sum over the pairs that relate a
-    // and b alone (a admissible as b's key for dx; either one admissible for df).
+    // and b alone: a admissible as the key of b for dx; for df, a as the key of b or b as the key
+    // of a, each only where that query has weight (a query without any adds no term, not 0 * inf).
     for_each_pixel(tile, [&](int64_t a, int y, int x) {
       const Rect w = window_in(y, x, block, tiling);
+      const bool a_live = la[a] != neg_inf<T>();
       for (int yk = w.y0; yk < w.y1; ++yk)
         for (int k = (yk - block.y0) * bw + (w.x0 - block.x0), e = k + w.width(); k < e; ++k) {
-          if (ma[a] != T(0))
+          const bool a_as_key = ma[a] != T(0) && lb[k] != neg_inf<T>(), b_as_key = mb[k] != T(0) && a_live;
+          if (a_as_key)
             for (int64_t c = 0; c < C; ++c) dxa[a * C + c] += pab[a * K + k] * gb[k * C + c];
-          if (ma[a] != T(0) || mb[k] != T(0))
+          if (a_as_key || b_as_key)
             for (int64_t d = 0; d < D; ++d) dfa[a * D + d] += ds[a * K + k] * fb[k * D + d];
         }
     });

@@ -141,15 +141,21 @@ def _pair_logits(fa, fb, ya, xa, yb, xb, coef, R, PRECISION: tl.constexpr, UPCAS
     d2 = dy * dy + dx * dx
     in_window = (tl.abs(dy) <= R) & (tl.abs(dx) <= R)
     s = _dot(fa, tl.trans(fb), PRECISION, UPCAST)
-    # A pixel's own distance term is exactly 0, also where coef = -inf (sigma^2 underflows): no -inf * 0.
-    return tl.where(d2 == 0, s, s + coef * d2.to(s.dtype)), d2, in_window
+    return s + coef * d2.to(s.dtype), d2, in_window
 
 
 @triton.jit
 def _sigma_coef(sigma):
-    """-1 / (2 sigma^2), read on the device (no host sync); sigma comes in the accumulation type."""
+    """-1 / (2 sigma^2), read on the device (no host sync); sigma comes in the accumulation type.
+    Clamped to the lowest finite value, as in csrc/include/lam/math.h: where sigma^2 underflows, a
+    pixel's own distance term stays exactly 0 (never -inf * 0) and the keys at distance 1 keep a
+    finite logit, so a query whose own pixel is masked out averages its nearest keys."""
     s = tl.load(sigma)
-    return -0.5 / (s * s)
+    if s.dtype == tl.float64:
+        lowest = -1.7976931348623157e308
+    else:
+        lowest = -3.4028234663852886e38
+    return tl.maximum(-0.5 / (s * s), lowest)
 
 
 @_jit
@@ -225,10 +231,11 @@ def lam_forward_kernel(
                 acc = _nonfinite_terms(acc, p, adm, xk_, finite, C, BLOCK_C)
             m = m_new
 
-    # A query with no admissible key: out = 0, lse = -inf.
-    seen = l > 0
+    # A query with no admissible key, or whose keys all have weight 0: out = 0 (also where such a key
+    # had a non-finite x: 0 * inf), lse = -inf. A NaN l (a NaN logit) is not 0: it reaches out and lse.
+    seen = l != 0
     l = tl.where(seen, l, 1.0)
-    acc = acc / l[:, None]
+    acc = tl.where(seen[:, None], acc / l[:, None], 0.0)
     _store_channels(out + b * C * H * W, acc, yq, xq, q_in, C, H, W, BLOCK_C, I64)
     tl.store(lse + b * H * W + _wide(yq * W + xq, I64), tl.where(seen, m + tl.log(l), float("-inf")), mask=q_in)
 
@@ -431,17 +438,23 @@ def lam_backward_kernel(
 
             s, d2, in_window = _pair_logits(fp, fq, yp, xp, yq, xq, coef, R, PRECISION, UPCAST)
             pair = in_window & p_in[:, None] & q_in[None, :]
-            q_key = pair & q_ok[None, :]  # q admissible for query p
-            p_key = pair & p_ok[:, None]  # p admissible for query q
+            # The pairs of the sums: q admissible for query p, p admissible for query q, each where
+            # that query has weight (L != inf, NaN included: a query without any has no pair in the gradients).
+            q_key = pair & q_ok[None, :] & (lse_p != float("inf"))[:, None]
+            p_key = pair & p_ok[:, None] & (lse_q != float("inf"))[None, :]
             a_q = tl.where(q_key, tl.exp(s - lse_p[:, None]), 0.0)  # A(q, p)
             a_p = tl.where(p_key, tl.exp(s - lse_q[None, :]), 0.0)  # A(p, q)
             ds_q = tl.where(q_key, a_q * (_dot(gp, tl.trans(xq_), PRECISION, UPCAST) - delta_p[:, None]), 0.0)
             ds_p = tl.where(p_key, a_p * (_dot(xp_, tl.trans(gq), PRECISION, UPCAST) - delta_q[None, :]), 0.0)
             dx_acc += _dot(a_p.to(gq.dtype), gq, PRECISION, UPCAST).to(dx_acc.dtype)
-            # A non-finite f_q of an admissible pair already made that pair's dS non-finite (through
-            # f_p . f_q), so zeroing it here only keeps excluded pairs out (0 * inf).
-            fq_ = tl.where(_finite(fq), fq, 0.0)
-            df_acc += _dot((ds_q + ds_p).to(fq.dtype), fq_, PRECISION, UPCAST).to(df_acc.dtype)
+            fq_ok = _finite(fq)
+            df_acc += _dot((ds_q + ds_p).to(fq.dtype), tl.where(fq_ok, fq, 0.0), PRECISION, UPCAST).to(df_acc.dtype)
+            if tl.sum((~fq_ok).to(tl.int32)) > 0:
+                # A non-finite f_q makes the logit of each of its pairs +-inf or NaN, so the pair's dS
+                # is NaN, or 0 at weight 0: the term dS f_q is NaN in IEEE arithmetic for every pair
+                # of the sums (and 0 * inf for the others, which stay out).
+                hits = _dot((q_key | p_key).to(fq.dtype), (~fq_ok).to(fq.dtype), PRECISION, UPCAST)
+                df_acc = tl.where(hits > 0, float("nan"), df_acc)
             dsig_acc += tl.sum(ds_q * d2.to(ds_q.dtype), 1)
 
     _store_channels(dx + b * C * n, dx_acc, yp, xp, p_in, C, H, W, BLOCK_C, I64)
