@@ -38,19 +38,30 @@ constexpr int kKeyBlock = 1024;
 // Dense row-major tile buffers: C = A B, or A B^T when b_transposed, plus C when accumulating;
 // A is M x K and C is M x N. ATen's mm runs BLAS, single-threaded inside at::parallel_for.
 template <typename T>
-at::Tensor matrix(const T* p, int64_t rows, int64_t cols) {
-  return at::from_blob(const_cast<T*>(p), {rows, cols}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+at::Tensor matrix(const T* p, int64_t rows, int64_t cols, int64_t row_stride) {
+  return at::from_blob(const_cast<T*>(p), {rows, cols}, {row_stride, 1},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
+
+// The longest contraction handed to BLAS in one call. MKL sums a longer one in blocks chosen by the
+// calling context (the same product gave other bits with 1 and 2 threads at K = 1000, each call
+// single-threaded inside at::parallel_for): split here, in a fixed order, the result does not
+// depend on the thread count.
+constexpr int64_t kMaxDepth = 256;
 
 template <typename T>
 void mm(int64_t M, int64_t N, int64_t K, const T* A, const T* B, bool b_transposed, bool accumulate, T* C) {
-  const at::Tensor a = matrix(A, M, K);
-  const at::Tensor b = b_transposed ? matrix(B, N, K).t() : matrix(B, K, N);
-  at::Tensor c = matrix(C, M, N);
-  if (accumulate)
-    c.addmm_(a, b);
-  else
-    at::mm_out(c, a, b);
+  at::Tensor c = matrix(C, M, N, N);
+  if (K == 0 && !accumulate) c.zero_();
+  for (int64_t k0 = 0; k0 < K; k0 += kMaxDepth) {
+    const int64_t k = std::min(kMaxDepth, K - k0);
+    const at::Tensor a = matrix(A + k0, M, k, K);
+    const at::Tensor b = b_transposed ? matrix(B + k0, N, k, K).t() : matrix(B + k0 * N, k, N, N);
+    if (accumulate || k0 > 0)
+      c.addmm_(a, b);
+    else
+      at::mm_out(c, a, b);
+  }
 }
 
 // A rectangle of pixels, rows [y0, y1) and columns [x0, x1), numbered row-major inside it.
