@@ -1,4 +1,5 @@
-"""The reference backend: the contract written in plain PyTorch, gradients by autograd.
+"""The reference backend: the contract written in plain PyTorch, gradients by autograd (two small
+autograd Functions keep the sums of its dense products to the admissible pairs).
 
 It builds the dense HW x HW logits of each image and masks them to the window, which makes it
 obviously correct for every radius (None included) and the oracle of the tests; it is also the
@@ -7,7 +8,7 @@ fallback where no compiled kernel runs. Memory grows as (HW)^2: use it for small
 Non-finite inputs: outputs and gradients follow the contract's IEEE arithmetic over the admissible
 pairs only. Every dense product whose sum runs over pixels (the aggregation, and the gradients of
 the logits with respect to f) leaves the other pairs out rather than adding 0 * value for them
-(pair_sum), so a non-finite value outside a window or masked out reaches nothing.
+(_PairSum, _PairDot), so a non-finite value outside a window or masked out reaches nothing.
 """
 
 from __future__ import annotations
@@ -53,59 +54,51 @@ class _DistCoef(torch.autograd.Function):
         return grad * (1 / (sigma * sigma * sigma)).clamp(max=torch.finfo(sigma.dtype).max)
 
 
-def _nonfinite_part(values: Tensor, weights: Tensor, admissible: Tensor) -> Tensor:
-    """The IEEE value of sum_i weights[b, j, i] values[b, k, i] over the admissible pairs (j, i) whose
-    value is not finite, as (B, K, N): 0 where there is none, else NaN (a NaN, 0 * inf, or inf -
-    inf), +inf or -inf. `weights` is 0 outside the admissible pairs. Counted with products of
-    indicator matrices, so it costs what the dense product costs, without a host read (no branch on
-    whether any entry is non-finite)."""
+def _count(indicator: Tensor, pairs: Tensor, dtype: torch.dtype) -> Tensor:
+    """[b, k, j] = #{i : indicator[b, k, i] and pairs[b, j, i]}, as a product of indicator matrices:
+    the cost of the dense product, without a host read (no branch on whether any entry is set)."""
+    return indicator.to(dtype) @ pairs.transpose(1, 2).to(dtype)
 
-    def count(indicator: Tensor, pairs: Tensor) -> Tensor:  # [b, k, j] = #{i : indicator[b, k, i] and pairs[b, j, i]}
-        return indicator.to(weights.dtype) @ pairs.transpose(1, 2).to(weights.dtype)
 
-    zero_or_nan = (weights == 0) | weights.isnan()
-    nan = count(values.isnan(), admissible) + count(values.isinf(), admissible & zero_or_nan)
-    plus, minus = values == float("inf"), values == float("-inf")
-    pos = count(plus, weights > 0) + count(minus, weights < 0)
-    neg = count(minus, weights > 0) + count(plus, weights < 0)
+def _nonfinite_part(values: Tensor, attn: Tensor, pairs: Tensor) -> Tensor:
+    """The IEEE value of sum over the pairs (j, i) of attn[b, j, i] values[b, k, i] restricted to the
+    values that are not finite, as (B, K, N): 0 where there is none, else NaN (a NaN, 0 * inf,
+    NaN * inf or inf - inf), +inf or -inf. attn is >= 0 or NaN, and 0 outside the pairs."""
+    weighted = attn > 0
+    nan = _count(values.isnan(), pairs, attn.dtype) + _count(values.isinf(), pairs & ~weighted, attn.dtype)
+    pos, neg = (_count(values == v, weighted, attn.dtype) for v in (float("inf"), float("-inf")))
     out = torch.where(pos > 0, float("inf"), 0.0) + torch.where(neg > 0, float("-inf"), 0.0)  # both: NaN
-    return torch.where(nan > 0, float("nan"), out).to(weights.dtype)
+    return torch.where(nan > 0, float("nan"), out).to(attn.dtype)
 
 
 class _PairSum(torch.autograd.Function):
-    """sum over the admissible pairs (j, i) of weights[b, j, i] values[b, k, i], as (B, K, N) indexed by
-    j: a dense product that leaves out the other pairs rather than adding 0 * value for them, which
-    is NaN for a non-finite value (a key outside the window or masked out must not reach anything).
-    The backward is two such sums (dvalues gathers over j, the transposed pairs) and the pairs'
-    products of the incoming gradient with the values; written with differentiable operations, so
-    second derivatives work."""
+    """out[b, k, j] = sum over the pairs (j, i) of attn[b, j, i] values[b, k, i]: a dense product
+    that leaves out the other pairs rather than adding 0 * value for them, which is NaN for a
+    non-finite value (a key outside the window or masked out must reach nothing). Its gradient
+    with respect to values, attn^T g, does not depend on them; the incoming gradient g (the
+    caller's grad_out) is finite in the contract, so both gradients are plain products, written
+    with differentiable operations: second derivatives work."""
 
     @staticmethod
-    def forward(ctx, values, weights, admissible):
-        ctx.save_for_backward(values, weights, admissible)
-        weights = torch.where(admissible, weights, 0)  # what a pair outside contributes: nothing
+    def forward(ctx, values, attn, pairs):
+        ctx.save_for_backward(values, attn, pairs)
+        attn = torch.where(pairs, attn, 0)  # a pair outside contributes nothing (NaN rows included)
         finite = torch.where(torch.isfinite(values), values, 0)
-        return finite @ weights.transpose(1, 2) + _nonfinite_part(values, weights, admissible)
+        return finite @ attn.transpose(1, 2) + _nonfinite_part(values, attn, pairs)
 
     @staticmethod
     def backward(ctx, grad):
-        values, weights, admissible = ctx.saved_tensors
-        # pair_sum leaves out the other pairs itself; the weights' own value there (NaN in the row of
-        # a query with a non-finite logit) is not one of its terms
-        dvalues = pair_sum(grad, weights.transpose(1, 2), admissible.transpose(1, 2))
-        dweights = torch.where(admissible, grad.transpose(1, 2) @ values, 0)
-        return dvalues, dweights, None
-
-
-def pair_sum(values: Tensor, weights: Tensor, admissible: Tensor) -> Tensor:
-    return _PairSum.apply(values, weights, admissible)
+        values, attn, pairs = ctx.saved_tensors
+        return grad @ torch.where(pairs, attn, 0), torch.where(pairs, grad.transpose(1, 2) @ values, 0), None
 
 
 class _PairDot(torch.autograd.Function):
     """The logits' feature term f_j . f_i of every pair, given as `dots` (computed without autograd),
-    with the gradient with respect to f summed over `pairs` only (pair_sum): a non-finite f never
-    reaches the gradient of a pixel through a pair that is not in the sums (the dense product's
-    0 * inf), such as the pairs of a query without weight."""
+    with the gradient with respect to f summed over `pairs` only: a non-finite f never reaches the
+    gradient of a pixel through a pair that is not in the sums (the dense product's 0 * inf), such
+    as the pairs of a query without weight. Where a non-finite f_i meets a pair of the sums, the
+    term is NaN: its logit is +-inf or NaN, so the pair's gradient is NaN (the row's softmax), or 0
+    at weight 0, and 0 * inf is NaN."""
 
     @staticmethod
     def forward(ctx, f, dots, pairs):
@@ -115,8 +108,12 @@ class _PairDot(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         f, pairs = ctx.saved_tensors
+        grad = torch.where(pairs, grad, 0)
+        finite = torch.where(torch.isfinite(f), f, 0)
         # f_j as the query of its keys i, plus f_i as the key of its queries j
-        return pair_sum(f, grad, pairs) + pair_sum(f, grad.transpose(1, 2), pairs.transpose(1, 2)), None, None
+        df = finite @ grad.transpose(1, 2) + finite @ grad
+        meets = _count(~torch.isfinite(f), pairs | pairs.transpose(1, 2), f.dtype)
+        return torch.where(meets > 0, float("nan"), df), None, None
 
 
 def reference_forward(
@@ -144,7 +141,7 @@ def reference_forward(
     logits = (_PairDot.apply(fs, dots, used) + distance).masked_fill(~admissible, float("-inf"))
     logits = logits.masked_fill(empty, 0.0)
     attn = torch.softmax(logits, dim=-1).masked_fill(empty, 0.0)
-    out = pair_sum(xs, attn, used)
+    out = _PairSum.apply(xs, attn, used)
     lse = torch.logsumexp(logits, dim=-1).masked_fill(empty[..., 0], float("-inf"))
     return out.view(B, C, H, W).to(x.dtype), lse.view(B, H, W).to(lse_dtype(x.dtype))
 
