@@ -133,13 +133,19 @@ def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _window(ya, xa, yb, xb, R):
+    """|s_a - s_b|^2 for all pairs (rows a, columns b), and whether b lies in a's window (iff a lies
+    in b's)."""
+    dy = ya[:, None] - yb[None, :]
+    dx = xa[:, None] - xb[None, :]
+    return dy * dy + dx * dx, (tl.abs(dy) <= R) & (tl.abs(dx) <= R)
+
+
+@triton.jit
 def _pair_logits(fa, fb, ya, xa, yb, xb, coef, R, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """logit(a, b) = f_a . f_b + coef |s_a - s_b|^2 for all pairs (rows a, columns b), the squared
     distances, and whether b lies in a's window (iff a lies in b's)."""
-    dy = ya[:, None] - yb[None, :]
-    dx = xa[:, None] - xb[None, :]
-    d2 = dy * dy + dx * dx
-    in_window = (tl.abs(dy) <= R) & (tl.abs(dx) <= R)
+    d2, in_window = _window(ya, xa, yb, xb, R)
     s = _dot(fa, tl.trans(fb), PRECISION, UPCAST)
     return s + coef * d2.to(s.dtype), d2, in_window
 
@@ -308,6 +314,57 @@ def _backward_operands(
     return ok, ft, xt, gt, lse_t, _load_pixels(delta, ys, xs, inside, W, 1, 0.0, I64)
 
 
+@triton.jit
+def _nonfinite_f_terms(
+    df_acc,
+    f,
+    mask,
+    lse,
+    yp,
+    xp,
+    p_in,
+    p_ok,
+    lse_p,
+    ylo,
+    yhi,
+    xlo,
+    xhi,
+    D,
+    W,
+    R,
+    sfc,
+    sfh,
+    sfw,
+    smh,
+    smw,
+    HAS_MASK: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    I64: tl.constexpr,
+    TKH: tl.constexpr,
+    TKW: tl.constexpr,
+):
+    """df_acc, NaN where a pair of the sums meets a non-finite f_q (the backward left those terms
+    out): f_q makes the pair's logit +-inf or NaN, so its dS is NaN, or 0 at weight 0, and the term
+    dS f_q is NaN in IEEE arithmetic, in the channels where f_q is not finite. The pairs of the sums
+    are those of the backward: q admissible for a query p with weight, or p for a q with weight."""
+    p_live = lse_p != float("inf")  # L as the backward holds it: +inf for a query without weight
+    for ky in range(ylo, yhi, TKH):
+        for kx in range(xlo, xhi, TKW):
+            yq, xq = _pixels(ky, kx, TKH, TKW)
+            q_in = (yq < yhi) & (xq < xhi)
+            q_ok = _admissible(mask, yq, xq, q_in, smh, smw, HAS_MASK, I64)
+            fq = _load_channels(f, yq, xq, q_in, D, sfc, sfh, sfw, BLOCK_D, I64)
+            q_live = _load_pixels(lse, yq, xq, q_in, W, 1, float("-inf"), I64) != float("-inf")
+            _, in_window = _window(yp, xp, yq, xq, R)
+            pair = in_window & p_in[:, None] & q_in[None, :]
+            in_sums = pair & ((q_ok[None, :] & p_live[:, None]) | (p_ok[:, None] & q_live[None, :]))
+            hits = _dot(in_sums.to(fq.dtype), (~_finite(fq)).to(fq.dtype), PRECISION, UPCAST)
+            df_acc = tl.where(hits > 0, float("nan"), df_acc)
+    return df_acc
+
+
 @_jit
 def lam_backward_kernel(
     g,
@@ -401,6 +458,7 @@ def lam_backward_kernel(
     dx_acc = tl.zeros([TH * TW, BLOCK_C], coef.dtype)
     df_acc = tl.zeros([TH * TW, BLOCK_D], coef.dtype)
     dsig_acc = tl.zeros([TH * TW], coef.dtype)
+    nonfinite_f = 0  # entries of f among the keys that are not finite
     ylo, yhi, xlo, xhi = _neighbour_range(y0, x0, H, W, R, TH, TW)
     for ky in range(ylo, yhi, TKH):
         for kx in range(xlo, xhi, TKW):
@@ -447,15 +505,41 @@ def lam_backward_kernel(
             ds_q = tl.where(q_key, a_q * (_dot(gp, tl.trans(xq_), PRECISION, UPCAST) - delta_p[:, None]), 0.0)
             ds_p = tl.where(p_key, a_p * (_dot(xp_, tl.trans(gq), PRECISION, UPCAST) - delta_q[None, :]), 0.0)
             dx_acc += _dot(a_p.to(gq.dtype), gq, PRECISION, UPCAST).to(dx_acc.dtype)
-            fq_ok = _finite(fq)
+            fq_ok = _finite(fq)  # non-finite f_q: left out here, see _nonfinite_f_terms
             df_acc += _dot((ds_q + ds_p).to(fq.dtype), tl.where(fq_ok, fq, 0.0), PRECISION, UPCAST).to(df_acc.dtype)
-            if tl.sum((~fq_ok).to(tl.int32)) > 0:
-                # A non-finite f_q makes the logit of each of its pairs +-inf or NaN, so the pair's dS
-                # is NaN, or 0 at weight 0: the term dS f_q is NaN in IEEE arithmetic for every pair
-                # of the sums (and 0 * inf for the others, which stay out).
-                hits = _dot((q_key | p_key).to(fq.dtype), (~fq_ok).to(fq.dtype), PRECISION, UPCAST)
-                df_acc = tl.where(hits > 0, float("nan"), df_acc)
+            nonfinite_f += tl.sum((~fq_ok).to(tl.int32))
             dsig_acc += tl.sum(ds_q * d2.to(ds_q.dtype), 1)
+    if nonfinite_f > 0:  # rare; a pass of its own keeps its registers out of the loop above
+        df_acc = _nonfinite_f_terms(
+            df_acc,
+            f,
+            mask,
+            lse,
+            yp,
+            xp,
+            p_in,
+            p_ok,
+            lse_p,
+            ylo,
+            yhi,
+            xlo,
+            xhi,
+            D,
+            W,
+            R,
+            sfc,
+            sfh,
+            sfw,
+            smh,
+            smw,
+            HAS_MASK,
+            BLOCK_D,
+            PRECISION,
+            UPCAST,
+            I64,
+            TKH,
+            TKW,
+        )
 
     _store_channels(dx + b * C * n, dx_acc, yp, xp, p_in, C, H, W, BLOCK_C, I64)
     _store_channels(df + b * D * n, df_acc, yp, xp, p_in, D, H, W, BLOCK_D, I64)
