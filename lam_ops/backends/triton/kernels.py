@@ -15,7 +15,8 @@ Non-finite inputs follow the contract (docs/operator.md, edge cases): everything
 through a select on its admissibility (window and key mask), never through a product with a zero
 weight alone, since 0 * inf = NaN would let an excluded key reach a query. In the tl.dot products
 that cannot select per pair, the key operand is made finite first and a non-finite value's terms
-are added back for the admissible pairs only (rare: a branch taken per key tile).
+are added back for the pairs of the sum only (rare: a branch per key tile in the forward, a second
+pass over the key tiles in the backward, taken only when one holds a non-finite f).
 
 The backward is one gather pass, not the query-side + key-side pair of flash attention: the
 logit f_i . f_j - |s_i - s_j|^2 / (2 sigma^2) is symmetric and so is the clipped window, so a
