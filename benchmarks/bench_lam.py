@@ -169,7 +169,7 @@ class Runner:
     def __init__(self, args, argv: list[str]):
         self.args = args
         self.device = torch.device(args.device)
-        self.child_argv = [*argv, "--mem-budget-gb", str(args.mem_budget_gb)]
+        self.argv = argv
         self.rates: dict[tuple[str, str], float] = {}  # best visited-pair rate per (impl, mode)
         self.unsupported: dict[tuple[str, str], str] = {}  # per run: e.g. no backward on this device
 
@@ -203,7 +203,10 @@ class Runner:
         if reason is not None:
             return {**row, "status": reason}
         spec = json.dumps({"impl": impl.name, "mode": mode, "config": asdict(c)})
-        row.update(isolate.run_child(str(Path(__file__).resolve()), self.child_argv, spec, self.args.row_timeout))
+        script = str(Path(__file__).resolve())
+        row.update(
+            isolate.run_child(script, self.argv, spec, self.args.row_timeout, self.args.mem_budget_gb, self.device)
+        )
         if row["status"].startswith("unsupported"):
             self.unsupported[(impl.name, mode)] = row["status"]
         if row["status"] == "ok":
@@ -245,8 +248,8 @@ def run_row(spec: dict, args) -> dict:
     except NotImplementedError as e:  # e.g. FlexAttention's backward on CPU
         return {"status": f"unsupported: {str(e).splitlines()[0]}"}
     except Exception as e:  # noqa: BLE001  a row that says what happened, not a lost run
-        return {"status": isolate.failure_status(e)}
-    return {**row, **measure.summarize(times), "status": "ok"}
+        return isolate.failure(e, device)
+    return {**row, **measure.summarize(times), "budget_used_gb": isolate.budget_used_gb(device), "status": "ok"}
 
 
 def paper_grid(full: bool, dims: list[int]) -> list[Config]:
@@ -328,7 +331,8 @@ def parse_args(argv=None):
         default=None,
         help="skip a row whose estimated peak memory exceeds this, and limit each row's process to it: address "
         "space on the CPU (default: 70%% of the memory available at start), the caching allocator's on CUDA "
-        "(default: 90%% of the GPU's)",
+        "(default: 90%% of the GPU's); a row that fails under it runs once more under the memory "
+        "available then, to tell out of memory from an error (docs/benchmarks.md)",
     )
     p.add_argument("--row-timeout", type=float, default=900.0, help="seconds before a row's process is stopped")
     p.add_argument(

@@ -152,9 +152,9 @@ def run_row(name: str, args) -> dict:
             row["peak_mb"] = measure.allocator_peak_mb(step, device)
             while len(times) < args.repeat:
                 times.append(measure.time_call(step, device))
-        row.update(measure.summarize(times), status="ok")
+        row.update(measure.summarize(times), budget_used_gb=isolate.budget_used_gb(device), status="ok")
     except Exception as e:  # noqa: BLE001  a row that says what happened
-        row["status"] = isolate.failure_status(e)
+        row.update(isolate.failure(e, device))
     # the process's whole high-water mark (model, optimizer state, the first step's allocations)
     row["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return row
@@ -274,7 +274,9 @@ def parse_args(argv=None):
         type=float,
         default=None,
         help="memory limit of each configuration's subprocess: address space on the CPU (default: 70%% of the "
-        "memory available at start), the caching allocator's on CUDA (default: 90%% of the GPU's)",
+        "memory available at start), the caching allocator's on CUDA (default: 90%% of the GPU's); a row that "
+        "fails under it runs once more under the memory available then, to tell out of memory from an error "
+        "(docs/benchmarks.md)",
     )
     p.add_argument(
         "--row-timeout", type=float, default=1200.0, help="seconds before a configuration's subprocess is stopped"
@@ -309,7 +311,7 @@ def main(argv=None) -> int:
         if unknown:
             raise SystemExit(f"--impls: unknown or unavailable {sorted(unknown)}; have {names}")
         names = [n for n in names if n in args.impls]
-    child_argv = [*argv, "--mem-budget-gb", str(args.mem_budget_gb), "--repeat", str(args.repeat)]
+    child_argv = [*argv, "--repeat", str(args.repeat)]
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": measure.machine_info(device),
@@ -330,7 +332,9 @@ def main(argv=None) -> int:
         row.update(
             {"status": reason}
             if reason
-            else isolate.run_child(str(Path(__file__).resolve()), child_argv, name, args.row_timeout)
+            else isolate.run_child(
+                str(Path(__file__).resolve()), child_argv, name, args.row_timeout, args.mem_budget_gb, device
+            )
         )
         print(
             f"bench_train: {name}: {row['status']}"

@@ -3,8 +3,17 @@ crashes or hangs becomes a row that says so, instead of a run lost to the kernel
 a shared machine pushed into swap). Memory estimates can only skip what they foresee; the limit
 catches the rest (e.g. an implementation that falls back to an unfused path).
 
-The child is the benchmark script itself, called with the parent's arguments plus `--row SPEC`; it
-prints the row's JSON as its last line of standard output."""
+The child is the benchmark script itself, called with the parent's arguments plus
+`--mem-budget-gb GB --row SPEC`; it prints the row's JSON as its last line of standard output.
+
+A failed row is told out of memory from an error by what it needed, never by its message: which
+allocation fails first under the limit, and how that is reported, varies from machine to machine
+(torch's allocator, a thread's stack, oneDNN's scratchpad: "can't allocate memory", "Resource
+temporarily unavailable", "could not create a primitive", ...). A row that fails under the budget
+runs once more under the memory available then (never more: no swap). It was out of memory if that
+run went past the budget (its peak, whether it then passed or failed, is over the budget) or ran
+out of the larger limit too; otherwise the first failure is an error. Only the exception types
+torch.OutOfMemoryError and MemoryError say "out of memory" by themselves."""
 
 from __future__ import annotations
 
@@ -16,16 +25,8 @@ import sys
 import measure
 import torch
 
-# torch's allocator, Python's, OpenMP's threads (their stacks) or oneDNN over the address-space
-# limit. oneDNN's message names no cause, but under the limit a convolution that runs without it
-# fails for want of memory (its scratchpad): which allocation fails first varies from run to run.
-_OOM_MESSAGES = (
-    "MemoryError",
-    "can't allocate",
-    "Thread creation failed",
-    "out of memory",
-    "could not create a primitive",
-)
+# the child's address space when its limit was set (size and peak, KiB)
+_start: dict[str, int] = {}
 
 
 def limit_memory(budget_gb: float, device: torch.device) -> None:
@@ -36,24 +37,31 @@ def limit_memory(budget_gb: float, device: torch.device) -> None:
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, budget_gb * 2**30 / total), device)
         return
-    mapped_kb = measure._status_kb("VmSize") or 0
-    limit = mapped_kb * 1024 + int(budget_gb * 2**30)
+    _start.update(size=measure._status_kb("VmSize") or 0, peak=measure._status_kb("VmPeak") or 0)
+    limit = _start["size"] * 1024 + int(budget_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def is_oom(e: BaseException) -> bool:
-    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or any(s in str(e) for s in _OOM_MESSAGES)
+def budget_used_gb(device: torch.device) -> float:
+    """The peak, since limit_memory, of what the limit limits: the caching allocator's reserved
+    memory on CUDA, the address space beyond the start on the CPU. A lower bound on the CPU: 0 while
+    the process's peak is still one from before the limit (imports), which the row did not make."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_reserved(device) / 2**30
+    peak = measure._status_kb("VmPeak") or 0
+    return max(0, peak - _start["size"]) / 2**20 if peak > _start["peak"] else 0.0
 
 
-def failure_status(e: BaseException) -> str:
-    """A row's status for an exception raised while measuring it."""
-    what = "out of memory" if is_oom(e) else f"error: {type(e).__name__}"
-    return f"{what}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+def failure(e: BaseException, device: torch.device) -> dict:
+    """The row for an exception raised while measuring it (in the child): an error until the parent
+    decides otherwise, out of memory only by the exception's type."""
+    what = "out of memory" if isinstance(e, (torch.OutOfMemoryError, MemoryError)) else "error"
+    first_line = str(e).splitlines()[0][:200] if str(e) else ""
+    return {"status": f"{what}: {type(e).__name__}: {first_line}", "budget_used_gb": budget_used_gb(device)}
 
 
-def run_child(script: str, argv: list[str], spec: str, timeout: float) -> dict:
-    """Runs `script argv --row spec` and returns the row it printed, or a row saying why there is none."""
-    cmd = [sys.executable, script, *argv, "--row", spec]
+def _run_once(script: str, argv: list[str], spec: str, timeout: float, budget_gb: float) -> dict:
+    cmd = [sys.executable, script, *argv, "--mem-budget-gb", str(budget_gb), "--row", spec]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -64,8 +72,40 @@ def run_child(script: str, argv: list[str], spec: str, timeout: float) -> dict:
     tail = (proc.stderr.strip().splitlines() or [""])[-1][:200]
     if proc.returncode < 0:
         return {"status": f"crashed: signal {-proc.returncode} {tail}".strip()}
-    what = "out of memory" if any(s in proc.stderr for s in _OOM_MESSAGES) else "error"
-    return {"status": f"{what}: exit code {proc.returncode}: {tail}"}
+    return {"status": f"error: exit code {proc.returncode}: {tail}"}
+
+
+def failed(row: dict) -> bool:
+    return row["status"].startswith(("error", "crashed"))
+
+
+def decide(first: dict, again: dict | None, budget_gb: float, cap_gb: float) -> dict:
+    """The row of a run that failed under the budget (`first`), given its rerun under `cap_gb`
+    (None: not rerun, there being no more memory to give it)."""
+    if again is None:
+        return first
+    used = again.get("budget_used_gb")
+    if again["status"].startswith("out of memory"):
+        need = f"more than {cap_gb:g} GB"
+    elif used is not None and used > budget_gb:
+        need = f"{'' if again['status'] == 'ok' else 'more than '}{used:.3g} GB"
+    else:  # the rerun stayed within the budget: the budget did not make the first run fail
+        return {**first, "status": f"{first['status']} (a rerun under {cap_gb:g} GB: {again['status']})"}
+    return {
+        "status": f"out of memory: needs {need} > budget {budget_gb:g} GB (a rerun under {cap_gb:g} GB: "
+        f"{again['status'].split(':')[0]}); under the budget: {first['status']}"
+    }
+
+
+def run_child(script: str, argv: list[str], spec: str, timeout: float, budget_gb: float, device: torch.device) -> dict:
+    """Runs `script argv --mem-budget-gb budget_gb --row spec` and returns the row it printed, or a
+    row saying why there is none; a failure is rerun once under more memory to name its cause."""
+    first = _run_once(script, argv, spec, timeout, budget_gb)
+    if not failed(first):
+        return first
+    cap_gb = rerun_cap_gb(device)
+    again = _run_once(script, argv, spec, timeout, cap_gb) if cap_gb > budget_gb else None
+    return decide(first, again, budget_gb, cap_gb)
 
 
 def _meminfo_gb(field: str) -> float:
@@ -75,6 +115,13 @@ def _meminfo_gb(field: str) -> float:
 
 def mem_total_gb() -> float:
     return _meminfo_gb("MemTotal")
+
+
+def rerun_cap_gb(device: torch.device) -> float:
+    """The memory a failed row's rerun gets: 90% of what is available now, the whole GPU on CUDA."""
+    if device.type == "cuda":
+        return round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
+    return round(0.9 * _meminfo_gb("MemAvailable"), 1)
 
 
 def default_budget_gb(device: torch.device) -> float:

@@ -118,6 +118,22 @@ def bench(device: str, out: Path, backends: list[str]) -> int:
     )
 
 
+def out_dir_problem(path: Path) -> str | None:
+    """Why the benchmark could not write its files into folder `path` (made if missing), or None:
+    found before the checks run, not after them. Tried by creating a file, which is what counts
+    (a read-only file system, or root's access rights, fool os.access)."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder" if existing == path else f"{existing} is not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        what = "cannot write to it" if existing == path else f"cannot make it in {existing}"
+        return f"{what}: {e.strerror or e}"
+    return None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m lam_ops.check",
@@ -132,8 +148,18 @@ def main(argv=None) -> int:
     p.add_argument(
         "--bench", action="store_true", help="then a short benchmark against the peers (benchmarks/bench_lam.py)"
     )
-    p.add_argument("--bench-out", type=Path, help="folder for the benchmark's files (default: a new temporary folder)")
+    p.add_argument(
+        "--bench-out",
+        type=Path,
+        help="folder for the benchmark's files, made if missing (default: a new temporary folder); needs --bench",
+    )
     args = p.parse_args(argv)
+    if args.bench_out is not None:
+        if not args.bench:
+            p.error("--bench-out is where --bench writes its files: add --bench")
+        problem = out_dir_problem(args.bench_out)
+        if problem is not None:
+            p.error(f"--bench-out {args.bench_out}: {problem}")
     try:
         device = str(torch.device(args.device))
     except RuntimeError as e:

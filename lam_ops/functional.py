@@ -20,10 +20,17 @@ def available_backends(device: str | torch.device = "cpu") -> list[str]:
     return [name for name, b in BACKENDS.items() if b.unavailable(device) is None]
 
 
+# The largest radius: the operators take it as a 64-bit int. Any radius of at least the image's
+# side already gives the whole image, as None does.
+MAX_RADIUS = 2**63 - 1
+
+
 def check_radius(radius) -> None:
     """radius: an int >= 0 or None (a bool is not a radius, though Python counts it an int)."""
     if radius is not None and (isinstance(radius, bool) or not isinstance(radius, int) or radius < 0):
         raise ValueError(f"radius must be an int >= 0 or None, got {radius!r}")
+    if radius is not None and radius > MAX_RADIUS:
+        raise ValueError(f"radius must be at most 2**63 - 1 (None for the whole image), got {radius}")
 
 
 def check_sigma_value(sigma) -> None:

@@ -33,6 +33,8 @@ def _inputs(B=2, C=3, D=4, H=5, W=6):
         (dict(radius=-1), r"^radius must be"),
         (dict(radius=1.5), r"^radius must be"),
         (dict(radius=True), r"^radius must be"),
+        (dict(radius=2**63), r"^radius must be at most 2\*\*63 - 1"),  # was OverflowError or RuntimeError
+        (dict(radius=10**30), r"^radius must be at most 2\*\*63 - 1"),
         (dict(key_mask=torch.ones(2, 5, 6)), r"^key_mask must be a bool"),
         (dict(key_mask=torch.ones(2, 6, 5, dtype=torch.bool)), r"^key_mask must be \(B, H, W\)"),
         (dict(key_mask=torch.ones(5, 6, dtype=torch.bool)), r"^key_mask must be \(B, H, W\)"),
@@ -140,5 +142,6 @@ def test_window_is_clipped_not_shifted():
     # With r = 0 every pixel sees only itself: out == x whatever f and sigma.
     x, f = _inputs()
     torch.testing.assert_close(lam_ops.local_aggregate(x, f, 0.5, 0), x)
-    # A radius at least the image size is the global operator.
-    torch.testing.assert_close(lam_ops.local_aggregate(x, f, 2.0, 6), lam_ops.local_aggregate(x, f, 2.0, None))
+    # A radius at least the image size is the global operator, up to the largest one.
+    for radius in (6, 2**63 - 1):
+        torch.testing.assert_close(lam_ops.local_aggregate(x, f, 2.0, radius), lam_ops.local_aggregate(x, f, 2.0, None))

@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from lam_cases import NONFINITE_CASES, assert_nonfinite_case_matches_the_contract, nonfinite_case_id
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lam_ops
@@ -320,3 +321,11 @@ def test_float32_sigma_with_float64_inputs_and_a_huge_dsigma(backend):
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=out.dtype)
     dx, dsigma = torch.autograd.grad(out, (x, sigma), g)
     assert torch.isfinite(dx).all() and dsigma.dtype == torch.float32
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("case", NONFINITE_CASES, ids=nonfinite_case_id)
+def test_nonfinite_inputs_follow_the_contract_oracle(backend, case):
+    """reference's gradients broke the contract: a NaN in x gave finite df and dsigma, a NaN in f
+    at a masked-out key made every dx NaN (the dense products' 0 * NaN)."""
+    assert_nonfinite_case_matches_the_contract(case, backend)

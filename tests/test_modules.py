@@ -97,6 +97,7 @@ def test_double_computes_in_float64():
         (dict(radius=-2), "radius"),
         (dict(radius=True), "radius"),
         (dict(radius=2.0), "radius"),
+        (dict(radius=2**63), "radius"),  # was an OverflowError at the first forward
         (dict(sigma=float("nan")), "sigma"),
         (dict(similarity="colour"), "similarity"),
         (dict(backend="gpu"), "backend"),

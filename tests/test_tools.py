@@ -142,3 +142,36 @@ def test_gpu_check_without_torch_says_which_python_to_use(tmp_path):
     assert run.returncode == 2, run.stdout + run.stderr
     assert "torch cannot be imported" in run.stderr and "make gpu-check PYTHON=.venv/bin/python" in run.stderr
     assert "Traceback" not in run.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "out, says",
+    [
+        ("/etc/passwd", "/etc/passwd is a file, not a folder"),
+        ("/etc/passwd/results", "/etc/passwd is not a folder"),
+        ("/proc/lam_ops_bench", "cannot make it in /proc: "),  # not writable, even for root
+        (None, "is a file, not a folder"),  # a file of the user's
+    ],
+)
+def test_check_refuses_a_bench_out_it_cannot_write_before_the_checks(out, says, tmp_path, capsys, monkeypatch):
+    """--bench-out /etc/passwd raised FileExistsError after 40 s of checks: now an argparse error
+    (exit code 2, no traceback) before any check runs, and the file is left alone."""
+    monkeypatch.setattr(check, "run_checks", lambda *a: pytest.fail("the checks ran before --bench-out was checked"))
+    mine = tmp_path / "results.txt"
+    mine.write_text("mine")
+    out = out or str(mine)
+    with pytest.raises(SystemExit) as e:
+        check.main(["--bench", "--bench-out", out])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: --bench-out {out}: " in err and says in err and "Traceback" not in err, err
+    assert mine.read_text() == "mine"
+
+
+def test_check_bench_out_needs_bench_and_may_be_a_new_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        check.main(["--bench-out", str(tmp_path / "new")])
+    assert e.value.code == 2 and "--bench-out is where --bench writes its files: add --bench" in capsys.readouterr().err
+    assert check.out_dir_problem(tmp_path / "new" / "deeper") is None  # made by the benchmark
+    assert check.out_dir_problem(tmp_path) is None
+    assert not (tmp_path / "new").exists()  # checking made nothing

@@ -38,19 +38,30 @@ constexpr int kKeyBlock = 1024;
 // Dense row-major tile buffers: C = A B, or A B^T when b_transposed, plus C when accumulating;
 // A is M x K and C is M x N. ATen's mm runs BLAS, single-threaded inside at::parallel_for.
 template <typename T>
-at::Tensor matrix(const T* p, int64_t rows, int64_t cols) {
-  return at::from_blob(const_cast<T*>(p), {rows, cols}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+at::Tensor matrix(const T* p, int64_t rows, int64_t cols, int64_t row_stride) {
+  return at::from_blob(const_cast<T*>(p), {rows, cols}, {row_stride, 1},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
+
+// The longest contraction handed to BLAS in one call. MKL sums a longer one in blocks chosen by the
+// calling context (the same product gave other bits with 1 and 2 threads at K = 1000, each call
+// single-threaded inside at::parallel_for): split here, in a fixed order, the result does not
+// depend on the thread count.
+constexpr int64_t kMaxDepth = 256;
 
 template <typename T>
 void mm(int64_t M, int64_t N, int64_t K, const T* A, const T* B, bool b_transposed, bool accumulate, T* C) {
-  const at::Tensor a = matrix(A, M, K);
-  const at::Tensor b = b_transposed ? matrix(B, N, K).t() : matrix(B, K, N);
-  at::Tensor c = matrix(C, M, N);
-  if (accumulate)
-    c.addmm_(a, b);
-  else
-    at::mm_out(c, a, b);
+  at::Tensor c = matrix(C, M, N, N);
+  if (K == 0 && !accumulate) c.zero_();
+  for (int64_t k0 = 0; k0 < K; k0 += kMaxDepth) {
+    const int64_t k = std::min(kMaxDepth, K - k0);
+    const at::Tensor a = matrix(A + k0, M, k, K);
+    const at::Tensor b = b_transposed ? matrix(B + k0, N, k, K).t() : matrix(B + k0 * N, k, N, N);
+    if (accumulate || k0 > 0)
+      c.addmm_(a, b);
+    else
+      at::mm_out(c, a, b);
+  }
 }
 
 // A rectangle of pixels, rows [y0, y1) and columns [x0, x1), numbered row-major inside it.
@@ -451,14 +462,17 @@ struct BackwardTile {
       return dsig;
     }
     // A non-finite f or grad_out in the block: as in the forward, sum over the pairs that relate a
-    // and b alone (a admissible as b's key for dx; either one admissible for df).
+    // and b alone: a admissible as the key of b for dx; for df, a as the key of b or b as the key
+    // of a, each only where that query has weight (a query without any adds no term, not 0 * inf).
     for_each_pixel(tile, [&](int64_t a, int y, int x) {
       const Rect w = window_in(y, x, block, tiling);
+      const bool a_live = la[a] != neg_inf<T>();
       for (int yk = w.y0; yk < w.y1; ++yk)
         for (int k = (yk - block.y0) * bw + (w.x0 - block.x0), e = k + w.width(); k < e; ++k) {
-          if (ma[a] != T(0))
+          const bool a_as_key = ma[a] != T(0) && lb[k] != neg_inf<T>(), b_as_key = mb[k] != T(0) && a_live;
+          if (a_as_key)
             for (int64_t c = 0; c < C; ++c) dxa[a * C + c] += pab[a * K + k] * gb[k * C + c];
-          if (ma[a] != T(0) || mb[k] != T(0))
+          if (a_as_key || b_as_key)
             for (int64_t d = 0; d < D; ++d) dfa[a * D + d] += ds[a * K + k] * fb[k * D + d];
         }
     });

@@ -143,18 +143,21 @@ __device__ void dot_keys(acc_t (&acc)[TK], const acc_t (&v)[CK][TK], const scala
   }
 }
 
-// own[c0 + c] = own[c0 + c] * scale + sum_t w[t] * s.v[c][t]: weighted sum of the staged keys
-// into this thread's accumulator of a (C, N) tensor. A key of weight exactly 0 (outside the
-// window, masked out, or underflowed) is skipped by a select, not multiplied: its value may be
-// inf or NaN, and 0 * inf = NaN would let it reach this query (docs/operator.md: edge cases).
+// own[c0 + c] = own[c0 + c] * scale + sum_t w[t] * s.v[c][t] over the keys t whose bit is set in
+// `pairs`: weighted sum of the staged keys into this thread's accumulator of a (C, N) tensor. A
+// pair left out (the key outside the window or masked out, or a query without weight) is skipped
+// by a select, not multiplied: its value may be inf or NaN, and 0 * inf = NaN would let it reach
+// this query. A pair in the sum whose weight is 0 (underflowed) is multiplied like any other, so
+// that a non-finite value there reaches the result as on every backend (docs/operator.md).
 template <int TK, typename acc_t>
-__device__ void gather_keys(acc_t* own, const acc_t (&w)[TK], const acc_t (&v)[CK][TK], int c0, int n, int64_t N,
-                            acc_t scale) {
+__device__ void gather_keys(acc_t* own, const acc_t (&w)[TK], uint32_t pairs, const acc_t (&v)[CK][TK], int c0, int n,
+                            int64_t N, acc_t scale) {
+  static_assert(TK <= 32, "one bit of `pairs` per key");
   const int cn = imin(CK, n - c0);
   for (int c = 0; c < cn; ++c) {
     acc_t a = 0;
 #pragma unroll
-    for (int t = 0; t < TK; ++t) a += w[t] != static_cast<acc_t>(0) ? w[t] * v[c][t] : static_cast<acc_t>(0);
+    for (int t = 0; t < TK; ++t) a += (pairs >> t & 1u) ? w[t] * v[c][t] : static_cast<acc_t>(0);
     acc_t& o = own[(c0 + c) * N];
     o = o * scale + a;
   }
@@ -204,10 +207,12 @@ __global__ void __launch_bounds__(kMaxThreads)
       __syncthreads();
     }
     acc_t tile_max = neg_inf<acc_t>();
+    uint32_t admissible = 0;  // bit t: key t is admissible for this query
 #pragma unroll
     for (int t = 0; t < TK; ++t) {
       const int dy = keys.y[t] - q.y, dx = keys.x[t] - q.x;
       const bool ok = q.active && keys.key[t] && in_window(dy, dx, radius);
+      admissible |= static_cast<uint32_t>(ok) << t;
       s[t] = ok ? logit(s[t], dist2(dy, dx), coef) : neg_inf<acc_t>();
       tile_max = s[t] > tile_max ? s[t] : tile_max;
     }
@@ -217,15 +222,16 @@ __global__ void __launch_bounds__(kMaxThreads)
     for (int c0 = 0; c0 < C; c0 += CK) {
       load_channels(keys, xb, c0, C, N);
       __syncthreads();
-      if (q.active) gather_keys(ab, s, keys.v, c0, C, N, scale);
+      if (q.active) gather_keys(ab, s, admissible, keys.v, c0, C, N, scale);
       __syncthreads();
     }
     __syncthreads();  // the next load_keys overwrites what this tile read (with C = 0 nothing else syncs)
   }
 
   if (!q.active) return;
-  const acc_t inv = sm.inv_l();
-  for (int c = 0; c < C; ++c) out[(q.b * C + c) * N + q.p] = static_cast<scalar_t>(ab[c * N] * inv);
+  const acc_t inv = sm.inv_l();  // 0 without weight: out 0, also where an admissible x was inf (0 * inf)
+  for (int c = 0; c < C; ++c)
+    out[(q.b * C + c) * N + q.p] = static_cast<scalar_t>(inv == static_cast<acc_t>(0) ? inv : ab[c * N] * inv);
   lse[q.b * N + q.p] = sm.lse();
 }
 
@@ -253,7 +259,8 @@ __global__ void __launch_bounds__(kMaxThreads)
   const bool p_key = q.active && (mb == nullptr || mb[q.p]);
   const acc_t lse_p = q.active ? lb[q.p] : neg_inf<acc_t>();
   const acc_t delta_p = q.active ? db[q.p] : static_cast<acc_t>(0);
-  acc_t dsig = 0;  // sum of dS(q, p) |s_p - s_q|^2 over this thread's keys q
+  const bool p_live = lse_p != neg_inf<acc_t>();  // p has weight as a query (see dscore)
+  acc_t dsig = 0;                                 // sum of dS(q, p) |s_p - s_q|^2 over this thread's keys q
 
   for (int k0 = 0; k0 < q.nk; k0 += TK) {
     load_keys(keys, q, k0, W, mb, lb, db);
@@ -277,10 +284,16 @@ __global__ void __launch_bounds__(kMaxThreads)
       if (q.active) dot_keys(wf, keys.v, xb + q.p, c0, C, N);
       __syncthreads();
     }
+    // The pairs of each sum, as in the CPU kernel: p as the key of a query q with weight (dx; df),
+    // q as the key of p if p has weight (df).
+    uint32_t p_key_of_q = 0, in_df = 0;
 #pragma unroll
     for (int t = 0; t < TK; ++t) {
       const int dy = keys.y[t] - q.y, dx = keys.x[t] - q.x;
       if (q.active && keys.pix[t] >= 0 && in_window(dy, dx, radius)) {
+        const bool a = p_key && keys.lse[t] != neg_inf<acc_t>(), b = keys.key[t] && p_live;
+        p_key_of_q |= static_cast<uint32_t>(a) << t;
+        in_df |= static_cast<uint32_t>(a || b) << t;
         const int d2 = dist2(dy, dx);
         const PairGrad<acc_t> pg = pair_grad(logit(fpq[t], d2, coef), p_key, keys.key[t], lse_p, keys.lse[t], wx[t],
                                              wf[t], delta_p, keys.delta[t]);
@@ -294,13 +307,13 @@ __global__ void __launch_bounds__(kMaxThreads)
     for (int c0 = 0; c0 < C; c0 += CK) {
       load_channels(keys, gb, c0, C, N);
       __syncthreads();
-      if (q.active) gather_keys(dx + q.b * C * N + q.p, wx, keys.v, c0, C, N, static_cast<acc_t>(1));
+      if (q.active) gather_keys(dx + q.b * C * N + q.p, wx, p_key_of_q, keys.v, c0, C, N, static_cast<acc_t>(1));
       __syncthreads();
     }
     for (int d0 = 0; d0 < D; d0 += CK) {
       load_channels(keys, fb, d0, D, N);
       __syncthreads();
-      if (q.active) gather_keys(df + q.b * D * N + q.p, wf, keys.v, d0, D, N, static_cast<acc_t>(1));
+      if (q.active) gather_keys(df + q.b * D * N + q.p, wf, in_df, keys.v, d0, D, N, static_cast<acc_t>(1));
       __syncthreads();
     }
     __syncthreads();  // the next load_keys overwrites what this tile read

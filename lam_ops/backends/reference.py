@@ -1,12 +1,14 @@
-"""The reference backend: the contract written in plain PyTorch, gradients by autograd.
+"""The reference backend: the contract written in plain PyTorch, gradients by autograd (two small
+autograd Functions keep the sums of its dense products to the admissible pairs).
 
 It builds the dense HW x HW logits of each image and masks them to the window, which makes it
 obviously correct for every radius (None included) and the oracle of the tests; it is also the
 fallback where no compiled kernel runs. Memory grows as (HW)^2: use it for small inputs.
 
-Non-finite inputs: its outputs (out, lse) follow the contract exactly; its gradients come from
-dense autograd, where a non-finite f of one pixel can reach other pixels' gradients as 0 * NaN
-(the `cpp` backward sums such pairs apart and does not).
+Non-finite inputs: outputs and gradients follow the contract's IEEE arithmetic over the admissible
+pairs only. Every dense product whose sum runs over pixels (the aggregation, and the gradients of
+the logits with respect to f) leaves the other pairs out rather than adding 0 * value for them
+(_PairSum, _PairDot), so a non-finite value outside a window or masked out reaches nothing.
 """
 
 from __future__ import annotations
@@ -52,35 +54,66 @@ class _DistCoef(torch.autograd.Function):
         return grad * (1 / (sigma * sigma * sigma)).clamp(max=torch.finfo(sigma.dtype).max)
 
 
-class _FinitePart(torch.autograd.Function):
-    """x with its non-finite entries replaced by 0, gradient passed through unchanged: the dense
-    product A x adds 0 * x_i for every key i a query may not use, and 0 * inf is NaN, so the
-    non-finite entries are summed apart (see _nonfinite_sum). The gradient of A x with respect to
-    x, A^T g, does not depend on x, so passing it through is exact."""
+def _count(indicator: Tensor, pairs: Tensor, dtype: torch.dtype) -> Tensor:
+    """[b, k, j] = #{i : indicator[b, k, i] and pairs[b, j, i]}, as a product of indicator matrices:
+    the cost of the dense product, without a host read (no branch on whether any entry is set)."""
+    return indicator.to(dtype) @ pairs.transpose(1, 2).to(dtype)
+
+
+def _nonfinite_part(values: Tensor, attn: Tensor, pairs: Tensor) -> Tensor:
+    """The IEEE value of sum over the pairs (j, i) of attn[b, j, i] values[b, k, i] restricted to the
+    values that are not finite, as (B, K, N): 0 where there is none, else NaN (a NaN, 0 * inf,
+    NaN * inf or inf - inf), +inf or -inf. attn is >= 0 or NaN, and 0 outside the pairs."""
+    weighted = attn > 0
+    nan = _count(values.isnan(), pairs, attn.dtype) + _count(values.isinf(), pairs & ~weighted, attn.dtype)
+    pos, neg = (_count(values == v, weighted, attn.dtype) for v in (float("inf"), float("-inf")))
+    out = torch.where(pos > 0, float("inf"), 0.0) + torch.where(neg > 0, float("-inf"), 0.0)  # both: NaN
+    return torch.where(nan > 0, float("nan"), out).to(attn.dtype)
+
+
+class _PairSum(torch.autograd.Function):
+    """out[b, k, j] = sum over the pairs (j, i) of attn[b, j, i] values[b, k, i]: a dense product
+    that leaves out the other pairs rather than adding 0 * value for them, which is NaN for a
+    non-finite value (a key outside the window or masked out must reach nothing). Its gradient
+    with respect to values, attn^T g, does not depend on them; the incoming gradient g (the
+    caller's grad_out) is finite in the contract, so both gradients are plain products, written
+    with differentiable operations: second derivatives work."""
 
     @staticmethod
-    def forward(ctx, x):
-        return torch.where(torch.isfinite(x), x, 0)
+    def forward(ctx, values, attn, pairs):
+        ctx.save_for_backward(values, attn, pairs)
+        attn = torch.where(pairs, attn, 0)  # a pair outside contributes nothing (NaN rows included)
+        finite = torch.where(torch.isfinite(values), values, 0)
+        return finite @ attn.transpose(1, 2) + _nonfinite_part(values, attn, pairs)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad
+        values, attn, pairs = ctx.saved_tensors
+        return grad @ torch.where(pairs, attn, 0), torch.where(pairs, grad.transpose(1, 2) @ values, 0), None
 
 
-def _nonfinite_sum(xs: Tensor, attn: Tensor, admissible: Tensor) -> Tensor:
-    """The IEEE value of sum_i A(i, j) x_i over the admissible keys i whose x_i is not finite, as
-    (B, C, N): 0 where there is none, else NaN (a NaN, 0 * inf, or inf - inf), +inf or -inf. Counted
-    with products of indicator matrices, so it costs what the dense product costs, without a host
-    read (no branch on whether any entry is non-finite)."""
+class _PairDot(torch.autograd.Function):
+    """The logits' feature term f_j . f_i of every pair, given as `dots` (computed without autograd),
+    with the gradient with respect to f summed over `pairs` only: a non-finite f never reaches the
+    gradient of a pixel through a pair that is not in the sums (the dense product's 0 * inf), such
+    as the pairs of a query without weight. Where a non-finite f_i meets a pair of the sums, the
+    term is NaN: its logit is +-inf or NaN, so the pair's gradient is NaN (the row's softmax), or 0
+    at weight 0, and 0 * inf is NaN."""
 
-    def count(values: Tensor, pairs: Tensor) -> Tensor:  # [b, c, j] = #{i : values[b, c, i] and pairs[b, j, i]}
-        return values.to(attn.dtype) @ pairs.transpose(1, 2).to(attn.dtype)
+    @staticmethod
+    def forward(ctx, f, dots, pairs):
+        ctx.save_for_backward(f, pairs)
+        return dots
 
-    positive = attn > 0  # only admissible pairs have a weight
-    nan = count(xs.isnan(), admissible) + count(xs.isinf(), admissible & (attn == 0))
-    pos, neg = count(xs == float("inf"), positive), count(xs == float("-inf"), positive)
-    out = torch.where(pos > 0, float("inf"), 0.0) + torch.where(neg > 0, float("-inf"), 0.0)  # both: NaN
-    return torch.where(nan > 0, float("nan"), out).to(attn.dtype)
+    @staticmethod
+    def backward(ctx, grad):
+        f, pairs = ctx.saved_tensors
+        grad = torch.where(pairs, grad, 0)
+        finite = torch.where(torch.isfinite(f), f, 0)
+        # f_j as the query of its keys i, plus f_i as the key of its queries j
+        df = finite @ grad.transpose(1, 2) + finite @ grad
+        meets = _count(~torch.isfinite(f), pairs | pairs.transpose(1, 2), f.dtype)
+        return torch.where(meets > 0, float("nan"), df), None, None
 
 
 def reference_forward(
@@ -92,24 +125,23 @@ def reference_forward(
     xs = x.to(dtype).flatten(2)  # (B, C, N)
     fs = f.to(dtype).flatten(2)  # (B, D, N)
     admissible = window_mask(H, W, radius, x.device).expand(B, -1, -1)
-    fk = fs
     if key_mask is not None:
-        km = key_mask.flatten(1)[:, None, :]
-        admissible = admissible & km
-        # Masked keys enter the product as 0, so that a non-finite f there cannot reach another
-        # query's gradient through 0 * NaN (their logits are replaced by -inf below anyway).
-        fk = torch.where(km, fs, 0)
-    # logits[b, j, i]: query j (rows) against key i (columns); each entry is one pair's IEEE value
-    logits = fs.transpose(1, 2) @ fk + pair_dist2(H, W, x.device).to(dtype) * _DistCoef.apply(sigma.to(dtype))
-    logits = logits.masked_fill(~admissible, float("-inf"))
-    # A query with no admissible key, or whose keys' weights all underflow (logits all -inf), gets a
-    # constant row (no NaN in softmax or its gradient) and is zeroed afterwards: out = 0, zero
-    # gradients, lse = -inf. A NaN logit is not -inf: it reaches out and lse, as the contract says.
-    empty = (logits == float("-inf")).all(-1, keepdim=True)
+        admissible = admissible & key_mask.flatten(1)[:, None, :]
+    # [b, j, i]: query j (rows) against key i (columns); each entry is one pair's IEEE value
+    distance = pair_dist2(H, W, x.device).to(dtype) * _DistCoef.apply(sigma.to(dtype))
+    with torch.no_grad():
+        dots = fs.transpose(1, 2) @ fs
+        # A query with no admissible key, or whose keys' weights all underflow (logits all -inf),
+        # has out = 0, lse = -inf and no pair in any gradient. A NaN logit is not -inf: it reaches
+        # out and lse, as the contract says.
+        empty = ((dots + distance).masked_fill(~admissible, float("-inf")) == float("-inf")).all(-1, keepdim=True)
+    used = admissible & ~empty
+    # The rows of the queries without weight are constant (no NaN in softmax or its gradient) and
+    # zeroed afterwards.
+    logits = (_PairDot.apply(fs, dots, used) + distance).masked_fill(~admissible, float("-inf"))
     logits = logits.masked_fill(empty, 0.0)
     attn = torch.softmax(logits, dim=-1).masked_fill(empty, 0.0)
-    used = admissible & ~empty
-    out = _FinitePart.apply(xs) @ attn.transpose(1, 2) + _nonfinite_sum(xs, attn.detach(), used)
+    out = _PairSum.apply(xs, attn, used)
     lse = torch.logsumexp(logits, dim=-1).masked_fill(empty[..., 0], float("-inf"))
     return out.view(B, C, H, W).to(x.dtype), lse.view(B, H, W).to(lse_dtype(x.dtype))
 

@@ -160,6 +160,52 @@ void check_nonfinite_keys() {
   }
 }
 
+// The non-finite cases of tests/lam_cases.py (NONFINITE_CASES), in which the CPU operators match the
+// contract's oracle (tests/test_lam_edge_cases.py): a NaN or an infinity in one channel of x or f
+// at pixel (2, 3), admissible or masked out, radius 1 or None, sigma 1.5 or 1e-200 (with a query
+// without weight next to it). The kernels give the same non-finite entries, and the same finite
+// values (at sigma 1e-200 out and lse only: the gradients of a query whose own pixel is masked out
+// keep no digits there).
+void check_nonfinite_like_cpu() {
+  const auto opts = at::TensorOptions().dtype(at::kDouble);
+  const at::Tensor x0 = at::randn({1, 2, 5, 6}, opts), f0 = at::randn({1, 3, 5, 6}, opts) / 1.3;
+  const at::Tensor g = at::randn({1, 2, 5, 6}, opts);
+  const char* names[] = {"out", "lse", "dx", "df", "dsigma"};
+  for (const bool in_f : {false, true})
+    for (const double v : {NAN, INFINITY, -INFINITY})
+      for (const bool masked : {false, true})
+        for (const std::optional<int64_t> radius : {std::optional<int64_t>(1), std::optional<int64_t>()})
+          for (const double sv : {1.5, 1e-200}) {
+            at::Tensor x = x0.clone(), f = f0.clone();
+            (in_f ? f : x)[0][1][2][3].fill_(v);
+            at::Tensor mask = at::ones({1, 5, 6}, at::kBool);
+            mask[0][4][0].fill_(false);
+            if (sv < 1e-100) {  // query (1, 2): no key at d2 < 2
+              mask[0][1].slice(0, 1, 4).fill_(false);
+              mask[0].select(1, 2).slice(0, 0, 3).fill_(false);
+            }
+            mask[0][2][3].fill_(!masked);
+            const at::Tensor sigma = at::scalar_tensor(sv, opts);
+            const auto got = run_kernels<double>(x, f, sigma, lam::kernel_radius(radius, 5, 6), mask, g);
+            auto [out, lse] = forward_op().call(x, f, sigma, radius, mask);
+            auto [dx, df, dsigma] = backward_op().call(g, x, f, sigma, radius, mask, out, lse);
+            const at::Tensor have[] = {std::get<0>(got), std::get<1>(got), std::get<2>(got), std::get<3>(got),
+                                       std::get<4>(got)};
+            const at::Tensor want[] = {out, lse, dx, df, dsigma};
+            char name[96];
+            std::snprintf(name, sizeof name, "%s=%g%s r%s sigma %g ", in_f ? "f" : "x", v, masked ? " masked" : "",
+                          radius ? std::to_string(*radius).c_str() : "None", sv);
+            for (int k = 0; k < 5; ++k) {
+              const at::Tensor ok = at::isfinite(want[k]);
+              expect(same(at::isfinite(have[k]), ok),
+                     name + std::string(names[k]) + ": other non-finite entries than the CPU's");
+              if (sv > 1e-100 || k < 2)
+                expect_close(name + std::string(names[k]), have[k].masked_select(ok), want[k].masked_select(ok), 1e-10,
+                             1e-9);
+            }
+          }
+}
+
 // B, H, W, C or D = 0 run and give the formula's result (D = 0: the distance term alone).
 void check_empty_sizes() {
   const int64_t shapes[][5] = {{0, 3, 4, 5, 6}, {2, 3, 4, 0, 6}, {2, 3, 4, 5, 0}, {2, 0, 4, 5, 6}, {2, 3, 0, 5, 6}};
@@ -216,6 +262,7 @@ int main(int argc, char** argv) {
     check(k, at::kBFloat16, 1.6e-2);
   }
   check_nonfinite_keys();
+  check_nonfinite_like_cpu();
   check_empty_sizes();
   check_extreme_sigma();
   if (failures) return 1;

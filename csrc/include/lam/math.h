@@ -155,10 +155,12 @@ LAM_HD T prob(T logit_ij, T lse_j) {
   return lse_j == neg_inf<T>() ? static_cast<T>(0) : exp_(logit_ij - lse_j);
 }
 
-// dS(i, j) = A(i, j) (g_j . x_i - Delta_j), with Delta_j = g_j . out_j.
+// dS(i, j) = A(i, j) (g_j . x_i - Delta_j), with Delta_j = g_j . out_j. A query without weight
+// (lse_j = -inf: no admissible key, or all their weights underflowed) has out_j = 0 by definition,
+// not as a sum: none of its pairs has a gradient, also where an x_i is not finite (0 * NaN).
 template <typename T>
-LAM_HD T dscore(T a, T g_dot_x, T delta_j) {
-  return a * (g_dot_x - delta_j);
+LAM_HD T dscore(T a, T lse_j, T g_dot_x, T delta_j) {
+  return lse_j == neg_inf<T>() ? static_cast<T>(0) : a * (g_dot_x - delta_j);
 }
 
 // The backward of one pair (p, q) of pixels with q in window(p), hence p in window(q), seen from
@@ -175,9 +177,9 @@ template <typename T>
 LAM_HD PairGrad<T> pair_grad(T logit_pq, bool p_key, bool q_key, T lse_p, T lse_q, T gp_dot_xq, T gq_dot_xp, T delta_p,
                              T delta_q) {
   const T zero = static_cast<T>(0);
-  const T ds_query = q_key ? dscore(prob(logit_pq, lse_p), gp_dot_xq, delta_p) : zero;
+  const T ds_query = q_key ? dscore(prob(logit_pq, lse_p), lse_p, gp_dot_xq, delta_p) : zero;
   const T a = p_key ? prob(logit_pq, lse_q) : zero;
-  const T ds_key = p_key ? dscore(a, gq_dot_xp, delta_q) : zero;
+  const T ds_key = p_key ? dscore(a, lse_q, gq_dot_xp, delta_q) : zero;
   return {a, ds_query + ds_key, ds_query};
 }
 

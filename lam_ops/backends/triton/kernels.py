@@ -15,7 +15,8 @@ Non-finite inputs follow the contract (docs/operator.md, edge cases): everything
 through a select on its admissibility (window and key mask), never through a product with a zero
 weight alone, since 0 * inf = NaN would let an excluded key reach a query. In the tl.dot products
 that cannot select per pair, the key operand is made finite first and a non-finite value's terms
-are added back for the admissible pairs only (rare: a branch taken per key tile).
+are added back for the pairs of the sum only (rare: a branch per key tile in the forward, a second
+pass over the key tiles in the backward, taken only when one holds a non-finite f).
 
 The backward is one gather pass, not the query-side + key-side pair of flash attention: the
 logit f_i . f_j - |s_i - s_j|^2 / (2 sigma^2) is symmetric and so is the clipped window, so a
@@ -133,23 +134,35 @@ def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _window(ya, xa, yb, xb, R):
+    """|s_a - s_b|^2 for all pairs (rows a, columns b), and whether b lies in a's window (iff a lies
+    in b's)."""
+    dy = ya[:, None] - yb[None, :]
+    dx = xa[:, None] - xb[None, :]
+    return dy * dy + dx * dx, (tl.abs(dy) <= R) & (tl.abs(dx) <= R)
+
+
+@triton.jit
 def _pair_logits(fa, fb, ya, xa, yb, xb, coef, R, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """logit(a, b) = f_a . f_b + coef |s_a - s_b|^2 for all pairs (rows a, columns b), the squared
     distances, and whether b lies in a's window (iff a lies in b's)."""
-    dy = ya[:, None] - yb[None, :]
-    dx = xa[:, None] - xb[None, :]
-    d2 = dy * dy + dx * dx
-    in_window = (tl.abs(dy) <= R) & (tl.abs(dx) <= R)
+    d2, in_window = _window(ya, xa, yb, xb, R)
     s = _dot(fa, tl.trans(fb), PRECISION, UPCAST)
-    # A pixel's own distance term is exactly 0, also where coef = -inf (sigma^2 underflows): no -inf * 0.
-    return tl.where(d2 == 0, s, s + coef * d2.to(s.dtype)), d2, in_window
+    return s + coef * d2.to(s.dtype), d2, in_window
 
 
 @triton.jit
 def _sigma_coef(sigma):
-    """-1 / (2 sigma^2), read on the device (no host sync); sigma comes in the accumulation type."""
+    """-1 / (2 sigma^2), read on the device (no host sync); sigma comes in the accumulation type.
+    Clamped to the lowest finite value, as in csrc/include/lam/math.h: where sigma^2 underflows, a
+    pixel's own distance term stays exactly 0 (never -inf * 0) and the keys at distance 1 keep a
+    finite logit, so a query whose own pixel is masked out averages its nearest keys."""
     s = tl.load(sigma)
-    return -0.5 / (s * s)
+    if s.dtype == tl.float64:
+        lowest = -1.7976931348623157e308
+    else:
+        lowest = -3.4028234663852886e38
+    return tl.maximum(-0.5 / (s * s), lowest)
 
 
 @_jit
@@ -225,10 +238,11 @@ def lam_forward_kernel(
                 acc = _nonfinite_terms(acc, p, adm, xk_, finite, C, BLOCK_C)
             m = m_new
 
-    # A query with no admissible key: out = 0, lse = -inf.
-    seen = l > 0
+    # A query with no admissible key, or whose keys all have weight 0: out = 0 (also where such a key
+    # had a non-finite x: 0 * inf), lse = -inf. A NaN l (a NaN logit) is not 0: it reaches out and lse.
+    seen = l != 0
     l = tl.where(seen, l, 1.0)
-    acc = acc / l[:, None]
+    acc = tl.where(seen[:, None], acc / l[:, None], 0.0)
     _store_channels(out + b * C * H * W, acc, yq, xq, q_in, C, H, W, BLOCK_C, I64)
     tl.store(lse + b * H * W + _wide(yq * W + xq, I64), tl.where(seen, m + tl.log(l), float("-inf")), mask=q_in)
 
@@ -299,6 +313,57 @@ def _backward_operands(
     lse_t = _load_pixels(lse, ys, xs, inside, W, 1, float("inf"), I64)
     lse_t = tl.where(lse_t == float("-inf"), float("inf"), lse_t)
     return ok, ft, xt, gt, lse_t, _load_pixels(delta, ys, xs, inside, W, 1, 0.0, I64)
+
+
+@triton.jit
+def _nonfinite_f_terms(
+    df_acc,
+    f,
+    mask,
+    lse,
+    yp,
+    xp,
+    p_in,
+    p_ok,
+    lse_p,
+    ylo,
+    yhi,
+    xlo,
+    xhi,
+    D,
+    W,
+    R,
+    sfc,
+    sfh,
+    sfw,
+    smh,
+    smw,
+    HAS_MASK: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    I64: tl.constexpr,
+    TKH: tl.constexpr,
+    TKW: tl.constexpr,
+):
+    """df_acc, NaN where a pair of the sums meets a non-finite f_q (the backward left those terms
+    out): f_q makes the pair's logit +-inf or NaN, so its dS is NaN, or 0 at weight 0, and the term
+    dS f_q is NaN in IEEE arithmetic, in the channels where f_q is not finite. The pairs of the sums
+    are those of the backward: q admissible for a query p with weight, or p for a q with weight."""
+    p_live = lse_p != float("inf")  # L as the backward holds it: +inf for a query without weight
+    for ky in range(ylo, yhi, TKH):
+        for kx in range(xlo, xhi, TKW):
+            yq, xq = _pixels(ky, kx, TKH, TKW)
+            q_in = (yq < yhi) & (xq < xhi)
+            q_ok = _admissible(mask, yq, xq, q_in, smh, smw, HAS_MASK, I64)
+            fq = _load_channels(f, yq, xq, q_in, D, sfc, sfh, sfw, BLOCK_D, I64)
+            q_live = _load_pixels(lse, yq, xq, q_in, W, 1, float("-inf"), I64) != float("-inf")
+            _, in_window = _window(yp, xp, yq, xq, R)
+            pair = in_window & p_in[:, None] & q_in[None, :]
+            in_sums = pair & ((q_ok[None, :] & p_live[:, None]) | (p_ok[:, None] & q_live[None, :]))
+            hits = _dot(in_sums.to(fq.dtype), (~_finite(fq)).to(fq.dtype), PRECISION, UPCAST)
+            df_acc = tl.where(hits > 0, float("nan"), df_acc)
+    return df_acc
 
 
 @_jit
@@ -394,6 +459,7 @@ def lam_backward_kernel(
     dx_acc = tl.zeros([TH * TW, BLOCK_C], coef.dtype)
     df_acc = tl.zeros([TH * TW, BLOCK_D], coef.dtype)
     dsig_acc = tl.zeros([TH * TW], coef.dtype)
+    nonfinite_f = 0  # entries of f among the keys that are not finite
     ylo, yhi, xlo, xhi = _neighbour_range(y0, x0, H, W, R, TH, TW)
     for ky in range(ylo, yhi, TKH):
         for kx in range(xlo, xhi, TKW):
@@ -431,18 +497,50 @@ def lam_backward_kernel(
 
             s, d2, in_window = _pair_logits(fp, fq, yp, xp, yq, xq, coef, R, PRECISION, UPCAST)
             pair = in_window & p_in[:, None] & q_in[None, :]
-            q_key = pair & q_ok[None, :]  # q admissible for query p
-            p_key = pair & p_ok[:, None]  # p admissible for query q
+            # The pairs of the sums: q admissible for query p, p admissible for query q, each where
+            # that query has weight (L != inf, NaN included: a query without any has no pair in the gradients).
+            q_key = pair & q_ok[None, :] & (lse_p != float("inf"))[:, None]
+            p_key = pair & p_ok[:, None] & (lse_q != float("inf"))[None, :]
             a_q = tl.where(q_key, tl.exp(s - lse_p[:, None]), 0.0)  # A(q, p)
             a_p = tl.where(p_key, tl.exp(s - lse_q[None, :]), 0.0)  # A(p, q)
             ds_q = tl.where(q_key, a_q * (_dot(gp, tl.trans(xq_), PRECISION, UPCAST) - delta_p[:, None]), 0.0)
             ds_p = tl.where(p_key, a_p * (_dot(xp_, tl.trans(gq), PRECISION, UPCAST) - delta_q[None, :]), 0.0)
             dx_acc += _dot(a_p.to(gq.dtype), gq, PRECISION, UPCAST).to(dx_acc.dtype)
-            # A non-finite f_q of an admissible pair already made that pair's dS non-finite (through
-            # f_p . f_q), so zeroing it here only keeps excluded pairs out (0 * inf).
-            fq_ = tl.where(_finite(fq), fq, 0.0)
-            df_acc += _dot((ds_q + ds_p).to(fq.dtype), fq_, PRECISION, UPCAST).to(df_acc.dtype)
+            fq_ok = _finite(fq)  # non-finite f_q: left out here, see _nonfinite_f_terms
+            df_acc += _dot((ds_q + ds_p).to(fq.dtype), tl.where(fq_ok, fq, 0.0), PRECISION, UPCAST).to(df_acc.dtype)
+            nonfinite_f += tl.sum((~fq_ok).to(tl.int32))
             dsig_acc += tl.sum(ds_q * d2.to(ds_q.dtype), 1)
+    if nonfinite_f > 0:  # rare; a pass of its own keeps its registers out of the loop above
+        df_acc = _nonfinite_f_terms(
+            df_acc,
+            f,
+            mask,
+            lse,
+            yp,
+            xp,
+            p_in,
+            p_ok,
+            lse_p,
+            ylo,
+            yhi,
+            xlo,
+            xhi,
+            D,
+            W,
+            R,
+            sfc,
+            sfh,
+            sfw,
+            smh,
+            smw,
+            HAS_MASK,
+            BLOCK_D,
+            PRECISION,
+            UPCAST,
+            I64,
+            TKH,
+            TKW,
+        )
 
     _store_channels(dx + b * C * n, dx_acc, yp, xp, p_in, C, H, W, BLOCK_C, I64)
     _store_channels(df + b * D * n, df_acc, yp, xp, p_in, D, H, W, BLOCK_D, I64)

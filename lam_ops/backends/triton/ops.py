@@ -290,10 +290,9 @@ def triton_backward(
             **_strides("g", grad_out),
             **shared,
         )
-    total = dsig.sum()
-    # / sigma^3 may overflow to inf at a tiny sigma, where every distance weight and so the sum
-    # underflowed to 0: the derivative is 0 there, not 0 * inf.
-    dsigma = torch.where(total == 0, torch.zeros_like(total), total / (sig * sig * sig))
+    # 1 / sigma^3 clamped to the largest finite value, as in csrc/include/lam/math.h: where it
+    # overflows, every distance weight and so the sum is 0, and the derivative 0, not 0 * inf.
+    dsigma = dsig.sum() * (1 / (sig * sig * sig)).clamp(max=torch.finfo(sig.dtype).max)
     return dx, df, dsigma.to(sigma.dtype)
 
 
