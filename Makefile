@@ -92,7 +92,7 @@ bench: install
 	$(PY) benchmarks/bench_lam.py
 
 # Lint and format checks (configured in pyproject.toml and .clang-format), the first step of `make test`.
-CXX_SOURCES = $(shell find csrc tests/cpp -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
+CXX_SOURCES = $(shell find csrc tests/cpp examples -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 .PHONY: lint
 lint: install
 	$(PY) -m pip install -q --group lint
