@@ -1,5 +1,6 @@
-"""The `blpseg` command: train, data-summary, eval, predict, app, info, make-synthetic, export-folder,
-convert-scribbles, scribblize, and the analyses analyze-bias, loss-maps, plot-precision."""
+"""The `blpseg` command: train, data-summary, eval, predict, export, import-release, app, info,
+make-synthetic, export-folder, convert-scribbles, scribblize, and the analyses analyze-bias,
+loss-maps, plot-precision."""
 
 from __future__ import annotations
 
