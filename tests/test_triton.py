@@ -277,6 +277,7 @@ def _compile_report(kernel, constexprs, options, dtype, arch):
         delta=acc,
         dsig=acc,
         mask="*i1",
+        nonfinite_f="*i32",
     )
     signature = {a: pointers.get(a, "i32") for a in kernel.arg_names if a not in constexprs}
     compiled = triton.compile(

@@ -16,7 +16,7 @@ through a select on its admissibility (window and key mask), never through a pro
 weight alone, since 0 * inf = NaN would let an excluded key reach a query. In the tl.dot products
 that cannot select per pair, the key operand is made finite first and a non-finite value's terms
 are added back for the pairs of the sum only (rare: a branch per key tile in the forward, a second
-pass over the key tiles in the backward, taken only when one holds a non-finite f).
+pass over the key tiles in the backward, taken only when f holds a non-finite value anywhere).
 
 The backward is one gather pass, not the query-side + key-side pair of flash attention: the
 logit f_i . f_j - |s_i - s_j|^2 / (2 sigma^2) is symmetric and so is the clipped window, so a
@@ -378,6 +378,7 @@ def lam_backward_kernel(
     dx,
     df,
     dsig,
+    nonfinite_f,
     H,
     W,
     C,
@@ -459,7 +460,6 @@ def lam_backward_kernel(
     dx_acc = tl.zeros([TH * TW, BLOCK_C], coef.dtype)
     df_acc = tl.zeros([TH * TW, BLOCK_D], coef.dtype)
     dsig_acc = tl.zeros([TH * TW], coef.dtype)
-    nonfinite_f = 0  # entries of f among the keys that are not finite
     ylo, yhi, xlo, xhi = _neighbour_range(y0, x0, H, W, R, TH, TW)
     for ky in range(ylo, yhi, TKH):
         for kx in range(xlo, xhi, TKW):
@@ -508,9 +508,9 @@ def lam_backward_kernel(
             dx_acc += _dot(a_p.to(gq.dtype), gq, PRECISION, UPCAST).to(dx_acc.dtype)
             fq_ok = _finite(fq)  # non-finite f_q: left out here, see _nonfinite_f_terms
             df_acc += _dot((ds_q + ds_p).to(fq.dtype), tl.where(fq_ok, fq, 0.0), PRECISION, UPCAST).to(df_acc.dtype)
-            nonfinite_f += tl.sum((~fq_ok).to(tl.int32))
             dsig_acc += tl.sum(ds_q * d2.to(ds_q.dtype), 1)
-    if nonfinite_f > 0:  # rare; a pass of its own keeps its registers out of the loop above
+    if tl.load(nonfinite_f) != 0:  # rare: f holds a non-finite value; a pass of its own keeps its
+        # registers out of the loop above
         df_acc = _nonfinite_f_terms(
             df_acc,
             f,

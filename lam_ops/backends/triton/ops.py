@@ -287,6 +287,9 @@ def triton_backward(
             dx=dx,
             df=df,
             dsig=dsig,
+            # whether f holds a non-finite value anywhere, found on the device (no host sync): the
+            # kernel then takes its second pass (a check inside its key loop spilled registers)
+            nonfinite_f=(~torch.isfinite(f)).any().to(torch.int32),
             **_strides("g", grad_out),
             **shared,
         )
