@@ -163,3 +163,118 @@ def test_a_real_error_in_a_benchmark_row_is_an_error(tmp_path):
 def test_a_failed_row_is_out_of_memory_only_if_its_rerun_needed_more(again, status):
     row = isolate.decide({"status": "error: E: x"}, again, 0.1, 8.0)
     assert row["status"].startswith(status), row
+
+
+# benchmarks/profile_cpu.py: the perf report parser and phase table, and the fallback without perf.
+import profile_cpu  # noqa: E402
+
+# Captured from `perf report --stdio --no-children --sort dso,symbol -g none` (perf 6.1, cpp
+# forward): fewer rows, narrower columns, long lines split (backslash-newline); the last two
+# lines carry the IPC columns newer perf appends.
+PERF_REPORT = """\
+# To display the perf.data header info, please use --header/--header-only options.
+#
+# Samples: 506  of event 'cpu-clock'
+#
+# Overhead  Shared Object                       Symbol
+# ........  ..................................  ..........................................
+#
+    19.37%  _C.cpython-311-x86_64-linux-gnu.so  [.] lam::(anonymous namespace)::row_logits<float>
+    14.03%  _C.cpython-311-x86_64-linux-gnu.so  [.] lam::(anonymous namespace)::softmax_weights<float>
+    13.04%  libtorch_cpu.so  [.] mkl_blas_avx512_sgemm_kernel_nocopy_NN_b1
+    11.46%  libgomp.so.1  [.] 0x000000000001e02a
+     5.14%  libtorch_cpu.so  [.] mkl_blas_avx512_sgemm_kernel_0_b0
+     2.96%  _C.cpython-311-x86_64-linux-gnu.so  [.] lam::(anonymous namespace)::forward_kernel<float>(\
+at::Tensor const&, at::Tensor const&, bool const*, float, int, at::Tensor&, at::Tensor&)::{lambda(long, long)#1}::\
+operator()
+     2.57%  libc.so.6  [.] __memmove_avx512_unaligned_erms
+     1.58%  libtorch_cpu.so  [.] c10::function_ref<void (char**, long const*, long, long)>::callback_fn<\
+at::native::AVX2::VectorizedLoop2d<at::native::AVX2::direct_copy_kernel(at::TensorIteratorBase&)::{lambda()#3}::\
+operator()() const::{lambda(float)#7}> >
+     1.00%  _C.cpython-311-x86_64-linux-gnu.so  [.] lam::(anonymous namespace)::mm<float>
+     0.99%  _C.cpython-311-x86_64-linux-gnu.so  [.] lam::(anonymous namespace)::all_finite<float>
+     0.40%  libtorch_cpu.so  [.] mkl_blas_avx512_sgemm_scopy_right8_ea
+     0.40%  libtorch_cpu.so  [.] at::native::structured_addmm_out_cpu::impl
+            |
+            ---0x1
+
+     0.40%  [kernel.kallsyms]  [k] clear_page_erms
+     0.20%  libpython3.11.so.1.0  [.] _PyEval_EvalFrameDefault                                -      -
+     0.20%  libstdc++.so.6.0.30  [.] __dynamic_cast                                          -      -
+"""
+
+
+def test_perf_report_rows_are_parsed_and_put_into_phases():
+    rows = profile_cpu.parse_perf_report(PERF_REPORT)
+    assert len(rows) == 15
+    assert rows[0] == profile_cpu.Sample(19.37, "_C.cpython-311-x86_64-linux-gnu.so", rows[0].symbol)
+    assert rows[-1].symbol == "__dynamic_cast" and rows[-2].symbol == "_PyEval_EvalFrameDefault"
+    assert rows[-3].symbol == "[k] clear_page_erms"
+    phases = {r.symbol[:40]: profile_cpu.phase_of(r.dso, r.symbol) for r in rows}
+    expected = {
+        "lam::(anonymous namespace)::row_logits<f": "row_logits",
+        "lam::(anonymous namespace)::softmax_weig": "softmax_weights",
+        "mkl_blas_avx512_sgemm_kernel_nocopy_NN_b": "BLAS GEMM compute",  # "nocopy" is not packing
+        "0x000000000001e02a": "OpenMP runtime",
+        "mkl_blas_avx512_sgemm_kernel_0_b0": "BLAS GEMM compute",
+        "lam::(anonymous namespace)::forward_kern": "tile loops",  # its signature names at::Tensor
+        "__memmove_avx512_unaligned_erms": "memcpy / memset",
+        "c10::function_ref<void (char**, long con": "pixel_major copies",  # direct_copy_kernel
+        "lam::(anonymous namespace)::mm<float>": "ATen / dispatcher",
+        "lam::(anonymous namespace)::all_finite<f": "all_finite",
+        "mkl_blas_avx512_sgemm_scopy_right8_ea": "BLAS GEMM packing",
+        "at::native::structured_addmm_out_cpu::im": "ATen / dispatcher",
+        "[k] clear_page_erms": "Linux kernel",
+        "_PyEval_EvalFrameDefault": "Python",
+        "__dynamic_cast": "other",
+    }
+    assert {k: v.split(" (")[0] for k, v in phases.items()} == expected
+    shares = profile_cpu.breakdown(rows)
+    assert sum(shares.values()) == pytest.approx(100.0)
+    total = sum(r.percent for r in rows)
+    assert shares["BLAS GEMM compute"] == pytest.approx(100 * (13.04 + 5.14) / total)
+
+
+def test_phase_table_weighs_forward_and_backward_by_time():
+    fwd = {"ms": 10.0, "phases": {"a": 100.0}}
+    bwd = {"ms": 30.0, "phases": {"a": 20.0, "b": 80.0}}
+    both = profile_cpu.combine(fwd, bwd)
+    assert both == pytest.approx({"a": 40.0, "b": 60.0})
+    table = profile_cpu.phase_table({"x fwd": fwd["phases"], "x fwd+bwd": both}, {"x fwd": 10.0, "x fwd+bwd": 40.0})
+    assert table.splitlines()[2] == "| ms per call | 10.0 | 40.0 |"
+    assert "| a | 100.0 | 40.0 |" in table and "| b | 0.0 | 60.0 |" in table
+
+
+def test_gemm_waste_counts_the_key_rectangles():
+    # 8x8 tiles at r = 6 on an image much larger than a tile: 20x20 keys computed per query, 13x13
+    # used; the border clips both
+    computed, used = profile_cpu.gemm_pairs(8, 8, 6)
+    assert (computed, used) == (64 * 64, sum(min(8, y + 7) - max(0, y - 6) for y in range(8)) ** 2)
+    assert profile_cpu.gemm_pairs(5, 7, None) == (35 * 35, 35 * 35)  # the global operator wastes nothing
+    c, u = profile_cpu.gemm_pairs(96, 96, 6)
+    assert 2.0 < c / u < 20 * 20 / 13**2
+
+
+def test_a_failing_perf_is_named(tmp_path):
+    fake = tmp_path / "perf"
+    fake.write_text("#!/bin/sh\necho 'Error: Access to performance monitoring is restricted' >&2\nexit 255\n")
+    fake.chmod(0o755)
+    reason = profile_cpu.perf_unavailable(str(fake))
+    assert "exit 255" in reason and "restricted" in reason, reason
+    assert "perf not found" in profile_cpu.perf_unavailable(str(tmp_path / "missing"))
+    assert profile_cpu.main(["--tool", "perf", "--perf", str(tmp_path / "missing")]) == 2  # no fallback asked
+
+
+def test_without_perf_the_profile_says_so_and_falls_back_to_torch_profiler(tmp_path):
+    script = ROOT / "benchmarks" / "profile_cpu.py"
+    args = ["--perf", str(tmp_path / "missing"), "--batch", "1", "--channels", "3", "--dims", "4"]
+    args += ["--radii", "1", "--size", "10", "--seconds", "0.2", "--no-gemm", "--out", str(tmp_path / "out")]
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "perf not found" in proc.stderr and "falling back to torch.profiler" in proc.stderr
+    assert "torch.profiler self CPU time per phase" in proc.stdout
+    gemm = next(line for line in proc.stdout.splitlines() if line.startswith("| GEMM (aten::mm"))
+    assert all(float(v) > 0 for v in gemm.strip("|").split("|")[1:]), gemm
+    runs = json.loads((tmp_path / "out" / "profile.json").read_text())["runs"]
+    assert [r["direction"] for r in runs] == ["fwd", "bwd"] and all(r["ms"] > 0 for r in runs)
+    assert all(sum(r["phases"].values()) == pytest.approx(100.0) for r in runs)
