@@ -76,6 +76,8 @@ constexpr int kDepth = 32;
 // AVX-512's 32 with room; 8 independent FMA chains cover the FMA latency.
 constexpr int kDots = 8;
 constexpr int kAcc = 8;
+// Channels ahead that the dot products prefetch.
+constexpr int kAhead = 6;
 
 // The padded channel planes of one image: P rows of Q values, the pixel (y, x) at (y + r, x + r).
 struct Planes {
@@ -88,9 +90,11 @@ struct Planes {
 
   int offsets() const { return 2 * r + 1; }
   int64_t strips_per_row() const { return Wp / L; }
+  // Strips are numbered down the columns: the next strip needs one new key row (of each channel),
+  // the other 2r are in L2 (the key rows of a whole image row of strips are not, at D = 256).
   int64_t strips() const { return H * strips_per_row(); }
-  int strip_y(int64_t s) const { return static_cast<int>(s / strips_per_row()); }
-  int strip_x(int64_t s) const { return static_cast<int>(s % strips_per_row()) * L; }
+  int strip_y(int64_t s) const { return static_cast<int>(s % H); }
+  int strip_x(int64_t s) const { return static_cast<int>(s / H) * L; }
   // Index of the strip's first query pixel; of its first key at offset (dy, -r).
   int64_t query(int y, int x0) const { return int64_t(y + r) * Q + x0 + r; }
   int64_t key_row(int y, int dy, int x0) const { return int64_t(y + r + dy) * Q + x0; }
@@ -109,6 +113,10 @@ LAM_ALWAYS_INLINE void dot_block(T* s, const T* q, const T* k, int64_t n, int64_
   V acc[J];
   for (int j = 0; j < J; ++j) acc[j] = add ? loadu<V>(s + j * L) : V{};
   for (int64_t c = 0; c < n; ++c) {
+    // the channels' rows are a plane apart, out of reach of the hardware prefetchers
+    const T* ahead = k + (c + kAhead) * ps;
+    __builtin_prefetch(ahead);
+    __builtin_prefetch(ahead + J + Simd<T>::L - 2);
     const V qv = loadu<V>(q + c * ps);
     for (int j = 0; j < J; ++j) acc[j] += qv * loadu<V>(k + c * ps + j);
   }
