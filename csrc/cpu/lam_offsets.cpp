@@ -34,6 +34,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "lam/math.h"
@@ -48,6 +49,7 @@ namespace lam {
 #endif
 // Everything a strip runs is inlined into the per-ISA entry points, so that it compiles per ISA.
 #define LAM_ALWAYS_INLINE inline __attribute__((always_inline))
+#pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vectors: all inlined, no call passes one
 
 namespace {
 
@@ -71,130 +73,187 @@ LAM_ALWAYS_INLINE void storeu(T* p, const V& v) {
 // Channels per pass of the dot products: their key rows (2r + L values each) stay in L1 while the
 // row's offsets run over them.
 constexpr int kDepth = 32;
-// Offsets per register block of the dot products, channels per register block of the weighted
-// sums: 8 accumulators (+ 2 operands) fit the 16 AVX2 registers of a float64 vector pair... and
-// AVX-512's 32 with room; 8 independent FMA chains cover the FMA latency.
+// At most this many offsets per register block of the dot products, channels per register block of
+// the weighted sums; times the strip's query rows, plus the operands, in the 32 AVX-512 registers.
+// 8 and more independent FMA chains cover the FMA latency.
 constexpr int kDots = 8;
 constexpr int kAcc = 8;
-// Channels ahead that the dot products prefetch.
+// Channels ahead that the dot products and weighted sums prefetch: the channels' rows are a plane
+// apart, out of reach of the hardware prefetchers.
 constexpr int kAhead = 6;
 
 // The padded channel planes of one image: P rows of Q values, the pixel (y, x) at (y + r, x + r).
+// A strip is R query rows x L columns; the R - 1 extra rows at the bottom hold the queries of a
+// last strip below the image (results dropped).
 struct Planes {
-  int H, W, r, L, Wp, P, Q;
+  int H, W, r, L, R, Wp, P, Q;
   int64_t plane;
 
-  Planes(int64_t H_, int64_t W_, int r_, int L_)
-      : H(static_cast<int>(H_)), W(static_cast<int>(W_)), r(r_), L(L_),
-        Wp(static_cast<int>((W_ + L_ - 1) / L_ * L_)), P(H + 2 * r), Q(Wp + 2 * r), plane(int64_t(P) * Q) {}
+  Planes(int64_t H_, int64_t W_, int r_, int L_, int R_)
+      : H(static_cast<int>(H_)), W(static_cast<int>(W_)), r(r_), L(L_), R(R_),
+        Wp(static_cast<int>((W_ + L_ - 1) / L_ * L_)), P(H + 2 * r + R - 1), Q(Wp + 2 * r), plane(int64_t(P) * Q) {}
 
   int offsets() const { return 2 * r + 1; }
-  int64_t strips_per_row() const { return Wp / L; }
-  // Strips are numbered down the columns: the next strip needs one new key row (of each channel),
-  // the other 2r are in L2 (the key rows of a whole image row of strips are not, at D = 256).
-  int64_t strips() const { return H * strips_per_row(); }
-  int strip_y(int64_t s) const { return static_cast<int>(s % H); }
-  int strip_x(int64_t s) const { return static_cast<int>(s / H) * L; }
-  // Index of the strip's first query pixel; of its first key at offset (dy, -r).
+  int64_t strip_rows() const { return (H + R - 1) / R; }
+  // Strips are numbered down the columns: the next strip needs R new key rows (of each channel),
+  // the others are in L2 (the key rows of a whole image row of strips are not, at D = 256).
+  int64_t strips() const { return strip_rows() * (Wp / L); }
+  int strip_y(int64_t s) const { return static_cast<int>(s % strip_rows()) * R; }
+  int strip_x(int64_t s) const { return static_cast<int>(s / strip_rows()) * L; }
+  // Index of the first query pixel of row y, and of its first key at offset (dy, -r).
   int64_t query(int y, int x0) const { return int64_t(y + r) * Q + x0 + r; }
   int64_t key_row(int y, int dy, int x0) const { return int64_t(y + r + dy) * Q + x0; }
 
   // A (n, H, W) tensor as n padded planes (contiguous, n x P x Q).
   at::Tensor pad(const at::Tensor& t, double value) const {
-    return at::constant_pad_nd(t, {r, r + Wp - W, r, r}, value).contiguous();
+    return at::constant_pad_nd(t, {r, r + Wp - W, r, r + R - 1}, value).contiguous();
   }
 };
 
-// s[j][l] (+)= sum_{c < n} q[c][l] k[c][j + l] for j < J; q and k index channel planes ps apart.
-template <typename T, int J>
-LAM_ALWAYS_INLINE void dot_block(T* s, const T* q, const T* k, int64_t n, int64_t ps, bool add) {
+// For the R query rows (of one strip) whose windows hold one key row: s[i][j][l] (+)=
+// sum_{c < n} q[i][c][l] k[c][j + l], j < J; q and k index channel planes ps apart. One load of a
+// key vector serves the R rows.
+template <typename T, int R, int J>
+LAM_ALWAYS_INLINE void dot_block(T* const* s, const T* const* q, const T* k, int64_t n, int64_t ps, bool add) {
   using V = typename Simd<T>::V;
   constexpr int L = Simd<T>::L;
-  V acc[J];
-  for (int j = 0; j < J; ++j) acc[j] = add ? loadu<V>(s + j * L) : V{};
+  V acc[R][J];
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < J; ++j) acc[i][j] = add ? loadu<V>(s[i] + j * L) : V{};
   for (int64_t c = 0; c < n; ++c) {
-    // the channels' rows are a plane apart, out of reach of the hardware prefetchers
     const T* ahead = k + (c + kAhead) * ps;
     __builtin_prefetch(ahead);
-    __builtin_prefetch(ahead + J + Simd<T>::L - 2);
-    const V qv = loadu<V>(q + c * ps);
-    for (int j = 0; j < J; ++j) acc[j] += qv * loadu<V>(k + c * ps + j);
-  }
-  for (int j = 0; j < J; ++j) storeu(s + j * L, acc[j]);
-}
-
-// dot_block for the last nj < J offsets of a row (J: a compile-time bound).
-template <typename T, int J>
-LAM_ALWAYS_INLINE void dot_tail(int nj, T* s, const T* q, const T* k, int64_t n, int64_t ps, bool add) {
-  if constexpr (J > 0) {
-    if (nj == J)
-      dot_block<T, J>(s, q, k, n, ps, add);
-    else
-      dot_tail<T, J - 1>(nj, s, q, k, n, ps, add);
-  }
-}
-
-// s[j][l] = q_l . k_{j + l}, j < nj: the dot products (n channels) of a strip's L queries with
-// their keys at the nj offsets of one window row; q at the strip's queries, k at its first key.
-template <typename T>
-LAM_ALWAYS_INLINE void dots(T* s, const T* q, const T* k, int64_t n, int64_t ps, int nj) {
-  constexpr int L = Simd<T>::L;
-  if (n == 0) std::fill(s, s + int64_t(nj) * L, T(0));
-  for (int64_t c0 = 0; c0 < n; c0 += kDepth) {
-    const int64_t m = std::min<int64_t>(kDepth, n - c0);
-    const T* qc = q + c0 * ps;
-    const T* kc = k + c0 * ps;
-    int j = 0;
-    for (; j + kDots <= nj; j += kDots) dot_block<T, kDots>(s + j * L, qc, kc + j, m, ps, c0 > 0);
-    dot_tail<T, kDots - 1>(nj - j, s + j * L, qc, kc + j, m, ps, c0 > 0);
-  }
-}
-
-// acc[c][l] = acc[c][l] scale[l] + sum_{j < nj} w[j][l] k[c][j + l] for c < CC (scale: 1 where
-// null). Masked: only the terms whose mask[j * mstride + l] is not 0, as a select (the others may be
-// 0 * inf).
-template <typename T, int CC, bool Masked>
-LAM_ALWAYS_INLINE void acc_block(T* acc, const T* scale, const T* w, const T* mask, int mstride, const T* k,
-                                 int64_t ps, int nj) {
-  using V = typename Simd<T>::V;
-  constexpr int L = Simd<T>::L;
-  V a[CC];
-  for (int c = 0; c < CC; ++c) a[c] = loadu<V>(acc + c * L);
-  if (scale) {
-    const V sv = loadu<V>(scale);
-    for (int c = 0; c < CC; ++c) a[c] *= sv;
-  }
-  for (int j = 0; j < nj; ++j) {
-    const V wv = loadu<V>(w + j * L);
-    if constexpr (Masked) {
-      const auto in_sum = loadu<V>(mask + j * mstride) != V{};
-      for (int c = 0; c < CC; ++c) a[c] += in_sum ? wv * loadu<V>(k + c * ps + j) : V{};
-    } else {
-      for (int c = 0; c < CC; ++c) a[c] += wv * loadu<V>(k + c * ps + j);
+    __builtin_prefetch(ahead + J + L - 2);
+    V qv[R];
+    for (int i = 0; i < R; ++i) qv[i] = loadu<V>(q[i] + c * ps);
+    for (int j = 0; j < J; ++j) {
+      const V kv = loadu<V>(k + c * ps + j);
+      for (int i = 0; i < R; ++i) acc[i][j] += qv[i] * kv;
     }
   }
-  for (int c = 0; c < CC; ++c) storeu(acc + c * L, a[c]);
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < J; ++j) storeu(s[i] + j * L, acc[i][j]);
 }
 
-template <typename T, int CC, bool Masked>
-LAM_ALWAYS_INLINE void acc_tail(int n, T* acc, const T* scale, const T* w, const T* mask, int mstride, const T* k,
-                                int64_t ps, int nj) {
-  if constexpr (CC > 0) {
-    if (n == CC)
-      acc_block<T, CC, Masked>(acc, scale, w, mask, mstride, k, ps, nj);
+// dot_block for a block of nj <= J offsets (J: a compile-time bound).
+template <typename T, int R, int J>
+LAM_ALWAYS_INLINE void dot_blocks(int nj, T* const* s, const T* const* q, const T* k, int64_t n, int64_t ps,
+                                  bool add) {
+  if constexpr (J > 0) {
+    if (nj == J)
+      dot_block<T, R, J>(s, q, k, n, ps, add);
     else
-      acc_tail<T, CC - 1, Masked>(n, acc, scale, w, mask, mstride, k, ps, nj);
+      dot_blocks<T, R, J - 1>(nj, s, q, k, n, ps, add);
   }
 }
 
-// acc_block over n channels: the weighted sums of one window row, k at the strip's first key.
-template <typename T, bool Masked>
-LAM_ALWAYS_INLINE void accumulate(T* acc, const T* scale, const T* w, const T* mask, int mstride, const T* k,
-                                  int64_t n, int64_t ps, int nj) {
+// The sizes of the register blocks of nj offsets: as equal as can be, at most `most` each.
+struct Blocks {
+  int count, size, larger;  // `larger` blocks of size + 1 first, then blocks of size
+  Blocks(int nj, int most) : count((nj + most - 1) / most), size(nj / count), larger(nj % count) {}
+  int size_of(int b) const { return size + (b < larger ? 1 : 0); }
+};
+
+// s[i][j][l] = q_{i,l} . k_{j + l}, j < nj: the dot products (n channels) of the strip's L queries of
+// rows i < R with their keys at the nj offsets of one key row; q at the queries, k at the first key.
+template <typename T, int R>
+LAM_ALWAYS_INLINE void dots(T* const* s, const T* const* q, const T* k, int64_t n, int64_t ps, int nj) {
   constexpr int L = Simd<T>::L;
-  int64_t c = 0;
-  for (; c + kAcc <= n; c += kAcc) acc_block<T, kAcc, Masked>(acc + c * L, scale, w, mask, mstride, k + c * ps, ps, nj);
-  acc_tail<T, kAcc - 1, Masked>(static_cast<int>(n - c), acc + c * L, scale, w, mask, mstride, k + c * ps, ps, nj);
+  if (n == 0)
+    for (int i = 0; i < R; ++i) std::fill(s[i], s[i] + int64_t(nj) * L, T(0));
+  const Blocks blocks(nj, kDots);
+  for (int64_t c0 = 0; c0 < n; c0 += kDepth) {
+    const int64_t m = std::min<int64_t>(kDepth, n - c0);
+    const T* qc[R];
+    for (int i = 0; i < R; ++i) qc[i] = q[i] + c0 * ps;
+    for (int b = 0, j = 0; b < blocks.count; j += blocks.size_of(b++)) {
+      T* sj[R];
+      for (int i = 0; i < R; ++i) sj[i] = s[i] + j * L;
+      dot_blocks<T, R, kDots>(blocks.size_of(b), sj, qc, k + c0 * ps + j, m, ps, c0 > 0);
+    }
+  }
+}
+
+// For the R rows: acc[i][c][l] = acc[i][c][l] scale[i][l] + sum_{j < nj} w[i][j][l] k[c][j + l] for
+// c < CC (no scale: null). Masked: only the terms whose mask[i][j * mstride + l] is not 0, as a
+// select (the others may be 0 * inf). One load of a key vector serves the R rows.
+template <typename T, int R, int CC, bool Masked>
+LAM_ALWAYS_INLINE void acc_block(T* const* acc, const T* const* scale, const T* const* w, const T* const* mask,
+                                 int mstride, const T* k, int64_t ps, int nj) {
+  using V = typename Simd<T>::V;
+  constexpr int L = Simd<T>::L;
+  V a[R][CC];
+  for (int i = 0; i < R; ++i) {
+    for (int c = 0; c < CC; ++c) a[i][c] = loadu<V>(acc[i] + c * L);
+    if (scale) {
+      const V sv = loadu<V>(scale[i]);
+      for (int c = 0; c < CC; ++c) a[i][c] *= sv;
+    }
+  }
+  for (int c = 0; c < CC; ++c) __builtin_prefetch(k + (c + kAcc) * ps + nj + L - 2);  // the next block's
+  for (int j = 0; j < nj; ++j) {
+    V wv[R];
+    for (int i = 0; i < R; ++i) wv[i] = loadu<V>(w[i] + j * L);
+    if constexpr (Masked) {
+      V live[R];
+      for (int i = 0; i < R; ++i) live[i] = loadu<V>(mask[i] + j * mstride);
+      for (int c = 0; c < CC; ++c) {
+        const V kv = loadu<V>(k + c * ps + j);
+        for (int i = 0; i < R; ++i) a[i][c] += live[i] != V{} ? wv[i] * kv : V{};
+      }
+    } else {
+      for (int c = 0; c < CC; ++c) {
+        const V kv = loadu<V>(k + c * ps + j);
+        for (int i = 0; i < R; ++i) a[i][c] += wv[i] * kv;
+      }
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int c = 0; c < CC; ++c) storeu(acc[i] + c * L, a[i][c]);
+}
+
+template <typename T, int R, int CC, bool Masked>
+LAM_ALWAYS_INLINE void acc_tail(int n, T* const* acc, const T* const* scale, const T* const* w, const T* const* mask,
+                                int mstride, const T* k, int64_t ps, int nj) {
+  if constexpr (CC > 0) {
+    if (n == CC)
+      acc_block<T, R, CC, Masked>(acc, scale, w, mask, mstride, k, ps, nj);
+    else
+      acc_tail<T, R, CC - 1, Masked>(n, acc, scale, w, mask, mstride, k, ps, nj);
+  }
+}
+
+// acc_block over n channels: the weighted sums of one key row, k at its first key.
+template <typename T, int R, bool Masked>
+LAM_ALWAYS_INLINE void accumulate(T* const* acc, const T* const* scale, const T* const* w, const T* const* mask,
+                                  int mstride, const T* k, int64_t n, int64_t ps, int nj) {
+  constexpr int L = Simd<T>::L;
+  for (int64_t c = 0; c < n; c += kAcc) {
+    T* ac[R];
+    for (int i = 0; i < R; ++i) ac[i] = acc[i] + c * L;
+    if (n - c >= kAcc)
+      acc_block<T, R, kAcc, Masked>(ac, scale, w, mask, mstride, k + c * ps, ps, nj);
+    else
+      acc_tail<T, R, kAcc - 1, Masked>(static_cast<int>(n - c), ac, scale, w, mask, mstride, k + c * ps, ps, nj);
+  }
+}
+
+// The query rows of a strip of R rows whose windows hold the key row at offset t from its first
+// row: rows [lo, hi], row i at offset t - i.
+struct KeyRow {
+  int lo, hi;
+  KeyRow(int t, int r, int R) : lo(std::max(0, t - r)), hi(std::min(R - 1, t + r)) {}
+};
+
+// Calls fn(std::integral_constant<int, rows>) for 1 <= rows <= R (a compile-time row count).
+template <int R, typename F>
+LAM_ALWAYS_INLINE void with_rows(int rows, F&& fn) {
+  if constexpr (R > 1)
+    if (rows == R) return fn(std::integral_constant<int, R>());
+  if constexpr (R > 1)
+    with_rows<R - 1>(rows, fn);
+  else
+    fn(std::integral_constant<int, 1>());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -209,72 +268,96 @@ struct ForwardJob {
   bool x_finite;
   T *out, *lse;  // this image's (C, H, W) and (H, W)
 
-  template <bool Masked>
+  template <int R, bool Masked>
   LAM_ALWAYS_INLINE void strips(int64_t begin, int64_t end) const {
     constexpr int L = Simd<T>::L;
     const int r = g.r, nj = g.offsets();
     const int64_t N = int64_t(g.H) * g.W;
-    std::vector<T> buf((int64_t(nj) + C) * L);
-    T* s = buf.data();      // the row's logits, then weights: nj x L
-    T* acc = s + nj * L;    // sum of weight x value: C x L
-    OnlineSoftmax<T> sm[L];
-    T row_max[L], scale[L], m[L], row_sum[L];
-    for (int64_t i = begin; i < end; ++i) {
-      const int y = g.strip_y(i), x0 = g.strip_x(i);
-      std::fill(acc, acc + C * L, T(0));
-      for (int l = 0; l < L; ++l) sm[l] = OnlineSoftmax<T>();
-      const T* fq = f + g.query(y, x0);
-      for (int dy = -r; dy <= r; ++dy) {
-        const int64_t kr = g.key_row(y, dy, x0);
-        dots(s, fq, f + kr, D, g.plane, nj);
-        std::fill(row_max, row_max + L, neg_inf<T>());
-        for (int j = 0; j < nj; ++j) {
-          const int d2 = dist2(dy, j - r);
-          T* sj = s + j * L;
-          const T* kj = key + kr + j;
+    std::vector<T> buf(R * (int64_t(nj) + C) * L);
+    T *s[R], *acc[R];  // per row: the key row's logits, then weights (nj x L); sum of weight x value (C x L)
+    for (int i = 0; i < R; ++i) {
+      s[i] = buf.data() + i * nj * L;
+      acc[i] = buf.data() + (R * nj + i * C) * L;
+    }
+    OnlineSoftmax<T> sm[R][L];
+    T scale[R][L], row_max[L], m[L], row_sum[L];
+    for (int64_t strip = begin; strip < end; ++strip) {
+      const int y0 = g.strip_y(strip), x0 = g.strip_x(strip);
+      std::fill(acc[0], acc[0] + R * C * L, T(0));
+      const T* fq[R];
+      for (int i = 0; i < R; ++i) {
+        fq[i] = f + g.query(y0 + i, x0);
+        for (int l = 0; l < L; ++l) sm[i][l] = OnlineSoftmax<T>();
+      }
+      for (int t = -r; t <= r + R - 1; ++t) {
+        const KeyRow rows(t, r, R);
+        const int64_t kr = g.key_row(y0, t, x0);
+        const T* kmask = key + kr;
+        with_rows<R>(rows.hi - rows.lo + 1, [&](auto n) __attribute__((always_inline)) {
+          dots<T, decltype(n)::value>(s + rows.lo, fq + rows.lo, f + kr, D, g.plane, nj);
+        });
+        for (int i = rows.lo; i <= rows.hi; ++i) {
+          const int dy = t - i;
+          std::fill(row_max, row_max + L, neg_inf<T>());
+          for (int j = 0; j < nj; ++j) {
+            const int d2 = dist2(dy, j - r);
+            T* sj = s[i] + j * L;
+            const T* kj = kmask + j;
 #pragma omp simd
-          for (int l = 0; l < L; ++l) {
-            const T v = kj[l] != T(0) ? logit(sj[l], d2, coef) : neg_inf<T>();
-            sj[l] = v;
-            row_max[l] = v > row_max[l] ? v : row_max[l];
+            for (int l = 0; l < L; ++l) {
+              const T v = kj[l] != T(0) ? logit(sj[l], d2, coef) : neg_inf<T>();
+              sj[l] = v;
+              row_max[l] = v > row_max[l] ? v : row_max[l];
+            }
           }
-        }
-        for (int l = 0; l < L; ++l) {
-          scale[l] = sm[l].rescale_to(row_max[l]);
-          m[l] = sm[l].m;
-          row_sum[l] = 0;
-        }
-        for (int j = 0; j < nj; ++j) {
-          T* sj = s + j * L;
-          // -inf: no weight, also before the query's first admissible key (m = -inf); a NaN logit
-          // gives a NaN weight, which reaches lse and out
+          for (int l = 0; l < L; ++l) {
+            scale[i][l] = sm[i][l].rescale_to(row_max[l]);
+            m[l] = sm[i][l].m;
+            row_sum[l] = 0;
+          }
+          for (int j = 0; j < nj; ++j) {
+            T* sj = s[i] + j * L;
+            // -inf: no weight, also before the query's first admissible key (m = -inf); a NaN
+            // logit gives a NaN weight, which reaches lse and out
 #pragma omp simd
-          for (int l = 0; l < L; ++l) {
-            const T p = sj[l] == neg_inf<T>() ? T(0) : exp_(sj[l] - m[l]);
-            sj[l] = p;
-            row_sum[l] += p;
+            for (int l = 0; l < L; ++l) {
+              const T p = sj[l] == neg_inf<T>() ? T(0) : exp_(sj[l] - m[l]);
+              sj[l] = p;
+              row_sum[l] += p;
+            }
           }
+          for (int l = 0; l < L; ++l) sm[i][l].add(row_sum[l]);
         }
-        for (int l = 0; l < L; ++l) sm[l].add(row_sum[l]);
-        accumulate<T, Masked>(acc, scale, s, key + kr, 1, x + kr, C, g.plane, nj);
+        const T* sc[R];
+        const T* masks[R];
+        for (int i = 0; i < R; ++i) {
+          sc[i] = scale[i];
+          masks[i] = kmask;
+        }
+        with_rows<R>(rows.hi - rows.lo + 1, [&](auto n) __attribute__((always_inline)) {
+          accumulate<T, decltype(n)::value, Masked>(acc + rows.lo, sc + rows.lo, s + rows.lo, masks, 1, x + kr, C, g.plane, nj);
+        });
       }
       const int lanes = std::min(L, g.W - x0);
-      const int64_t p0 = int64_t(y) * g.W + x0;
-      for (int l = 0; l < lanes; ++l) {
-        scale[l] = sm[l].inv_l();
-        lse[p0 + l] = sm[l].lse();
+      for (int i = 0; i < R && y0 + i < g.H; ++i) {
+        const int64_t p0 = int64_t(y0 + i) * g.W + x0;
+        for (int l = 0; l < lanes; ++l) {
+          row_sum[l] = sm[i][l].inv_l();
+          lse[p0 + l] = sm[i][l].lse();
+        }
+        for (int64_t c = 0; c < C; ++c)
+          for (int l = 0; l < lanes; ++l)  // no weight at all: 0, even where an admissible x was inf
+            out[c * N + p0 + l] = row_sum[l] == T(0) ? T(0) : acc[i][c * L + l] * row_sum[l];
       }
-      for (int64_t c = 0; c < C; ++c)
-        for (int l = 0; l < lanes; ++l)  // no weight at all: 0, even where an admissible x was inf
-          out[c * N + p0 + l] = scale[l] == T(0) ? T(0) : acc[c * L + l] * scale[l];
     }
   }
 
-  LAM_ALWAYS_INLINE void operator()(int64_t begin, int64_t end) const {
+  template <int R>
+  LAM_ALWAYS_INLINE void run(int64_t begin, int64_t end) const {
     if (x_finite)
-      strips<false>(begin, end);
+      strips<R, false>(begin, end);
     else
-      strips<true>(begin, end);
+      strips<R, true>(begin, end);
   }
 };
 
@@ -291,77 +374,102 @@ struct BackwardJob {
   T *dx, *df;                               // this image's (C, H, W), (D, H, W)
   T* dsigma;                                // per strip: sum of dS(b, a) d2 over its pairs
 
-  template <bool Masked>
+  template <int R, bool Masked>
   LAM_ALWAYS_INLINE void strips(int64_t begin, int64_t end) const {
     constexpr int L = Simd<T>::L;
     const int r = g.r, nj = g.offsets();
-    const int64_t N = int64_t(g.H) * g.W, row = int64_t(nj) * L;
-    std::vector<T> buf(5 * row + (C + D) * L);
-    T* s = buf.data();  // f_a . f_b, then A(a, b) (a as the key of b)
-    T* gx = s + row;    // g_a . x_b, then dS(a, b) + dS(b, a)
-    T* xg = gx + row;   // x_a . g_b
-    T* in_dx = xg + row;
-    T* in_df = in_dx + row;  // Masked: whether the pair is in dx_a's, df_a's sum
-    T* dxa = in_df + row;
-    T* dfa = dxa + C * L;
-    T ka[L], la[L], da[L], dsig[L];
-    for (int64_t i = begin; i < end; ++i) {
-      const int y = g.strip_y(i), x0 = g.strip_x(i);
-      const int64_t qa = g.query(y, x0);
-      for (int l = 0; l < L; ++l) {
-        ka[l] = key[qa + l];
-        la[l] = lse[qa + l];
-        da[l] = delta[qa + l];
-        dsig[l] = 0;
+    const int64_t N = int64_t(g.H) * g.W, row = int64_t(nj) * L, per_row = 5 * row + (C + D) * L;
+    std::vector<T> buf(R * per_row);
+    // Per query row: f_a . f_b, then A(a, b) (a as the key of b); g_a . x_b, then dS(a, b) + dS(b, a);
+    // x_a . g_b; Masked: whether the pair is in dx_a's, df_a's sum; dx_a and df_a.
+    T *s[R], *gx[R], *xg[R], *in_dx[R], *in_df[R], *dxa[R], *dfa[R];
+    for (int i = 0; i < R; ++i) {
+      s[i] = buf.data() + i * per_row;
+      gx[i] = s[i] + row;
+      xg[i] = gx[i] + row;
+      in_dx[i] = xg[i] + row;
+      in_df[i] = in_dx[i] + row;
+      dxa[i] = in_df[i] + row;
+      dfa[i] = dxa[i] + C * L;
+    }
+    T ka[R][L], la[R][L], da[R][L], dsig[R][L];
+    for (int64_t strip = begin; strip < end; ++strip) {
+      const int y0 = g.strip_y(strip), x0 = g.strip_x(strip);
+      const T *fq[R], *gq[R], *xq[R];
+      for (int i = 0; i < R; ++i) {
+        const int64_t qa = g.query(y0 + i, x0);
+        fq[i] = f + qa, gq[i] = go + qa, xq[i] = x + qa;
+        for (int l = 0; l < L; ++l) {
+          ka[i][l] = key[qa + l];
+          la[i][l] = lse[qa + l];
+          da[i][l] = delta[qa + l];
+          dsig[i][l] = 0;
+        }
+        std::fill(dxa[i], dxa[i] + (C + D) * L, T(0));
       }
-      std::fill(dxa, dxa + (C + D) * L, T(0));
-      for (int dy = -r; dy <= r; ++dy) {
-        const int64_t kr = g.key_row(y, dy, x0);
-        dots(s, f + qa, f + kr, D, g.plane, nj);
-        dots(gx, go + qa, x + kr, C, g.plane, nj);
-        dots(xg, x + qa, go + kr, C, g.plane, nj);
-        for (int j = 0; j < nj; ++j) {
-          const int d2 = dist2(dy, j - r);
-          const T *kb = key + kr + j, *lb = lse + kr + j, *db = delta + kr + j;
-          T *sj = s + j * L, *gxj = gx + j * L, *xgj = xg + j * L;
-#pragma omp simd
-          for (int l = 0; l < L; ++l) {
-            const PairGrad<T> pg = pair_grad(logit(sj[l], d2, coef), ka[l] != T(0), kb[l] != T(0), la[l], lb[l],
-                                             gxj[l], xgj[l], da[l], db[l]);
-            sj[l] = pg.a;
-            gxj[l] = pg.ds;
-            dsig[l] += pg.ds_query * static_cast<T>(d2);
-          }
-          if constexpr (Masked) {
-            // a as the key of b (where b has weight) for dx_a; for df_a also b as the key of a
-            // (where a has weight): a query without any adds no term, not 0 * inf
-            T *dxj = in_dx + j * L, *dfj = in_df + j * L;
+      for (int t = -r; t <= r + R - 1; ++t) {
+        const KeyRow rows(t, r, R);
+        const int64_t kr = g.key_row(y0, t, x0);
+        with_rows<R>(rows.hi - rows.lo + 1, [&](auto n) __attribute__((always_inline)) {
+          dots<T, decltype(n)::value>(s + rows.lo, fq + rows.lo, f + kr, D, g.plane, nj);
+          dots<T, decltype(n)::value>(gx + rows.lo, gq + rows.lo, x + kr, C, g.plane, nj);
+          dots<T, decltype(n)::value>(xg + rows.lo, xq + rows.lo, go + kr, C, g.plane, nj);
+        });
+        for (int i = rows.lo; i <= rows.hi; ++i) {
+          const int dy = t - i;
+          const T *kai = ka[i], *lai = la[i], *dai = da[i];
+          T* dsi = dsig[i];
+          for (int j = 0; j < nj; ++j) {
+            const int d2 = dist2(dy, j - r);
+            const T *kb = key + kr + j, *lb = lse + kr + j, *db = delta + kr + j;
+            T *sj = s[i] + j * L, *gxj = gx[i] + j * L, *xgj = xg[i] + j * L;
 #pragma omp simd
             for (int l = 0; l < L; ++l) {
-              const bool a_as_key = ka[l] != T(0) && lb[l] != neg_inf<T>();
-              dxj[l] = a_as_key ? T(1) : T(0);
-              dfj[l] = a_as_key || (kb[l] != T(0) && la[l] != neg_inf<T>()) ? T(1) : T(0);
+              const PairGrad<T> pg = pair_grad(logit(sj[l], d2, coef), kai[l] != T(0), kb[l] != T(0), lai[l], lb[l],
+                                               gxj[l], xgj[l], dai[l], db[l]);
+              sj[l] = pg.a;
+              gxj[l] = pg.ds;
+              dsi[l] += pg.ds_query * static_cast<T>(d2);
+            }
+            if constexpr (Masked) {
+              // a as the key of b (where b has weight) for dx_a; for df_a also b as the key of a
+              // (where a has weight): a query without any adds no term, not 0 * inf
+              T *dxj = in_dx[i] + j * L, *dfj = in_df[i] + j * L;
+#pragma omp simd
+              for (int l = 0; l < L; ++l) {
+                const bool a_as_key = kai[l] != T(0) && lb[l] != neg_inf<T>();
+                dxj[l] = a_as_key ? T(1) : T(0);
+                dfj[l] = a_as_key || (kb[l] != T(0) && lai[l] != neg_inf<T>()) ? T(1) : T(0);
+              }
             }
           }
         }
-        accumulate<T, Masked>(dxa, nullptr, s, in_dx, L, go + kr, C, g.plane, nj);  // dx_a += A(a, b) g_b
-        accumulate<T, Masked>(dfa, nullptr, gx, in_df, L, f + kr, D, g.plane, nj);  // df_a += dS f_b
+        with_rows<R>(rows.hi - rows.lo + 1, [&](auto n) __attribute__((always_inline)) {
+          const T* const* none = nullptr;
+          // dx_a += A(a, b) g_b; df_a += dS f_b
+          accumulate<T, decltype(n)::value, Masked>(dxa + rows.lo, none, s + rows.lo, in_dx + rows.lo, L, go + kr, C, g.plane, nj);
+          accumulate<T, decltype(n)::value, Masked>(dfa + rows.lo, none, gx + rows.lo, in_df + rows.lo, L, f + kr, D, g.plane, nj);
+        });
       }
       const int lanes = std::min(L, g.W - x0);
-      const int64_t p0 = int64_t(y) * g.W + x0;
-      for (int64_t c = 0; c < C; ++c) std::copy(dxa + c * L, dxa + c * L + lanes, dx + c * N + p0);
-      for (int64_t d = 0; d < D; ++d) std::copy(dfa + d * L, dfa + d * L + lanes, df + d * N + p0);
-      T sum = 0;  // the padding lanes hold 0: their lse is -inf
-      for (int l = 0; l < L; ++l) sum += dsig[l];
-      dsigma[i] = sum;
+      T sum = 0;  // the padding's lanes and rows hold 0: their lse is -inf
+      for (int i = 0; i < R; ++i) {
+        for (int l = 0; l < L; ++l) sum += dsig[i][l];
+        if (y0 + i >= g.H) continue;
+        const int64_t p0 = int64_t(y0 + i) * g.W + x0;
+        for (int64_t c = 0; c < C; ++c) std::copy(dxa[i] + c * L, dxa[i] + c * L + lanes, dx + c * N + p0);
+        for (int64_t d = 0; d < D; ++d) std::copy(dfa[i] + d * L, dfa[i] + d * L + lanes, df + d * N + p0);
+      }
+      dsigma[strip] = sum;
     }
   }
 
-  LAM_ALWAYS_INLINE void operator()(int64_t begin, int64_t end) const {
+  template <int R>
+  LAM_ALWAYS_INLINE void run(int64_t begin, int64_t end) const {
     if (finite)
-      strips<false>(begin, end);
+      strips<R, false>(begin, end);
     else
-      strips<true>(begin, end);
+      strips<R, true>(begin, end);
   }
 };
 
@@ -400,19 +508,22 @@ Isa chosen_isa() {
   return isa;
 }
 
+// Rows per strip: 2 where the 32 AVX-512 registers hold the two rows' accumulators, else 1.
+int strip_rows(Isa isa) { return isa == Isa::kAvx512 ? 2 : 1; }
+
 #if LAM_X86_DISPATCH
 template <typename Job>
 __attribute__((target("arch=x86-64-v4"))) void run_avx512(const Job& job, int64_t begin, int64_t end) {
-  job(begin, end);
+  job.template run<2>(begin, end);
 }
 template <typename Job>
 __attribute__((target("arch=x86-64-v3"))) void run_avx2(const Job& job, int64_t begin, int64_t end) {
-  job(begin, end);
+  job.template run<1>(begin, end);
 }
 #endif
 template <typename Job>
 void run_baseline(const Job& job, int64_t begin, int64_t end) {
-  job(begin, end);
+  job.template run<1>(begin, end);
 }
 
 // Runs the job's strips in parallel chunks of about 1M multiply-adds at least, so that tiny problems
@@ -420,8 +531,9 @@ void run_baseline(const Job& job, int64_t begin, int64_t end) {
 template <typename Job>
 void run_strips(const Job& job, int64_t channels) {
   const Planes& g = job.g;
-  const int64_t work = int64_t(g.offsets()) * g.offsets() * g.L * std::max<int64_t>(1, channels);
+  const int64_t work = int64_t(g.offsets()) * g.offsets() * g.L * g.R * std::max<int64_t>(1, channels);
   const Isa isa = chosen_isa();
+  TORCH_INTERNAL_ASSERT(g.R == strip_rows(isa));
   at::parallel_for(0, g.strips(), std::max<int64_t>(1, (int64_t(1) << 20) / work), [&](int64_t begin, int64_t end) {
 #if LAM_X86_DISPATCH
     if (isa == Isa::kAvx512) return run_avx512(job, begin, end);
@@ -457,7 +569,7 @@ template <typename T>
 void offset_forward(const at::Tensor& x, const at::Tensor& f, const at::Tensor& key_mask, T sigma, int radius,
                     at::Tensor& out, at::Tensor& lse) {
   const int64_t B = x.size(0), C = x.size(1), D = f.size(1), H = x.size(2), W = x.size(3), N = H * W;
-  const Planes g(H, W, radius, Simd<T>::L);
+  const Planes g(H, W, radius, Simd<T>::L, strip_rows(chosen_isa()));
   for (int64_t b = 0; b < B; ++b) {
     const at::Tensor fp = g.pad(f[b], 0), xp = g.pad(x[b], 0), kp = g.pad(key_plane(key_mask, b, H, W, x.options()), 0);
     const ForwardJob<T> job{g,
@@ -478,7 +590,7 @@ template <typename T>
 T offset_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& f, const at::Tensor& key_mask,
                   const at::Tensor& out, const at::Tensor& lse, T sigma, int radius, at::Tensor& dx, at::Tensor& df) {
   const int64_t B = x.size(0), C = x.size(1), D = f.size(1), H = x.size(2), W = x.size(3), N = H * W;
-  const Planes g(H, W, radius, Simd<T>::L);
+  const Planes g(H, W, radius, Simd<T>::L, strip_rows(chosen_isa()));
   std::vector<T> dsig(B * g.strips());
   for (int64_t b = 0; b < B; ++b) {
     const at::Tensor gb = grad_out[b].to(x.scalar_type()).contiguous(), ob = out[b].contiguous();
