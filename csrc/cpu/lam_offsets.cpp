@@ -272,6 +272,9 @@ struct ForwardJob {
   LAM_ALWAYS_INLINE void strips(int64_t begin, int64_t end) const {
     constexpr int L = Simd<T>::L;
     const int r = g.r, nj = g.offsets();
+    // The lane loops run to g.L (= L) unknown to the compiler: a constant trip count of 16 has GCC
+    // unroll them before the loop vectoriser runs, and the unrolled selects stay scalar.
+    const int lanes = g.L;
     const int64_t N = int64_t(g.H) * g.W;
     std::vector<T> buf(R * (int64_t(nj) + C) * L);
     T *s[R], *acc[R];  // per row: the key row's logits, then weights (nj x L); sum of weight x value (C x L)
@@ -304,8 +307,9 @@ struct ForwardJob {
             T* sj = s[i] + j * L;
             const T* kj = kmask + j;
 #pragma omp simd
-            for (int l = 0; l < L; ++l) {
-              const T v = kj[l] != T(0) ? logit(sj[l], d2, coef) : neg_inf<T>();
+            for (int l = 0; l < lanes; ++l) {
+              const T lg = logit(sj[l], d2, coef);  // outside the select, which then if-converts
+              const T v = kj[l] != T(0) ? lg : neg_inf<T>();
               sj[l] = v;
               row_max[l] = v > row_max[l] ? v : row_max[l];
             }
@@ -320,7 +324,7 @@ struct ForwardJob {
             // -inf: no weight, also before the query's first admissible key (m = -inf); a NaN
             // logit gives a NaN weight, which reaches lse and out
 #pragma omp simd
-            for (int l = 0; l < L; ++l) {
+            for (int l = 0; l < lanes; ++l) {
               const T p = sj[l] == neg_inf<T>() ? T(0) : exp_(sj[l] - m[l]);
               sj[l] = p;
               row_sum[l] += p;
@@ -338,15 +342,15 @@ struct ForwardJob {
           accumulate<T, decltype(n)::value, Masked>(acc + rows.lo, sc + rows.lo, s + rows.lo, masks, 1, x + kr, C, g.plane, nj);
         });
       }
-      const int lanes = std::min(L, g.W - x0);
+      const int valid = std::min(L, g.W - x0);
       for (int i = 0; i < R && y0 + i < g.H; ++i) {
         const int64_t p0 = int64_t(y0 + i) * g.W + x0;
-        for (int l = 0; l < lanes; ++l) {
+        for (int l = 0; l < valid; ++l) {
           row_sum[l] = sm[i][l].inv_l();
           lse[p0 + l] = sm[i][l].lse();
         }
         for (int64_t c = 0; c < C; ++c)
-          for (int l = 0; l < lanes; ++l)  // no weight at all: 0, even where an admissible x was inf
+          for (int l = 0; l < valid; ++l)  // no weight at all: 0, even where an admissible x was inf
             out[c * N + p0 + l] = row_sum[l] == T(0) ? T(0) : acc[i][c * L + l] * row_sum[l];
       }
     }
@@ -378,6 +382,7 @@ struct BackwardJob {
   LAM_ALWAYS_INLINE void strips(int64_t begin, int64_t end) const {
     constexpr int L = Simd<T>::L;
     const int r = g.r, nj = g.offsets();
+    const int lanes = g.L;  // as in the forward
     const int64_t N = int64_t(g.H) * g.W, row = int64_t(nj) * L, per_row = 5 * row + (C + D) * L;
     std::vector<T> buf(R * per_row);
     // Per query row: f_a . f_b, then A(a, b) (a as the key of b); g_a . x_b, then dS(a, b) + dS(b, a);
@@ -424,7 +429,7 @@ struct BackwardJob {
             const T *kb = key + kr + j, *lb = lse + kr + j, *db = delta + kr + j;
             T *sj = s[i] + j * L, *gxj = gx[i] + j * L, *xgj = xg[i] + j * L;
 #pragma omp simd
-            for (int l = 0; l < L; ++l) {
+            for (int l = 0; l < lanes; ++l) {
               const PairGrad<T> pg = pair_grad(logit(sj[l], d2, coef), kai[l] != T(0), kb[l] != T(0), lai[l], lb[l],
                                                gxj[l], xgj[l], dai[l], db[l]);
               sj[l] = pg.a;
@@ -436,7 +441,7 @@ struct BackwardJob {
               // (where a has weight): a query without any adds no term, not 0 * inf
               T *dxj = in_dx[i] + j * L, *dfj = in_df[i] + j * L;
 #pragma omp simd
-              for (int l = 0; l < L; ++l) {
+              for (int l = 0; l < lanes; ++l) {
                 const bool a_as_key = kai[l] != T(0) && lb[l] != neg_inf<T>();
                 dxj[l] = a_as_key ? T(1) : T(0);
                 dfj[l] = a_as_key || (kb[l] != T(0) && lai[l] != neg_inf<T>()) ? T(1) : T(0);
@@ -451,14 +456,14 @@ struct BackwardJob {
           accumulate<T, decltype(n)::value, Masked>(dfa + rows.lo, none, gx + rows.lo, in_df + rows.lo, L, f + kr, D, g.plane, nj);
         });
       }
-      const int lanes = std::min(L, g.W - x0);
+      const int valid = std::min(L, g.W - x0);
       T sum = 0;  // the padding's lanes and rows hold 0: their lse is -inf
       for (int i = 0; i < R; ++i) {
         for (int l = 0; l < L; ++l) sum += dsig[i][l];
         if (y0 + i >= g.H) continue;
         const int64_t p0 = int64_t(y0 + i) * g.W + x0;
-        for (int64_t c = 0; c < C; ++c) std::copy(dxa[i] + c * L, dxa[i] + c * L + lanes, dx + c * N + p0);
-        for (int64_t d = 0; d < D; ++d) std::copy(dfa[i] + d * L, dfa[i] + d * L + lanes, df + d * N + p0);
+        for (int64_t c = 0; c < C; ++c) std::copy(dxa[i] + c * L, dxa[i] + c * L + valid, dx + c * N + p0);
+        for (int64_t d = 0; d < D; ++d) std::copy(dfa[i] + d * L, dfa[i] + d * L + valid, df + d * N + p0);
       }
       dsigma[strip] = sum;
     }
