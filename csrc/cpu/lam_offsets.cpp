@@ -82,16 +82,18 @@ constexpr int kAcc = 8;
 // apart, out of reach of the hardware prefetchers.
 constexpr int kAhead = 6;
 
-// The padded channel planes of one image: P rows of Q values, the pixel (y, x) at (y + r, x + r).
-// A strip is R query rows x L columns; the R - 1 extra rows at the bottom hold the queries of a
-// last strip below the image (results dropped).
+// The padded copy of one image's n channels: P rows of n channel rows of Q values, the pixel
+// (y, x) at (y + r, x + r). A key row of all channels is contiguous, so the channel rows that the
+// dot products and sums step through are Q values apart (a stride that the hardware prefetchers
+// follow, in a few pages: channel planes were a plane apart, each in its own page, and the kernels
+// spent much of their time in TLB and cache misses). A strip is R query rows x L columns; the R - 1
+// extra rows at the bottom hold the queries of a last strip below the image (results dropped).
 struct Planes {
   int H, W, r, L, R, Wp, P, Q;
-  int64_t plane;
 
   Planes(int64_t H_, int64_t W_, int r_, int L_, int R_)
       : H(static_cast<int>(H_)), W(static_cast<int>(W_)), r(r_), L(L_), R(R_),
-        Wp(static_cast<int>((W_ + L_ - 1) / L_ * L_)), P(H + 2 * r + R - 1), Q(Wp + 2 * r), plane(int64_t(P) * Q) {}
+        Wp(static_cast<int>((W_ + L_ - 1) / L_ * L_)), P(H + 2 * r + R - 1), Q(Wp + 2 * r) {}
 
   int offsets() const { return 2 * r + 1; }
   int64_t strip_rows() const { return (H + R - 1) / R; }
@@ -100,13 +102,14 @@ struct Planes {
   int64_t strips() const { return strip_rows() * (Wp / L); }
   int strip_y(int64_t s) const { return static_cast<int>(s % strip_rows()) * R; }
   int strip_x(int64_t s) const { return static_cast<int>(s / strip_rows()) * L; }
-  // Index of the first query pixel of row y, and of its first key at offset (dy, -r).
-  int64_t query(int y, int x0) const { return int64_t(y + r) * Q + x0 + r; }
-  int64_t key_row(int y, int dy, int x0) const { return int64_t(y + r + dy) * Q + x0; }
+  // In a copy of n channels: the index of the first query pixel of row y, and of its first key at
+  // offset (dy, -r), in channel 0.
+  int64_t query(int y, int x0, int64_t n) const { return int64_t(y + r) * n * Q + x0 + r; }
+  int64_t key_row(int y, int dy, int x0, int64_t n) const { return int64_t(y + r + dy) * n * Q + x0; }
 
-  // A (n, H, W) tensor as n padded planes (contiguous, n x P x Q).
+  // The padded copy of a (n, H, W) tensor: contiguous (P, n, Q).
   at::Tensor pad(const at::Tensor& t, double value) const {
-    return at::constant_pad_nd(t, {r, r + Wp - W, r, r + R - 1}, value).contiguous();
+    return at::constant_pad_nd(t.permute({1, 0, 2}), {r, r + Wp - W, 0, 0, r, r + R - 1}, value).contiguous();
   }
 };
 
@@ -289,15 +292,15 @@ struct ForwardJob {
       std::fill(acc[0], acc[0] + R * C * L, T(0));
       const T* fq[R];
       for (int i = 0; i < R; ++i) {
-        fq[i] = f + g.query(y0 + i, x0);
+        fq[i] = f + g.query(y0 + i, x0, D);
         for (int l = 0; l < L; ++l) sm[i][l] = OnlineSoftmax<T>();
       }
       for (int t = -r; t <= r + R - 1; ++t) {
         const KeyRow rows(t, r, R);
-        const int64_t kr = g.key_row(y0, t, x0);
-        const T* kmask = key + kr;
+        const int64_t kf = g.key_row(y0, t, x0, D), kx = g.key_row(y0, t, x0, C);
+        const T* kmask = key + g.key_row(y0, t, x0, 1);
         with_rows<R>(rows.hi - rows.lo + 1, [&](auto n) __attribute__((always_inline)) {
-          dots<T, decltype(n)::value>(s + rows.lo, fq + rows.lo, f + kr, D, g.plane, nj);
+          dots<T, decltype(n)::value>(s + rows.lo, fq + rows.lo, f + kf, D, g.Q, nj);
         });
         for (int i = rows.lo; i <= rows.hi; ++i) {
           const int dy = t - i;
@@ -339,7 +342,7 @@ struct ForwardJob {
           masks[i] = kmask;
         }
         with_rows<R>(rows.hi - rows.lo + 1, [&](auto n) __attribute__((always_inline)) {
-          accumulate<T, decltype(n)::value, Masked>(acc + rows.lo, sc + rows.lo, s + rows.lo, masks, 1, x + kr, C, g.plane, nj);
+          accumulate<T, decltype(n)::value, Masked>(acc + rows.lo, sc + rows.lo, s + rows.lo, masks, 1, x + kx, C, g.Q, nj);
         });
       }
       const int valid = std::min(L, g.W - x0);
@@ -402,8 +405,8 @@ struct BackwardJob {
       const int y0 = g.strip_y(strip), x0 = g.strip_x(strip);
       const T *fq[R], *gq[R], *xq[R];
       for (int i = 0; i < R; ++i) {
-        const int64_t qa = g.query(y0 + i, x0);
-        fq[i] = f + qa, gq[i] = go + qa, xq[i] = x + qa;
+        const int64_t qa = g.query(y0 + i, x0, 1);
+        fq[i] = f + g.query(y0 + i, x0, D), gq[i] = go + g.query(y0 + i, x0, C), xq[i] = x + g.query(y0 + i, x0, C);
         for (int l = 0; l < L; ++l) {
           ka[i][l] = key[qa + l];
           la[i][l] = lse[qa + l];
@@ -414,11 +417,11 @@ struct BackwardJob {
       }
       for (int t = -r; t <= r + R - 1; ++t) {
         const KeyRow rows(t, r, R);
-        const int64_t kr = g.key_row(y0, t, x0);
+        const int64_t kf = g.key_row(y0, t, x0, D), kx = g.key_row(y0, t, x0, C), kr = g.key_row(y0, t, x0, 1);
         with_rows<R>(rows.hi - rows.lo + 1, [&](auto n) __attribute__((always_inline)) {
-          dots<T, decltype(n)::value>(s + rows.lo, fq + rows.lo, f + kr, D, g.plane, nj);
-          dots<T, decltype(n)::value>(gx + rows.lo, gq + rows.lo, x + kr, C, g.plane, nj);
-          dots<T, decltype(n)::value>(xg + rows.lo, xq + rows.lo, go + kr, C, g.plane, nj);
+          dots<T, decltype(n)::value>(s + rows.lo, fq + rows.lo, f + kf, D, g.Q, nj);
+          dots<T, decltype(n)::value>(gx + rows.lo, gq + rows.lo, x + kx, C, g.Q, nj);
+          dots<T, decltype(n)::value>(xg + rows.lo, xq + rows.lo, go + kx, C, g.Q, nj);
         });
         for (int i = rows.lo; i <= rows.hi; ++i) {
           const int dy = t - i;
@@ -452,8 +455,8 @@ struct BackwardJob {
         with_rows<R>(rows.hi - rows.lo + 1, [&](auto n) __attribute__((always_inline)) {
           const T* const* none = nullptr;
           // dx_a += A(a, b) g_b; df_a += dS f_b
-          accumulate<T, decltype(n)::value, Masked>(dxa + rows.lo, none, s + rows.lo, in_dx + rows.lo, L, go + kr, C, g.plane, nj);
-          accumulate<T, decltype(n)::value, Masked>(dfa + rows.lo, none, gx + rows.lo, in_df + rows.lo, L, f + kr, D, g.plane, nj);
+          accumulate<T, decltype(n)::value, Masked>(dxa + rows.lo, none, s + rows.lo, in_dx + rows.lo, L, go + kx, C, g.Q, nj);
+          accumulate<T, decltype(n)::value, Masked>(dfa + rows.lo, none, gx + rows.lo, in_df + rows.lo, L, f + kf, D, g.Q, nj);
         });
       }
       const int valid = std::min(L, g.W - x0);
