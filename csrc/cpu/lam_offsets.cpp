@@ -76,8 +76,10 @@ constexpr int kDepth = 32;
 // At most this many offsets per register block of the dot products, channels per register block of
 // the weighted sums; times the strip's query rows, plus the operands, in the 32 AVX-512 registers.
 // 8 and more independent FMA chains cover the FMA latency.
-constexpr int kDots = 8;
-constexpr int kAcc = 8;
+template <int R>
+constexpr int kDots = R >= 4 ? 6 : 8;
+template <int R>
+constexpr int kAcc = R >= 4 ? 6 : 8;
 // Channels ahead that the dot products and weighted sums prefetch: the channels' rows are a plane
 // apart, out of reach of the hardware prefetchers.
 constexpr int kAhead = 6;
@@ -164,7 +166,7 @@ LAM_ALWAYS_INLINE void dots(T* const* s, const T* const* q, const T* k, int64_t 
   constexpr int L = Simd<T>::L;
   if (n == 0)
     for (int i = 0; i < R; ++i) std::fill(s[i], s[i] + int64_t(nj) * L, T(0));
-  const Blocks blocks(nj, kDots);
+  const Blocks blocks(nj, kDots<R>);
   for (int64_t c0 = 0; c0 < n; c0 += kDepth) {
     const int64_t m = std::min<int64_t>(kDepth, n - c0);
     const T* qc[R];
@@ -172,7 +174,7 @@ LAM_ALWAYS_INLINE void dots(T* const* s, const T* const* q, const T* k, int64_t 
     for (int b = 0, j = 0; b < blocks.count; j += blocks.size_of(b++)) {
       T* sj[R];
       for (int i = 0; i < R; ++i) sj[i] = s[i] + j * L;
-      dot_blocks<T, R, kDots>(blocks.size_of(b), sj, qc, k + c0 * ps + j, m, ps, c0 > 0);
+      dot_blocks<T, R, kDots<R>>(blocks.size_of(b), sj, qc, k + c0 * ps + j, m, ps, c0 > 0);
     }
   }
 }
@@ -193,7 +195,7 @@ LAM_ALWAYS_INLINE void acc_block(T* const* acc, const T* const* scale, const T* 
       for (int c = 0; c < CC; ++c) a[i][c] *= sv;
     }
   }
-  for (int c = 0; c < CC; ++c) __builtin_prefetch(k + (c + kAcc) * ps + nj + L - 2);  // the next block's
+  for (int c = 0; c < CC; ++c) __builtin_prefetch(k + (c + kAcc<R>) * ps + nj + L - 2);  // the next block's
   for (int j = 0; j < nj; ++j) {
     V wv[R];
     for (int i = 0; i < R; ++i) wv[i] = loadu<V>(w[i] + j * L);
@@ -231,13 +233,13 @@ template <typename T, int R, bool Masked>
 LAM_ALWAYS_INLINE void accumulate(T* const* acc, const T* const* scale, const T* const* w, const T* const* mask,
                                   int mstride, const T* k, int64_t n, int64_t ps, int nj) {
   constexpr int L = Simd<T>::L;
-  for (int64_t c = 0; c < n; c += kAcc) {
+  for (int64_t c = 0; c < n; c += kAcc<R>) {
     T* ac[R];
     for (int i = 0; i < R; ++i) ac[i] = acc[i] + c * L;
-    if (n - c >= kAcc)
-      acc_block<T, R, kAcc, Masked>(ac, scale, w, mask, mstride, k + c * ps, ps, nj);
+    if (n - c >= kAcc<R>)
+      acc_block<T, R, kAcc<R>, Masked>(ac, scale, w, mask, mstride, k + c * ps, ps, nj);
     else
-      acc_tail<T, R, kAcc - 1, Masked>(static_cast<int>(n - c), ac, scale, w, mask, mstride, k + c * ps, ps, nj);
+      acc_tail<T, R, kAcc<R> - 1, Masked>(static_cast<int>(n - c), ac, scale, w, mask, mstride, k + c * ps, ps, nj);
   }
 }
 
@@ -517,12 +519,12 @@ Isa chosen_isa() {
 }
 
 // Rows per strip: 2 where the 32 AVX-512 registers hold the two rows' accumulators, else 1.
-int strip_rows(Isa isa) { return isa == Isa::kAvx512 ? 2 : 1; }
+int strip_rows(Isa isa) { return isa == Isa::kAvx512 ? 4 : 1; }
 
 #if LAM_X86_DISPATCH
 template <typename Job>
 __attribute__((target("arch=x86-64-v4"))) void run_avx512(const Job& job, int64_t begin, int64_t end) {
-  job.template run<2>(begin, end);
+  job.template run<4>(begin, end);
 }
 template <typename Job>
 __attribute__((target("arch=x86-64-v3"))) void run_avx2(const Job& job, int64_t begin, int64_t end) {
