@@ -32,7 +32,7 @@ TILING_CASES = [
     Case(2, 5, 6, 15, 14, 4, "random", contiguous=False),
 ]
 
-# The offset kernels run strips of L columns (16 float32, 8 float64) x 4 rows (1 without AVX-512) of
+# The offset kernels (AVX-512 only) run strips of L columns (16 float32, 8 float64) x 4 rows of
 # queries over a copy of the image padded by r, in passes of 32 channels.
 OFFSET_CASES = [
     Case(1, 3, 4, 7, 17, 3, "random"),  # one column past a strip; rows not a multiple of 4
@@ -102,8 +102,8 @@ def test_results_do_not_depend_on_thread_count(case):
         assert torch.equal(one[name], two[name]), name
 
 
-# Each SIMD path of the offset kernels (chosen by the CPU, or narrower through LAM_OPS_CPU_ISA, read
-# once per process), on the cases of the offset kernels and the non-finite contract.
+# Each SIMD level (the CPU's, or lower through LAM_OPS_CPU_ISA, read once per process: below AVX-512
+# the tiled kernels run every radius) on the cases of the offset kernels and the non-finite contract.
 ISA_SCRIPT = """
 import torch
 from lam_cases import EDGE_CASES, NONFINITE_CASES, assert_matches_reference, assert_nonfinite_case_matches_the_contract

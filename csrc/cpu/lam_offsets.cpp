@@ -55,19 +55,19 @@ namespace {
 
 template <typename T>
 struct Simd {
-  static constexpr int L = 64 / sizeof(T);  // lanes: one 64-byte vector (4 SSE, 2 AVX2 registers)
+  static constexpr int L = 64 / sizeof(T);  // lanes: one AVX-512 register
   typedef T V __attribute__((vector_size(64)));
+  typedef T Unaligned __attribute__((vector_size(64), aligned(sizeof(T))));
 };
 
+// Unaligned vector loads and stores, as GCC's vector extensions spell them.
 template <typename V, typename T>
 LAM_ALWAYS_INLINE V loadu(const T* p) {
-  V v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
+  return *reinterpret_cast<const typename Simd<T>::Unaligned*>(p);
 }
 template <typename V, typename T>
 LAM_ALWAYS_INLINE void storeu(T* p, const V& v) {
-  std::memcpy(p, &v, sizeof v);
+  *reinterpret_cast<typename Simd<T>::Unaligned*>(p) = v;
 }
 
 // Channels per pass of the dot products: their key rows (2r + L values each) stay in L1 while the
@@ -76,6 +76,7 @@ constexpr int kDepth = 32;
 // At most this many offsets per register block of the dot products, channels per register block of
 // the weighted sums; times the strip's query rows, plus the operands, in the 32 AVX-512 registers.
 // 8 and more independent FMA chains cover the FMA latency.
+// (R < 4: the first and last key rows of a strip, which lie in fewer rows' windows.)
 template <int R>
 constexpr int kDots = R >= 4 ? 6 : 8;
 template <int R>
@@ -484,12 +485,12 @@ struct BackwardJob {
 };
 
 // ---------------------------------------------------------------------------------------------
-// ISA dispatch. The jobs are compiled three times, for AVX-512 (x86-64-v4), AVX2 + FMA (x86-64-v3)
-// and the build's baseline, and chosen at run time by the CPU: the build stays portable (no
-// -march=native). Explicit entry points rather than target_clones so that the environment variable
-// LAM_OPS_CPU_ISA (avx512, avx2, baseline) can force a narrower one: the tests run the baseline
-// path on a machine that has AVX-512. The paths sum in other orders (vector width, FMA): results
-// are reproducible on a machine and independent of the thread count, not equal across CPU types.
+// ISA dispatch. The kernels are compiled for AVX-512 (x86-64-v4, a target attribute: the build stays
+// portable, no -march=native) and run where the CPU has it. Their AVX2 build (x86-64-v3, strips of
+// one row, blocks of 4) measured 7x slower than the AVX-512 one and slower than the tiled kernels
+// (96 x 96, D 16, r 12: GCC 12 spills the 64-byte vectors it splits into AVX2 halves), so without
+// AVX-512 the tiled kernels, BLAS-based, run every radius. LAM_OPS_CPU_ISA (avx512, avx2, baseline)
+// caps the ISA: the tests run the tiled kernels' path on a machine that has AVX-512.
 
 enum class Isa { kBaseline, kAvx2, kAvx512 };
 
@@ -518,23 +519,15 @@ Isa chosen_isa() {
   return isa;
 }
 
-// Rows per strip: 2 where the 32 AVX-512 registers hold the two rows' accumulators, else 1.
-int strip_rows(Isa isa) { return isa == Isa::kAvx512 ? 4 : 1; }
+// Query rows per strip: 4 x 6 accumulators and the operands in the 32 AVX-512 registers.
+constexpr int kRows = 4;
 
 #if LAM_X86_DISPATCH
 template <typename Job>
 __attribute__((target("arch=x86-64-v4"))) void run_avx512(const Job& job, int64_t begin, int64_t end) {
-  job.template run<4>(begin, end);
-}
-template <typename Job>
-__attribute__((target("arch=x86-64-v3"))) void run_avx2(const Job& job, int64_t begin, int64_t end) {
-  job.template run<1>(begin, end);
+  job.template run<kRows>(begin, end);
 }
 #endif
-template <typename Job>
-void run_baseline(const Job& job, int64_t begin, int64_t end) {
-  job.template run<1>(begin, end);
-}
 
 // Runs the job's strips in parallel chunks of about 1M multiply-adds at least, so that tiny problems
 // (gradcheck) run inline rather than paying for waking threads.
@@ -542,14 +535,11 @@ template <typename Job>
 void run_strips(const Job& job, int64_t channels) {
   const Planes& g = job.g;
   const int64_t work = int64_t(g.offsets()) * g.offsets() * g.L * g.R * std::max<int64_t>(1, channels);
-  const Isa isa = chosen_isa();
-  TORCH_INTERNAL_ASSERT(g.R == strip_rows(isa));
+  TORCH_INTERNAL_ASSERT(chosen_isa() == Isa::kAvx512 && g.R == kRows);
   at::parallel_for(0, g.strips(), std::max<int64_t>(1, (int64_t(1) << 20) / work), [&](int64_t begin, int64_t end) {
 #if LAM_X86_DISPATCH
-    if (isa == Isa::kAvx512) return run_avx512(job, begin, end);
-    if (isa == Isa::kAvx2) return run_avx2(job, begin, end);
+    run_avx512(job, begin, end);
 #endif
-    run_baseline(job, begin, end);
   });
 }
 
@@ -571,6 +561,7 @@ at::Tensor key_plane(const at::Tensor& key_mask, int64_t b, int64_t H, int64_t W
 // image (the radius close to the image's size, where most offsets fall outside), the tiled kernels
 // win.
 bool use_offset_kernels(int64_t H, int64_t W, int radius) {
+  if (chosen_isa() != Isa::kAvx512) return false;
   const int64_t side = 2 * int64_t(radius) + 1, rect = 8 + 2 * int64_t(radius);
   return side * side <= 2 * std::min(H, rect) * std::min(W, rect);
 }
@@ -579,7 +570,7 @@ template <typename T>
 void offset_forward(const at::Tensor& x, const at::Tensor& f, const at::Tensor& key_mask, T sigma, int radius,
                     at::Tensor& out, at::Tensor& lse) {
   const int64_t B = x.size(0), C = x.size(1), D = f.size(1), H = x.size(2), W = x.size(3), N = H * W;
-  const Planes g(H, W, radius, Simd<T>::L, strip_rows(chosen_isa()));
+  const Planes g(H, W, radius, Simd<T>::L, kRows);
   for (int64_t b = 0; b < B; ++b) {
     const at::Tensor fp = g.pad(f[b], 0), xp = g.pad(x[b], 0), kp = g.pad(key_plane(key_mask, b, H, W, x.options()), 0);
     const ForwardJob<T> job{g,
@@ -600,7 +591,7 @@ template <typename T>
 T offset_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& f, const at::Tensor& key_mask,
                   const at::Tensor& out, const at::Tensor& lse, T sigma, int radius, at::Tensor& dx, at::Tensor& df) {
   const int64_t B = x.size(0), C = x.size(1), D = f.size(1), H = x.size(2), W = x.size(3), N = H * W;
-  const Planes g(H, W, radius, Simd<T>::L, strip_rows(chosen_isa()));
+  const Planes g(H, W, radius, Simd<T>::L, kRows);
   std::vector<T> dsig(B * g.strips());
   for (int64_t b = 0; b < B; ++b) {
     const at::Tensor gb = grad_out[b].to(x.scalar_type()).contiguous(), ob = out[b].contiguous();
