@@ -1,4 +1,6 @@
-// CPU kernels of the lam_ops operators: tiled, flash-attention style, over lam/math.h.
+// CPU kernels of the lam_ops operators: tiled, flash-attention style, over lam/math.h. They run
+// radius=None, and every radius on CPUs without AVX-512; windowed radii otherwise run the offset
+// kernels of lam_offsets.cpp (use_offset_kernels says which).
 //
 // Work unit: a small rectangle of query pixels (a tile) against the rectangle of keys covering the
 // union of their windows, cut into key blocks of at most kKeyBlock pixels. Per block, the dot

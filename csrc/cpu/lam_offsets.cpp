@@ -143,8 +143,7 @@ LAM_ALWAYS_INLINE void dot_block(T* const* s, const T* const* q, const T* k, int
 
 // dot_block for a block of nj <= J offsets (J: a compile-time bound).
 template <typename T, int R, int J>
-LAM_ALWAYS_INLINE void dot_blocks(int nj, T* const* s, const T* const* q, const T* k, int64_t n, int64_t ps,
-                                  bool add) {
+LAM_ALWAYS_INLINE void dot_blocks(int nj, T* const* s, const T* const* q, const T* k, int64_t n, int64_t ps, bool add) {
   if constexpr (J > 0) {
     if (nj == J)
       dot_block<T, R, J>(s, q, k, n, ps, add);
@@ -196,7 +195,7 @@ LAM_ALWAYS_INLINE void acc_block(T* const* acc, const T* const* scale, const T* 
       for (int c = 0; c < CC; ++c) a[i][c] *= sv;
     }
   }
-  for (int c = 0; c < CC; ++c) __builtin_prefetch(k + (c + kAcc<R>) * ps + nj + L - 2);  // the next block's
+  for (int c = 0; c < CC; ++c) __builtin_prefetch(k + (c + kAcc<R>)*ps + nj + L - 2);  // the next block's
   for (int j = 0; j < nj; ++j) {
     V wv[R];
     for (int i = 0; i < R; ++i) wv[i] = loadu<V>(w[i] + j * L);
@@ -345,7 +344,8 @@ struct ForwardJob {
           masks[i] = kmask;
         }
         with_rows<R>(rows.hi - rows.lo + 1, [&](auto n) __attribute__((always_inline)) {
-          accumulate<T, decltype(n)::value, Masked>(acc + rows.lo, sc + rows.lo, s + rows.lo, masks, 1, x + kx, C, g.Q, nj);
+          accumulate<T, decltype(n)::value, Masked>(acc + rows.lo, sc + rows.lo, s + rows.lo, masks, 1, x + kx, C, g.Q,
+                                                    nj);
         });
       }
       const int valid = std::min(L, g.W - x0);
@@ -458,8 +458,10 @@ struct BackwardJob {
         with_rows<R>(rows.hi - rows.lo + 1, [&](auto n) __attribute__((always_inline)) {
           const T* const* none = nullptr;
           // dx_a += A(a, b) g_b; df_a += dS f_b
-          accumulate<T, decltype(n)::value, Masked>(dxa + rows.lo, none, s + rows.lo, in_dx + rows.lo, L, go + kx, C, g.Q, nj);
-          accumulate<T, decltype(n)::value, Masked>(dfa + rows.lo, none, gx + rows.lo, in_df + rows.lo, L, f + kf, D, g.Q, nj);
+          accumulate<T, decltype(n)::value, Masked>(dxa + rows.lo, none, s + rows.lo, in_dx + rows.lo, L, go + kx, C,
+                                                    g.Q, nj);
+          accumulate<T, decltype(n)::value, Masked>(dfa + rows.lo, none, gx + rows.lo, in_df + rows.lo, L, f + kf, D,
+                                                    g.Q, nj);
         });
       }
       const int valid = std::min(L, g.W - x0);
