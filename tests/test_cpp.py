@@ -1,5 +1,9 @@
 """The fused C++ CPU kernels (backend "cpp") against the reference."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from lam_cases import EDGE_CASES, Case, assert_matches_reference, make_inputs, run_with_grads
@@ -10,7 +14,9 @@ pytestmark = pytest.mark.skipif(
     "cpp" not in lam_ops.available_backends("cpu"), reason="lam_ops._C is not built (pip install -e .)"
 )
 
-# The kernel works on square query tiles (side 4 for radius <= 2, else 8) against key blocks of at
+# radius=None, and windows much larger than the image, run the tiled kernels (lam_cpu.cpp); the
+# other windowed radii the offset kernels (lam_offsets.cpp), whose TILING_CASES are those with a radius.
+# The tiled kernels work on square query tiles (side 4 for radius <= 2, else 8) against key blocks of at
 # most 1024 pixels (whole rows of the tile's key rectangle, or 1024 columns of one row).
 TILING_CASES = [
     Case(1, 3, 4, 9, 7, 2),  # side-4 tiles, partial at both borders
@@ -26,9 +32,20 @@ TILING_CASES = [
     Case(2, 5, 6, 15, 14, 4, "random", contiguous=False),
 ]
 
+# The offset kernels (AVX-512 only) run strips of L columns (16 float32, 8 float64) x 4 rows of
+# queries over a copy of the image padded by r, in passes of 32 channels.
+OFFSET_CASES = [
+    Case(1, 3, 4, 7, 17, 3, "random"),  # one column past a strip; rows not a multiple of 4
+    Case(2, 5, 6, 13, 33, 5, "sparse"),  # 3 strips, the last of one column
+    Case(1, 2, 3, 40, 9, 8),  # windows wider than the image: still the offset kernels
+    Case(1, 2, 3, 30, 5, 10, "random"),  # windows far larger than the image: the tiled kernels
+    Case(1, 4, 40, 9, 18, 3, "random"),  # D = 40: two passes of the dot products
+    Case(2, 21, 16, 10, 20, 2, "sparse", contiguous=False),
+]
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("case", EDGE_CASES + TILING_CASES, ids=str)
+@pytest.mark.parametrize("case", EDGE_CASES + TILING_CASES + OFFSET_CASES, ids=str)
 def test_matches_reference(case, dtype):
     assert_matches_reference(case, "cpp", dtype)
 
@@ -48,7 +65,11 @@ def test_gradcheck(case):
     assert gradcheck(case)
 
 
-@pytest.mark.parametrize("case", [Case(1, 2, 3, 36, 30, None, "random"), Case(1, 3, 4, 20, 19, 5, "sparse")], ids=str)
+@pytest.mark.parametrize(
+    "case",
+    [Case(1, 2, 3, 36, 30, None, "random"), Case(1, 3, 4, 20, 19, 5, "sparse"), Case(1, 2, 3, 7, 18, 2, "random")],
+    ids=str,
+)
 def test_gradcheck_multi_tile(case):
     # Full gradcheck costs one forward per input element; a random projection covers every tile.
     assert gradcheck(case, fast_mode=True)
@@ -79,3 +100,41 @@ def test_results_do_not_depend_on_thread_count(case):
         torch.set_num_threads(threads)
     for name in one:
         assert torch.equal(one[name], two[name]), name
+
+
+# Each SIMD level (the CPU's, or lower through LAM_OPS_CPU_ISA, read once per process: below AVX-512
+# the tiled kernels run every radius) on the cases of the offset kernels and the non-finite contract.
+ISA_SCRIPT = """
+import torch
+from lam_cases import EDGE_CASES, NONFINITE_CASES, assert_matches_reference, assert_nonfinite_case_matches_the_contract
+from test_cpp import OFFSET_CASES
+for case in EDGE_CASES + OFFSET_CASES:
+    for dtype in (torch.float32, torch.float64):
+        assert_matches_reference(case, "cpp", dtype)
+for case in NONFINITE_CASES:
+    assert_nonfinite_case_matches_the_contract(case, "cpp")
+print("ok")
+"""
+
+
+def run_with_isa(isa, script):
+    env = dict(os.environ, LAM_OPS_CPU_ISA=isa)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root, os.path.join(root, "tests"), env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_every_simd_path_matches_the_reference(isa):
+    done = run_with_isa(isa, ISA_SCRIPT)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr
+
+
+def test_unknown_simd_path_is_an_error():
+    ones = "torch.ones(1, 1, 3, 3)"
+    done = run_with_isa(
+        "sse9", f"import torch, lam_ops; lam_ops.local_aggregate({ones}, {ones}, 1.0, 1, backend='cpp')"
+    )
+    assert done.returncode != 0 and "LAM_OPS_CPU_ISA" in done.stderr, done.stderr

@@ -1,4 +1,6 @@
-// CPU kernels of the lam_ops operators: tiled, flash-attention style, over lam/math.h.
+// CPU kernels of the lam_ops operators: tiled, flash-attention style, over lam/math.h. They run
+// radius=None, and every radius on CPUs without AVX-512; windowed radii otherwise run the offset
+// kernels of lam_offsets.cpp (use_offset_kernels says which).
 //
 // Work unit: a small rectangle of query pixels (a tile) against the rectangle of keys covering the
 // union of their windows, cut into key blocks of at most kKeyBlock pixels. Per block, the dot
@@ -27,6 +29,7 @@
 
 #include "lam/checks.h"
 #include "lam/math.h"
+#include "lam_offsets.h"
 
 namespace lam {
 namespace {
@@ -545,9 +548,15 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, const at::Te
   at::Tensor out = at::empty(x.sizes(), x.options());
   at::Tensor lse = at::empty({x.size(0), x.size(2), x.size(3)}, x.options().dtype(lse_dtype(x.scalar_type())));
   if (lse.numel() == 0) return {out, lse};  // no pixel: nothing to compute (C = D = 0 still runs)
-  const at::Tensor xt = pixel_major(x), ft = pixel_major(f);
   const at::Tensor km = key_mask.has_value() ? key_mask->contiguous() : at::Tensor();
   const int r = kernel_radius(radius, x.size(2), x.size(3));
+  if (r >= 0 && use_offset_kernels(x.size(2), x.size(3), r)) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lam_forward_cpu", [&] {
+      offset_forward<scalar_t>(x, f, km, static_cast<scalar_t>(sigma.item<double>()), r, out, lse);
+    });
+    return {out, lse};
+  }
+  const at::Tensor xt = pixel_major(x), ft = pixel_major(f);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lam_forward_cpu", [&] {
     forward_kernel<scalar_t>(xt, ft, km.defined() ? km.data_ptr<bool>() : nullptr,
                              static_cast<scalar_t>(sigma.item<double>()), r, out, lse);
@@ -563,18 +572,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gr
   check_backward_args(grad_out, x, f, sigma, radius, key_mask, out, lse);
   check_dtype(x);
   if (lse.numel() == 0) return {at::zeros_like(x), at::zeros_like(f), at::zeros_like(sigma)};
-  const at::Tensor xt = pixel_major(x), ft = pixel_major(f);
-  const at::Tensor gt = pixel_major(grad_out.to(x.scalar_type())), outt = pixel_major(out);
-  const at::Tensor l = lse.contiguous();
   const at::Tensor km = key_mask.has_value() ? key_mask->contiguous() : at::Tensor();
   at::Tensor dx = at::empty(x.sizes(), x.options()), df = at::empty(f.sizes(), f.options());
   const int r = kernel_radius(radius, x.size(2), x.size(3));
   double dsigma = 0;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lam_backward_cpu", [&] {
-    dsigma = static_cast<double>(backward_kernel<scalar_t>(gt, xt, ft, km.defined() ? km.data_ptr<bool>() : nullptr,
-                                                           outt, l, static_cast<scalar_t>(sigma.item<double>()),
-                                                           r, dx, df));
-  });
+  if (r >= 0 && use_offset_kernels(x.size(2), x.size(3), r)) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lam_backward_cpu", [&] {
+      dsigma = static_cast<double>(offset_backward<scalar_t>(
+          grad_out, x, f, km, out, lse, static_cast<scalar_t>(sigma.item<double>()), r, dx, df));
+    });
+  } else {
+    const at::Tensor xt = pixel_major(x), ft = pixel_major(f);
+    const at::Tensor gt = pixel_major(grad_out.to(x.scalar_type())), outt = pixel_major(out);
+    const at::Tensor l = lse.contiguous();
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lam_backward_cpu", [&] {
+      dsigma = static_cast<double>(backward_kernel<scalar_t>(gt, xt, ft, km.defined() ? km.data_ptr<bool>() : nullptr,
+                                                             outt, l, static_cast<scalar_t>(sigma.item<double>()),
+                                                             r, dx, df));
+    });
+  }
   // Converted as a tensor: a float32 sigma's dsigma out of float32 range becomes inf, where
   // scalar_tensor(double, float32) would throw.
   return {dx, df, at::scalar_tensor(dsigma, sigma.options().dtype(at::kDouble)).to(sigma.scalar_type())};
