@@ -7,7 +7,7 @@ import os
 import re
 
 from ..data.formats.folder import CLASSES, IMAGES, SCRIBBLES, _images, folder_split, read_classes
-from ..data.io import write_image, write_label
+from ..data.io import read_label, write_image, write_label
 from ..data.summary import data_summary, format_summary
 from ..files import atomic_write
 
@@ -17,6 +17,12 @@ def photos(root: str | None) -> dict[str, str]:
     if not root or not os.path.isdir(os.path.join(root, IMAGES)):
         return {}
     return _images(root)
+
+
+def saved_scribble(root: str | None, name: str):
+    """root/scribbles/NAME.png as class ids, or None where there is none."""
+    path = os.path.join(root, SCRIBBLES, name + ".png") if root else None
+    return read_label(path) if path and os.path.isfile(path) else None
 
 
 def safe_name(filename: str) -> str:

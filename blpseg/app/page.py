@@ -9,20 +9,24 @@ import functools
 import html
 import os
 
+import gradio as gr  # the app extra: blpseg.cli imports this module once gradio is found
 import numpy as np
 
 from ..data.io import read_image
 from ..engine.inference import predict_image
 from ..engine.overlay import overlay
 from . import data
-from .scribbles import class_colours, layers_to_scribble
+from .scribbles import add_strokes, class_colours, layers_to_scribble, paint
 
 ERRORS = (OSError, ValueError, RuntimeError)  # what reading a user's photo or writing a file may raise
+# the list's choice reloads the page with ?photo=NAME (see build_page)
+OPEN_IN_NEW_PAGE = """(n) => {
+    if (n) { const u = new URL(window.location); u.searchParams.set("photo", n); window.location.assign(u) }
+}"""
 
 
 def _user_errors(fn):
     """Runs a handler; a bad file or a refused save becomes gr.Error (a message on the page)."""
-    import gradio as gr
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -48,13 +52,12 @@ def _legend(names, colours) -> str:
 def build_page(model, cfg: dict, names, device, root: str | None):
     """The gr.Blocks of the page for a loaded checkpoint (engine/checkpoint.py load_model) and a
     data folder (None: no saving)."""
-    import gradio as gr
-
     colours = class_colours(len(names))
     PROGRESS = gr.Progress()  # gradio's marker for a handler's progress bar (one instance serves all)
     brush = lambda c: gr.Brush(colors=colours, default_color=colours[c], color_mode="fixed", default_size=6)
 
     def open_photo(path: str, shown_name: str, from_data: bool, alpha: float, progress):
+        """A photo of the data folder keeps its name there; an upload's name is made safe."""
         progress(0, desc="reading the photo")
         try:
             image = read_image(path)
@@ -62,10 +65,28 @@ def build_page(model, cfg: dict, names, device, root: str | None):
             raise gr.Error(str(e).replace(path, shown_name), print_exception=False) from None
         progress(0.2, desc="predicting")
         pred = predict_image(model, image, cfg, device).argmax(0).numpy().astype(np.uint8)
-        name = data.safe_name(shown_name)
-        photo = {"name": name, "path": path if from_data else None, "image": image, "pred": pred}
-        editor = {"background": image, "layers": [], "composite": None}
-        return photo, editor, overlay(image, pred, names, alpha), f"{name}: {image.shape[1]}x{image.shape[0]} px"
+        name = os.path.splitext(shown_name)[0] if from_data else data.safe_name(shown_name)
+        info, saved, background = f"{name}: {image.shape[1]}x{image.shape[0]} px", None, image
+        if from_data:  # its saved scribble painted under the strokes; a save adds the strokes to it
+            saved = _saved_scribble(name, image.shape[:2])
+        if saved is not None:
+            background = paint(image, saved, len(names))
+            info += f"; its saved scribble ({int((saved < len(names)).sum())} px) is painted in, new strokes add to it"
+        photo = {"name": name, "path": path if from_data else None, "image": image, "pred": pred, "saved": saved}
+        editor = {"background": background, "layers": [], "composite": None}
+        return photo, editor, overlay(image, pred, names, alpha), info
+
+    def _saved_scribble(name: str, shape):
+        """root/scribbles/NAME.png, or None: where there is none, and where it cannot be read or does
+        not fit the photo (then with a warning on the page: a save would replace it)."""
+        try:
+            saved = data.saved_scribble(root, name)
+            if saved is not None and saved.shape != tuple(shape):
+                raise ValueError(f"it is {saved.shape[1]}x{saved.shape[0]} px, the photo {shape[1]}x{shape[0]}")
+            return saved
+        except ERRORS as e:
+            gr.Warning(f"the saved scribble of {name} is left out (a save replaces it): {e}")
+            return None
 
     @_user_errors
     def on_upload(file, alpha, progress=PROGRESS):
@@ -74,11 +95,14 @@ def build_page(model, cfg: dict, names, device, root: str | None):
         return open_photo(file, os.path.basename(file), False, alpha, progress)
 
     @_user_errors
-    def on_choose(name, alpha, progress=PROGRESS):
+    def on_load(alpha, request: gr.Request, progress=PROGRESS):
+        name = request.query_params.get("photo")
         if not name:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        path = data.photos(root)[name]
-        return open_photo(path, os.path.basename(path), True, alpha, progress)
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        path = data.photos(root).get(name)
+        if path is None:
+            raise gr.Error(f"no photo {name!r} in {root}/images", print_exception=False)
+        return *open_photo(path, os.path.basename(path), True, alpha, progress), gr.update(value=name)
 
     def on_alpha(photo, alpha):
         if photo is None:
@@ -91,9 +115,10 @@ def build_page(model, cfg: dict, names, device, root: str | None):
             raise gr.Error("no data folder: start the page with --data-root to save scribbles", print_exception=False)
         if photo is None:
             raise gr.Error("open a photo first", print_exception=False)
-        scribble = layers_to_scribble((edited or {}).get("layers") or [], len(names), photo["image"].shape[:2])
-        if (scribble == 255).all():
+        strokes = layers_to_scribble((edited or {}).get("layers") or [], len(names), photo["image"].shape[:2])
+        if (strokes == 255).all():
             raise gr.Error("nothing scribbled: draw with a class's brush first", print_exception=False)
+        scribble = add_strokes(photo["saved"], strokes)
         progress(0, desc="saving")
         written = data.save(root, photo["name"], photo["image"], scribble, names, photo["path"], overwrite)
         counts = ", ".join(
@@ -150,7 +175,10 @@ def build_page(model, cfg: dict, names, device, root: str | None):
 
         outputs = [photo, editor, shown, info]
         upload.upload(on_upload, [upload, alpha], outputs)
-        choose.input(on_choose, [choose, alpha], outputs)
+        # gradio's editor (6.x), given a photo by a second update, no longer sends the strokes drawn on
+        # it: a photo of the data folder is opened in a new page (?photo=NAME), its first update
+        choose.input(None, choose, None, js=OPEN_IN_NEW_PAGE)
+        page.load(on_load, [alpha], [*outputs, choose])
         alpha.release(on_alpha, [photo, alpha], shown)
         klass.change(lambda c: gr.update(brush=brush(c)), klass, editor)
         save.click(on_save, [photo, editor, overwrite], [status, summary, choose])

@@ -23,6 +23,25 @@ def class_colours(num_classes: int) -> list[str]:
     return [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in palette()[:num_classes].tolist()]
 
 
+def paint(image: np.ndarray, scribble: np.ndarray, num_classes: int, alpha: float = 0.6) -> np.ndarray:
+    """The photo ((H, W, 3) uint8) with a saved scribble's pixels blended with their class colours
+    (`alpha` of the colour: regions from labelme stay see-through): the editor's background, so
+    that the scribble already there is seen under the new strokes (drawn opaque, on their layer)."""
+    out = image.copy()
+    labelled = scribble < num_classes
+    colour = palette()[:num_classes][scribble[labelled]].astype(np.float64)
+    out[labelled] = np.round((1 - alpha) * image[labelled] + alpha * colour).astype(np.uint8)
+    return out
+
+
+def add_strokes(saved: np.ndarray | None, strokes: np.ndarray) -> np.ndarray:
+    """The scribble to save: `saved` (None: nothing) with the new strokes' class ids on top; a pixel
+    no stroke marks keeps its saved id."""
+    if saved is None:
+        return strokes
+    return np.where(strokes != UNLABELLED, strokes, saved).astype(np.uint8)
+
+
 def layers_to_scribble(layers, num_classes: int, shape: tuple[int, int]) -> np.ndarray:
     """(H, W) uint8 class ids, 255 where nothing is scribbled, from the editor's drawn layers ((H, W, 4)
     uint8 RGBA, the first at the bottom; a later layer's opaque pixel replaces an earlier's). A layer
