@@ -279,6 +279,7 @@ def _open_upload(page, path: str, width: int, height: int) -> None:
     with page.expect_navigation():
         _upload(page, path)
     assert "upload=" in page.url and "photo=" not in page.url, page.url
+    page.wait_for_selector("#info textarea")
     name = os.path.splitext(os.path.basename(path))[0]
     page.wait_for_function(
         "s => document.querySelector('#info textarea').value.startsWith(s)", arg=f"{name}: {width}x{height} px"
@@ -495,6 +496,7 @@ def test_page_uploads_one_after_another(app, tmp_path):
     names, root = app["names"], app["root"]
     with _browser_page(app) as page:
         page.goto(f"{app['url']}?photo={next(iter(app['photos']))}", wait_until="domcontentloaded")
+        page.wait_for_selector("#info textarea")
         page.wait_for_function("document.querySelector('#info textarea').value !== ''")
         for name, flip, klass in (("first", False, 1), ("second", True, 2), ("third", False, 3)):
             photo = tmp_path / f"{name}.png"
