@@ -435,15 +435,24 @@ def test_page_on_the_data_folders_photos(app, tmp_path):
 
 @browser
 def test_page_upload_save_and_bad_images(app, tmp_path):
-    """An uploaded photo: stroke, save (the photo saved beside its scribble), a second save refused,
-    then confirmed; the bad photos a user may upload: an RGBA and a 16-bit PNG are read (alpha
-    dropped, 16 bits scaled), a corrupt and a huge one get a message naming them; the server runs on."""
+    """The bad photos a user may upload: an RGBA and a 16-bit PNG are read (alpha dropped, 16 bits
+    scaled); then an uploaded photo: stroke, save (the photo saved beside its scribble), a second
+    save refused, then confirmed; a corrupt and a huge upload get a message naming them and leave
+    the photo shown; the server runs on."""
     names, root, klass = app["names"], app["root"], 1
     photo = str(tmp_path / "street.png")
     _photo(photo)
     H, W = 96, 128
     scribble_path = root / "scribbles" / "street.png"
     with _browser_page(app) as page:
+        # RGBA and 16-bit greyscale photos are read as blpseg predict reads them
+        rgba = np.dstack([read_image(photo)[:, ::-1], np.full((H, W), 7, np.uint8)])  # another overlay than street
+        Image.fromarray(rgba, "RGBA").save(tmp_path / "glass.png")
+        deep = (np.arange(H * W, dtype=np.uint32).reshape(H, W) * 65535 // (H * W)).astype("<u2")
+        Image.frombytes("I;16", (W, H), deep.tobytes()).save(tmp_path / "deep.png")
+        for name in ("glass", "deep"):
+            _open_upload(page, str(tmp_path / f"{name}.png"), W, H)
+
         _open_upload(page, photo, W, H)
         _stroke(page, klass, names)
         _save(page, "scribbles/street.png")
@@ -468,22 +477,18 @@ def test_page_upload_save_and_bad_images(app, tmp_path):
             time.sleep(0.2)
         np.testing.assert_array_equal(read_label(str(scribble_path)), scribble)
 
-        # RGBA and 16-bit greyscale photos are read as blpseg predict reads them
-        rgba = np.dstack([read_image(photo)[:, ::-1], np.full((H, W), 7, np.uint8)])  # another overlay than street
-        Image.fromarray(rgba, "RGBA").save(tmp_path / "glass.png")
-        deep = (np.arange(H * W, dtype=np.uint32).reshape(H, W) * 65535 // (H * W)).astype("<u2")
-        Image.frombytes("I;16", (W, H), deep.tobytes()).save(tmp_path / "deep.png")
-        for name in ("glass", "deep"):
-            _open_upload(page, str(tmp_path / f"{name}.png"), W, H)
-
         # a corrupt and a huge photo: a message on the page naming each, and the server still answers
         bad = tmp_path / "broken.png"
         bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not a png" * 10)
         _huge_png(tmp_path / "huge.png")
+        url = page.url
         _upload(page, str(tmp_path / "huge.png"))
         _toast(page, "huge.png: 12000 x 12000 is over the limit")
         _upload(page, str(bad))
         _toast(page, "cannot read broken.png")
+        # a refused upload opens no page: the photo stays shown
+        assert page.input_value("#info textarea").startswith("street: ") and page.url == url
+        assert page.evaluate("() => window.editor.width") == W
         _screenshot(page, tmp_path, "app_bad_image.png")
         assert app["server"].poll() is None and _answers(app["url"])
 
