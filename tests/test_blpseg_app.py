@@ -19,6 +19,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import zlib
 
@@ -520,10 +521,11 @@ def test_page_uploads_one_after_another(app, tmp_path):
 @browser
 def test_page_unknown_photo_or_upload(app):
     """A page opened with an id the server does not hold (an old bookmark, a restarted server, a
-    typo) says so on the page; the server runs on."""
+    typo) says so on the page, the id as text; the server runs on."""
     with _browser_page(app) as page:
         page.goto(f"{app['url']}?upload=not-an-id", wait_until="domcontentloaded")
         _toast(page, "the upload 'not-an-id' is no longer on the server")
-        page.goto(f"{app['url']}?photo=no_such_photo", wait_until="domcontentloaded")
-        _toast(page, "no photo 'no_such_photo' in")
+        # the name is shown as text: the message box renders HTML
+        page.goto(f"{app['url']}?photo={urllib.parse.quote('<b>no</b>_photo')}", wait_until="domcontentloaded")
+        _toast(page, "no photo '<b>no</b>_photo' in")
     assert app["server"].poll() is None and _answers(app["url"])

@@ -33,6 +33,11 @@ OPEN_IN_NEW_PAGE = """(n) => {
 }"""
 
 
+def _text(message: str) -> str:
+    """A message for gr.Error, which renders HTML: file names and URL parameters are the user's text."""
+    return html.escape(message, quote=False)
+
+
 def _user_errors(fn):
     """Runs a handler; a bad file or a refused save becomes gr.Error (a message on the page)."""
 
@@ -43,7 +48,7 @@ def _user_errors(fn):
         except gr.Error:
             raise
         except ERRORS as e:
-            raise gr.Error(str(e), print_exception=False) from None
+            raise gr.Error(_text(str(e)), print_exception=False) from None
 
     return wrapper
 
@@ -68,7 +73,7 @@ def build_page(model, cfg: dict, names, device, root: str | None, uploads: Uploa
         try:
             return read_image(path)
         except ERRORS as e:  # name the file as the user knows it, not the server's temporary copy
-            raise gr.Error(str(e).replace(path, shown_name), print_exception=False) from None
+            raise gr.Error(_text(str(e).replace(path, shown_name)), print_exception=False) from None
 
     def open_photo(path: str, shown_name: str, from_data: bool, alpha: float, progress):
         """A photo of the data folder keeps its name there; an upload's name is made safe."""
@@ -96,7 +101,7 @@ def build_page(model, cfg: dict, names, device, root: str | None, uploads: Uploa
                 raise ValueError(f"it is {saved.shape[1]}x{saved.shape[0]} px, the photo {shape[1]}x{shape[0]}")
             return saved
         except ERRORS as e:
-            gr.Warning(f"the saved scribble of {name} is left out (a save replaces it): {e}")
+            gr.Warning(_text(f"the saved scribble of {name} is left out (a save replaces it): {e}"))
             return None
 
     @_user_errors
@@ -118,7 +123,7 @@ def build_page(model, cfg: dict, names, device, root: str | None, uploads: Uploa
             kept = uploads.get(upload_id)
             if kept is None:
                 raise gr.Error(
-                    f"the upload {upload_id!r} is no longer on the server (the page was restarted, or "
+                    f"the upload {_text(repr(upload_id))} is no longer on the server (the page was restarted, or "
                     f"{uploads.max_uploads} later uploads replaced it): upload the photo again",
                     print_exception=False,
                 )
@@ -128,7 +133,9 @@ def build_page(model, cfg: dict, names, device, root: str | None, uploads: Uploa
         path = data.photos(root).get(name)
         if path is None:
             where = f"{root}/images" if root else "the page: it has no data folder (--data-root)"
-            raise gr.Error(f"no photo {name!r} in {where}: choose one in the list", print_exception=False)
+            raise gr.Error(
+                f"no photo {_text(repr(name))} in {_text(where)}: choose one in the list", print_exception=False
+            )
         return *open_photo(path, os.path.basename(path), True, alpha, progress), gr.update(value=name)
 
     def on_alpha(photo, alpha):
