@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 
 DEFAULT_CONFIG = os.path.join("configs", "synthetic.yaml")
@@ -291,6 +292,7 @@ def _app(args) -> int:
     except ImportError as e:
         raise ImportError('blpseg app needs gradio (the app extra): pip install -e ".[app]"') from e
     from .app.page import build_page
+    from .app.uploads import UploadStore
     from .engine.checkpoint import load_model
 
     if args.data_root is not None and os.path.exists(args.data_root) and not os.path.isdir(args.data_root):
@@ -306,12 +308,19 @@ def _app(args) -> int:
         from .app.data import check_classes
 
         check_classes(args.data_root, names)
-    page = build_page(model, cfg, names, device, args.data_root)
-    print(f"blpseg app: {len(names)} classes of {args.checkpoint} on {device}; Ctrl-C stops the page", flush=True)
-    # never share=True: the photos and the data folder stay on this machine
-    page.queue(default_concurrency_limit=1).launch(
-        server_name=args.host, server_port=args.port, share=False, inbrowser=False, show_error=False, quiet=True
-    )
+    # a stop by SIGTERM (a service manager, `kill`) ends like Ctrl-C: the uploads' folder is removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with UploadStore() as uploads:
+        page = build_page(model, cfg, names, device, args.data_root, uploads)
+        print(
+            f"blpseg app: {len(names)} classes of {args.checkpoint} on {device}; uploads kept in {uploads.dir} "
+            "until the page stops; Ctrl-C stops the page",
+            flush=True,
+        )
+        # never share=True: the photos and the data folder stay on this machine
+        page.queue(default_concurrency_limit=1).launch(
+            server_name=args.host, server_port=args.port, share=False, inbrowser=False, show_error=False, quiet=True
+        )
     return 0
 
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shutil
 import socket
 import struct
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import zlib
 
@@ -28,6 +30,7 @@ from PIL import Image
 
 from blpseg.app import data
 from blpseg.app.scribbles import add_strokes, class_colours, layers_to_scribble, paint
+from blpseg.app.uploads import UploadStore
 from blpseg.config import load_config
 from blpseg.data.classes import palette
 from blpseg.data.formats import class_names
@@ -114,6 +117,28 @@ def test_save_refuses_existing_and_other_classes(tmp_path):
     assert data.safe_name("../x y/é<p>.JPG") == "é_p_"
 
 
+def test_upload_store_keeps_bounded_and_cleans(tmp_path):
+    # an upload is copied under a random id (not its name) outside the user's folders; the oldest are
+    # dropped past the count or the bytes (the newest always kept); an unknown id is None; close removes all
+    files = []
+    for i, size in enumerate((10, 20, 30, 500)):
+        files.append(tmp_path / f"p{i}.png")
+        files[-1].write_bytes(bytes([i]) * size)
+    with UploadStore(max_uploads=2, max_bytes=100) as store:
+        assert not store.dir.startswith(str(tmp_path))
+        ids = [store.add(str(f), f"../dir/{f.name}") for f in files[:3]]
+        assert len(set(ids)) == 3 and all(i.replace("-", "").replace("_", "").isalnum() for i in ids)
+        assert store.get(ids[0]) is None  # the third upload dropped the first (2 at most)
+        path, name = store.get(ids[2])
+        assert name == "p2.png" and os.path.dirname(path) == store.dir and open(path, "rb").read() == b"\2" * 30
+        assert sorted(os.listdir(store.dir)) == sorted(ids[1:])
+        big = store.add(str(files[3]), "big.png")  # over max_bytes alone: kept, all older ones dropped
+        assert [store.get(i) for i in ids] == [None] * 3 and store.get(big)[1] == "big.png"
+        assert os.listdir(store.dir) == [big]
+        assert store.get("../p0.png") is None and store.get("") is None
+    assert not os.path.exists(store.dir)
+
+
 # --- the page in a browser ---------------------------------------------------------------------
 
 
@@ -181,6 +206,9 @@ def app(tmp_path_factory):
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+    # stopped by SIGTERM, the server removed the folder its uploads were kept in
+    store = re.search(r"uploads kept in (\S+) until", open(tmp / "server.log").read()).group(1)
+    assert os.path.isdir(os.path.dirname(store)) and not os.path.exists(store), store
 
 
 def _tiny_checkpoint(path: str) -> str:
@@ -246,6 +274,21 @@ def _upload(page, path: str) -> None:
     chooser.value.set_files(path)
 
 
+def _open_upload(page, path: str, width: int, height: int) -> None:
+    """Uploads `path`: the page opens it in a new page (?upload=ID, blpseg/app/page.py says why),
+    its info line, prediction overlay and editor's photo shown."""
+    with page.expect_navigation():
+        _upload(page, path)
+    assert "upload=" in page.url and "photo=" not in page.url, page.url
+    page.wait_for_selector("#info textarea")
+    name = os.path.splitext(os.path.basename(path))[0]
+    page.wait_for_function(
+        "s => document.querySelector('#info textarea').value.startsWith(s)", arg=f"{name}: {width}x{height} px"
+    )
+    _wait_overlay(page, None, width, height)
+    _wait_editor(page, None, width, height)
+
+
 def _choose(page, name: str) -> None:
     """Picks `name` in the list of the data folder's photos: the page opens it in a new page
     (?photo=NAME, blpseg/app/page.py says why)."""
@@ -258,10 +301,6 @@ def _choose(page, name: str) -> None:
 def _toast(page, text: str):
     """The message box gradio shows for gr.Error or gr.Warning, holding `text`."""
     page.locator(".toast-body").filter(has_text=text).first.wait_for(timeout=30_000)
-
-
-def _overlay_src(page):
-    return page.eval_on_selector("#overlay", "e => { const i = e.querySelector('img'); return i ? i.src : null }")
 
 
 # the URL of the image the editor's canvas shows (gradio's editor object, which it sets as window.editor)
@@ -397,20 +436,25 @@ def test_page_on_the_data_folders_photos(app, tmp_path):
 
 @browser
 def test_page_upload_save_and_bad_images(app, tmp_path):
-    """An uploaded photo: stroke, save (the photo saved beside its scribble), a second save refused,
-    then confirmed; the bad photos a user may upload: an RGBA and a 16-bit PNG are read (alpha
-    dropped, 16 bits scaled), a corrupt and a huge one get a message naming them; the server runs on."""
+    """The bad photos a user may upload: an RGBA and a 16-bit PNG are read (alpha dropped, 16 bits
+    scaled); then an uploaded photo: stroke, save (the photo saved beside its scribble), a second
+    save refused, then confirmed; a corrupt and a huge upload get a message naming them and leave
+    the photo shown; the server runs on."""
     names, root, klass = app["names"], app["root"], 1
     photo = str(tmp_path / "street.png")
     _photo(photo)
     H, W = 96, 128
     scribble_path = root / "scribbles" / "street.png"
     with _browser_page(app) as page:
-        editor = page.evaluate(EDITOR_SRC)
-        _upload(page, photo)
-        page.wait_for_function("document.querySelector('#info textarea').value.startsWith('street: 128x96 px')")
-        _wait_overlay(page, None, W, H)
-        _wait_editor(page, editor, W, H)
+        # RGBA and 16-bit greyscale photos are read as blpseg predict reads them
+        rgba = np.dstack([read_image(photo)[:, ::-1], np.full((H, W), 7, np.uint8)])  # another overlay than street
+        Image.fromarray(rgba, "RGBA").save(tmp_path / "glass.png")
+        deep = (np.arange(H * W, dtype=np.uint32).reshape(H, W) * 65535 // (H * W)).astype("<u2")
+        Image.frombytes("I;16", (W, H), deep.tobytes()).save(tmp_path / "deep.png")
+        for name in ("glass", "deep"):
+            _open_upload(page, str(tmp_path / f"{name}.png"), W, H)
+
+        _open_upload(page, photo, W, H)
         _stroke(page, klass, names)
         _save(page, "scribbles/street.png")
         assert names[klass] in page.input_value("#status textarea")
@@ -434,46 +478,54 @@ def test_page_upload_save_and_bad_images(app, tmp_path):
             time.sleep(0.2)
         np.testing.assert_array_equal(read_label(str(scribble_path)), scribble)
 
-        # RGBA and 16-bit greyscale photos are read as blpseg predict reads them
-        rgba = np.dstack([read_image(photo)[:, ::-1], np.full((H, W), 7, np.uint8)])  # another overlay than street
-        Image.fromarray(rgba, "RGBA").save(tmp_path / "glass.png")
-        deep = (np.arange(H * W, dtype=np.uint32).reshape(H, W) * 65535 // (H * W)).astype("<u2")
-        Image.frombytes("I;16", (W, H), deep.tobytes()).save(tmp_path / "deep.png")
-        for name in ("glass", "deep"):
-            before = _overlay_src(page)
-            _upload(page, str(tmp_path / f"{name}.png"))
-            page.wait_for_function("s => document.querySelector('#info textarea').value.startsWith(s)", arg=name)
-            _wait_overlay(page, before, W, H)
-
         # a corrupt and a huge photo: a message on the page naming each, and the server still answers
         bad = tmp_path / "broken.png"
         bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not a png" * 10)
         _huge_png(tmp_path / "huge.png")
+        url = page.url
         _upload(page, str(tmp_path / "huge.png"))
         _toast(page, "huge.png: 12000 x 12000 is over the limit")
         _upload(page, str(bad))
         _toast(page, "cannot read broken.png")
+        # a refused upload opens no page: the photo stays shown
+        assert page.input_value("#info textarea").startswith("street: ") and page.url == url
+        assert page.evaluate("() => window.editor.width") == W
         _screenshot(page, tmp_path, "app_bad_image.png")
         assert app["server"].poll() is None and _answers(app["url"])
 
 
 @browser
-@pytest.mark.xfail(strict=True, reason="gradio 6.31's editor drops strokes on a second 500x375 photo (docs/app.md)")
-def test_page_second_upload_in_one_page(app, tmp_path):
-    """The limitation docs/app.md states: a second 500 x 375 upload in one page is shown, but the
-    strokes drawn on it never reach the server ("nothing scribbled"; 128 x 96 photos were sent).
-    Strict: once gradio sends them, this test fails, and the note (and the reload for the list's
-    photos) can go."""
-    names, klass = app["names"], 1
+def test_page_uploads_one_after_another(app, tmp_path):
+    """Photo after photo uploaded in one tab, each of a real size (500 x 375, at which gradio's editor
+    drops the strokes of a second photo given to one page): every stroke reaches the saved PNG. The
+    first upload is made from a page showing a photo of the data folder (?photo=)."""
+    names, root = app["names"], app["root"]
     with _browser_page(app) as page:
-        for name, flip in (("first", False), ("second", True)):
+        page.goto(f"{app['url']}?photo={next(iter(app['photos']))}", wait_until="domcontentloaded")
+        page.wait_for_selector("#info textarea")
+        page.wait_for_function("document.querySelector('#info textarea').value !== ''")
+        for name, flip, klass in (("first", False, 1), ("second", True, 2), ("third", False, 3)):
             photo = tmp_path / f"{name}.png"
             _photo(photo, (375, 500))
             if flip:
                 Image.open(photo).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photo)
-            editor = page.evaluate(EDITOR_SRC)
-            _upload(page, str(photo))
-            page.wait_for_function("s => document.querySelector('#info textarea').value.startsWith(s)", arg=name)
-            _wait_editor(page, editor, 500, 375)
+            _open_upload(page, str(photo), 500, 375)
             _stroke(page, klass, names)
             _save(page, f"scribbles/{name}.png")
+            saved = read_label(str(root / "scribbles" / f"{name}.png"))
+            _check_stroke(saved, None, klass)
+            assert set(np.unique(saved).tolist()) == {klass, 255}
+            np.testing.assert_array_equal(read_image(str(root / "images" / f"{name}.png")), read_image(str(photo)))
+
+
+@browser
+def test_page_unknown_photo_or_upload(app):
+    """A page opened with an id the server does not hold (an old bookmark, a restarted server, a
+    typo) says so on the page, the id as text; the server runs on."""
+    with _browser_page(app) as page:
+        page.goto(f"{app['url']}?upload=not-an-id", wait_until="domcontentloaded")
+        _toast(page, "the upload 'not-an-id' is no longer on the server")
+        # the name is shown as text: the message box renders HTML
+        page.goto(f"{app['url']}?photo={urllib.parse.quote('<b>no</b>_photo')}", wait_until="domcontentloaded")
+        _toast(page, "no photo '<b>no</b>_photo' in")
+    assert app["server"].poll() is None and _answers(app["url"])

@@ -1,7 +1,11 @@
 """The page: open a photo (an upload, or one of the data folder's images/), see the model's
 prediction as an overlay, scribble per class with the checkpoint's colours, save the scribbles into
-the data folder and see its data summary. Every handler turns a bad request (an unreadable photo, a
-refused save) into a message on the page (gr.Error), never a traceback; the server keeps running."""
+the data folder and see its data summary. A photo is opened in a page of its own (?photo=NAME for
+the data folder's, ?upload=ID for an upload kept in uploads.py's store): gradio's editor (6.31),
+given a second photo of a real size by the server in one page, shows it but no longer sends the
+strokes drawn on it (docs/app.md, Decisions); a fresh page's first photo is sent. Every handler
+turns a bad request (an unreadable photo, a refused save) into a message on the page (gr.Error),
+never a traceback; the server keeps running."""
 
 from __future__ import annotations
 
@@ -17,12 +21,21 @@ from ..engine.inference import predict_image
 from ..engine.overlay import overlay
 from . import data
 from .scribbles import add_strokes, class_colours, layers_to_scribble, paint
+from .uploads import UploadStore
 
 ERRORS = (OSError, ValueError, RuntimeError)  # what reading a user's photo or writing a file may raise
-# the list's choice reloads the page with ?photo=NAME (see build_page)
+# opens a photo in a new page: the list's choice as ?photo=NAME, a kept upload as ?upload=ID
 OPEN_IN_NEW_PAGE = """(n) => {
-    if (n) { const u = new URL(window.location); u.searchParams.set("photo", n); window.location.assign(u) }
+    if (!n) return;
+    const u = new URL(window.location);
+    u.searchParams.delete("photo"); u.searchParams.delete("upload"); u.searchParams.set("%s", n);
+    window.location.assign(u);
 }"""
+
+
+def _text(message: str) -> str:
+    """A message for gr.Error, which renders HTML: file names and URL parameters are the user's text."""
+    return html.escape(message, quote=False)
 
 
 def _user_errors(fn):
@@ -35,7 +48,7 @@ def _user_errors(fn):
         except gr.Error:
             raise
         except ERRORS as e:
-            raise gr.Error(str(e), print_exception=False) from None
+            raise gr.Error(_text(str(e)), print_exception=False) from None
 
     return wrapper
 
@@ -49,20 +62,23 @@ def _legend(names, colours) -> str:
     return f'<div id="class-legend">{swatches}</div>'
 
 
-def build_page(model, cfg: dict, names, device, root: str | None):
-    """The gr.Blocks of the page for a loaded checkpoint (engine/checkpoint.py load_model) and a
-    data folder (None: no saving)."""
+def build_page(model, cfg: dict, names, device, root: str | None, uploads: UploadStore):
+    """The gr.Blocks of the page for a loaded checkpoint (engine/checkpoint.py load_model), a data
+    folder (None: no saving) and the store its uploads are kept in until the page stops."""
     colours = class_colours(len(names))
     PROGRESS = gr.Progress()  # gradio's marker for a handler's progress bar (one instance serves all)
     brush = lambda c: gr.Brush(colors=colours, default_color=colours[c], color_mode="fixed", default_size=6)
 
+    def read_photo(path: str, shown_name: str):
+        try:
+            return read_image(path)
+        except ERRORS as e:  # name the file as the user knows it, not the server's temporary copy
+            raise gr.Error(_text(str(e).replace(path, shown_name)), print_exception=False) from None
+
     def open_photo(path: str, shown_name: str, from_data: bool, alpha: float, progress):
         """A photo of the data folder keeps its name there; an upload's name is made safe."""
         progress(0, desc="reading the photo")
-        try:
-            image = read_image(path)
-        except ERRORS as e:  # name the file as the user knows it, not the server's temporary copy
-            raise gr.Error(str(e).replace(path, shown_name), print_exception=False) from None
+        image = read_photo(path, shown_name)
         progress(0.2, desc="predicting")
         pred = predict_image(model, image, cfg, device).argmax(0).numpy().astype(np.uint8)
         name = os.path.splitext(shown_name)[0] if from_data else data.safe_name(shown_name)
@@ -85,23 +101,41 @@ def build_page(model, cfg: dict, names, device, root: str | None):
                 raise ValueError(f"it is {saved.shape[1]}x{saved.shape[0]} px, the photo {shape[1]}x{shape[0]}")
             return saved
         except ERRORS as e:
-            gr.Warning(f"the saved scribble of {name} is left out (a save replaces it): {e}")
+            gr.Warning(_text(f"the saved scribble of {name} is left out (a save replaces it): {e}"))
             return None
 
     @_user_errors
-    def on_upload(file, alpha, progress=PROGRESS):
+    def on_upload(file, progress=PROGRESS):
+        """A readable upload is kept and its id returned (the page then opens ?upload=ID); a bad one
+        gets its message here, in the page the user is on."""
         if file is None:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        return open_photo(file, os.path.basename(file), False, alpha, progress)
+            return gr.skip()
+        name = os.path.basename(file)
+        progress(0, desc="reading the photo")
+        read_photo(file, name)
+        data.safe_name(name)  # a name that cannot be saved is refused now, not at the save
+        return uploads.add(file, name)
 
     @_user_errors
     def on_load(alpha, request: gr.Request, progress=PROGRESS):
-        name = request.query_params.get("photo")
+        name, upload_id = request.query_params.get("photo"), request.query_params.get("upload")
+        if upload_id:
+            kept = uploads.get(upload_id)
+            if kept is None:
+                raise gr.Error(
+                    f"the upload {_text(repr(upload_id))} is no longer on the server (the page was restarted, or "
+                    f"{uploads.max_uploads} later uploads replaced it): upload the photo again",
+                    print_exception=False,
+                )
+            return *open_photo(*kept, False, alpha, progress), gr.skip()
         if not name:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         path = data.photos(root).get(name)
         if path is None:
-            raise gr.Error(f"no photo {name!r} in {root}/images", print_exception=False)
+            where = f"{root}/images" if root else "the page: it has no data folder (--data-root)"
+            raise gr.Error(
+                f"no photo {_text(repr(name))} in {_text(where)}: choose one in the list", print_exception=False
+            )
         return *open_photo(path, os.path.basename(path), True, alpha, progress), gr.update(value=name)
 
     def on_alpha(photo, alpha):
@@ -138,6 +172,7 @@ def build_page(model, cfg: dict, names, device, root: str | None):
         with gr.Row():
             # a button rather than gr.File: it stays ready for the next photo after a refused one
             upload = gr.UploadButton("upload a photo", file_types=["image"], type="filepath", elem_id="upload")
+            upload_id = gr.Textbox(visible="hidden", elem_id="upload-id")  # the kept upload, for the new page
             choose = gr.Dropdown(
                 choices=list(data.photos(root)), value=None, label="or a photo of the data folder", elem_id="choose"
             )
@@ -174,10 +209,9 @@ def build_page(model, cfg: dict, names, device, root: str | None):
         )
 
         outputs = [photo, editor, shown, info]
-        upload.upload(on_upload, [upload, alpha], outputs)
-        # gradio's editor (6.x), given a photo by a second update, no longer sends the strokes drawn on
-        # it: a photo of the data folder is opened in a new page (?photo=NAME), its first update
-        choose.input(None, choose, None, js=OPEN_IN_NEW_PAGE)
+        # each photo in a page of its own, its first update (see the module's docstring)
+        upload.upload(on_upload, upload, upload_id).success(None, upload_id, None, js=OPEN_IN_NEW_PAGE % "upload")
+        choose.input(None, choose, None, js=OPEN_IN_NEW_PAGE % "photo")
         page.load(on_load, [alpha], [*outputs, choose])
         alpha.release(on_alpha, [photo, alpha], shown)
         klass.change(lambda c: gr.update(brush=brush(c)), klass, editor)
