@@ -30,6 +30,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -58,7 +59,7 @@ struct Avx512 {
   static constexpr int kBytes = 64, kRegs = 32, kRows = 4;
 };
 struct Avx2 {
-  static constexpr int kBytes = 32, kRegs = 16, kRows = 4;
+  static constexpr int kBytes = 32, kRegs = 16, kRows = 3;
 };
 
 // The vectors of T at one ISA level: L lanes, one register.
@@ -96,17 +97,21 @@ constexpr int kAcc = kDots<S, R>;
 constexpr int kAhead = 6;
 
 // The padded copy of one image's n channels: P rows of n channel rows of Q values, the pixel
-// (y, x) at (y + r, x + r). A key row of all channels is contiguous, so the channel rows that the
-// dot products and sums step through are Q values apart (a stride that the hardware prefetchers
-// follow, in a few pages: channel planes were a plane apart, each in its own page, and the kernels
+// (y, x) at (y + r, x + X), X = r rounded up to a multiple of L, and Q a multiple of L: the query
+// vectors of a strip are aligned (from torch's 64-byte aligned allocation) and their loads never
+// split a cache line; only the key vectors, at every shift, do. Q / L is odd: channel rows a power
+// of two of cache lines apart would fall in a few cache sets (D = 256 ran 8% slower). A key row of all channels is
+// contiguous, so the channel rows that the dot products and sums step through are Q values apart (a stride that the
+// hardware prefetchers follow, in a few pages: channel planes were a plane apart, each in its own page, and the kernels
 // spent much of their time in TLB and cache misses). A strip is R query rows x L columns; the R - 1
 // extra rows at the bottom hold the queries of a last strip below the image (results dropped).
 struct Planes {
-  int H, W, r, L, R, Wp, P, Q;
+  int H, W, r, L, R, Wp, X, P, Q;
 
   Planes(int64_t H_, int64_t W_, int r_, int L_, int R_)
       : H(static_cast<int>(H_)), W(static_cast<int>(W_)), r(r_), L(L_), R(R_),
-        Wp(static_cast<int>((W_ + L_ - 1) / L_ * L_)), P(H + 2 * r + R - 1), Q(Wp + 2 * r) {}
+        Wp(static_cast<int>((W_ + L_ - 1) / L_ * L_)), X((r_ + L_ - 1) / L_ * L_), P(H + 2 * r + R - 1),
+        Q(((X + Wp + r + L - 1) / L | 1) * L) {}
 
   int offsets() const { return 2 * r + 1; }
   int64_t strip_rows() const { return (H + R - 1) / R; }
@@ -117,12 +122,12 @@ struct Planes {
   int strip_x(int64_t s) const { return static_cast<int>(s / strip_rows()) * L; }
   // In a copy of n channels: the index of the first query pixel of row y, and of its first key at
   // offset (dy, -r), in channel 0.
-  int64_t query(int y, int x0, int64_t n) const { return int64_t(y + r) * n * Q + x0 + r; }
-  int64_t key_row(int y, int dy, int x0, int64_t n) const { return int64_t(y + r + dy) * n * Q + x0; }
+  int64_t query(int y, int x0, int64_t n) const { return int64_t(y + r) * n * Q + x0 + X; }
+  int64_t key_row(int y, int dy, int x0, int64_t n) const { return int64_t(y + r + dy) * n * Q + x0 + X - r; }
 
   // The padded copy of a (n, H, W) tensor: contiguous (P, n, Q).
   at::Tensor pad(const at::Tensor& t, double value) const {
-    return at::constant_pad_nd(t.permute({1, 0, 2}), {r, r + Wp - W, 0, 0, r, r + R - 1}, value).contiguous();
+    return at::constant_pad_nd(t.permute({1, 0, 2}), {X, Q - X - W, 0, 0, r, r + R - 1}, value).contiguous();
   }
 };
 
@@ -260,6 +265,14 @@ struct KeyRow {
   KeyRow(int t, int r, int R) : lo(std::max(0, t - r)), hi(std::min(R - 1, t + r)) {}
 };
 
+// The start of buf (n + 64 / sizeof(T) values) aligned to 64 bytes: vectors at multiples of L from it
+// are aligned.
+template <typename T>
+T* aligned(std::vector<T>& buf) {
+  const uintptr_t at = reinterpret_cast<uintptr_t>(buf.data());
+  return buf.data() + (64 - at % 64) % 64 / sizeof(T);
+}
+
 // Calls fn(std::integral_constant<int, rows>) for 1 <= rows <= R (a compile-time row count).
 template <int R, typename F>
 LAM_ALWAYS_INLINE void with_rows(int rows, F&& fn) {
@@ -291,11 +304,12 @@ struct ForwardJob {
     // unroll them before the loop vectoriser runs, and the unrolled selects stay scalar.
     const int lanes = g.L;
     const int64_t N = int64_t(g.H) * g.W;
-    std::vector<T> buf(R * (int64_t(nj) + C) * L);
+    std::vector<T> buf(R * (int64_t(nj) + C) * L + 64 / sizeof(T));
+    T* const base = aligned(buf);
     T *s[R], *acc[R];  // per row: the key row's logits, then weights (nj x L); sum of weight x value (C x L)
     for (int i = 0; i < R; ++i) {
-      s[i] = buf.data() + i * nj * L;
-      acc[i] = buf.data() + (R * nj + i * C) * L;
+      s[i] = base + i * nj * L;
+      acc[i] = base + (R * nj + i * C) * L;
     }
     OnlineSoftmax<T> sm[R][L];
     T scale[R][L], row_max[L], m[L], row_sum[L];
@@ -400,12 +414,12 @@ struct BackwardJob {
     const int r = g.r, nj = g.offsets();
     const int lanes = g.L;  // as in the forward
     const int64_t N = int64_t(g.H) * g.W, row = int64_t(nj) * L, per_row = 5 * row + (C + D) * L;
-    std::vector<T> buf(R * per_row);
+    std::vector<T> buf(R * per_row + 64 / sizeof(T));
     // Per query row: f_a . f_b, then A(a, b) (a as the key of b); g_a . x_b, then dS(a, b) + dS(b, a);
     // x_a . g_b; Masked: whether the pair is in dx_a's, df_a's sum; dx_a and df_a.
     T *s[R], *gx[R], *xg[R], *in_dx[R], *in_df[R], *dxa[R], *dfa[R];
     for (int i = 0; i < R; ++i) {
-      s[i] = buf.data() + i * per_row;
+      s[i] = aligned(buf) + i * per_row;
       gx[i] = s[i] + row;
       xg[i] = gx[i] + row;
       in_dx[i] = xg[i] + row;
@@ -497,12 +511,13 @@ struct BackwardJob {
 };
 
 // ---------------------------------------------------------------------------------------------
-// ISA dispatch. The kernels are compiled for AVX-512 (x86-64-v4, a target attribute: the build stays
-// portable, no -march=native) and run where the CPU has it. Their AVX2 build (x86-64-v3, strips of
-// one row, blocks of 4) measured 7x slower than the AVX-512 one and slower than the tiled kernels
-// (96 x 96, D 16, r 12: GCC 12 spills the 64-byte vectors it splits into AVX2 halves), so without
-// AVX-512 the tiled kernels, BLAS-based, run every radius. LAM_OPS_CPU_ISA (avx512, avx2, baseline)
-// caps the ISA: the tests run the tiled kernels' path on a machine that has AVX-512.
+// ISA dispatch. The kernels are compiled twice through target attributes (the build stays portable,
+// no -march=native): for AVX-512 (x86-64-v4, 64-byte vectors, strips of 4 rows: blocks of 4 x 6
+// in 32 registers) and for AVX2 (x86-64-v3, 32-byte vectors, strips of 3 rows: blocks of 3 x 3 in 16
+// registers; 4 rows, blocks of 4 x 2, measured 12% slower), the best the CPU has running. (Vectors of
+// 64 bytes compiled for AVX2, split by GCC into halves, spilled and ran 7x slower.) Without AVX2 the
+// tiled kernels run every radius. LAM_OPS_CPU_ISA (avx512, avx2, baseline) caps the ISA: the tests
+// run every path on a machine that has AVX-512.
 
 enum class Isa { kBaseline, kAvx2, kAvx512 };
 
@@ -579,13 +594,17 @@ at::Tensor key_plane(const at::Tensor& key_mask, int64_t b, int64_t H, int64_t W
 
 }  // namespace
 
-// Measured (B 2, C 21, 96 x 96, D 16 and 256): the offset kernels are faster than the tiled ones at
-// every radius up to 18. Their work per query is (2r + 1)^2 pairs whatever the image, the tiled
-// ones' the key rectangle of a tile, at most the image: where the windows are much larger than the
-// image (the radius close to the image's size, where most offsets fall outside), the tiled kernels
-// win.
-bool use_offset_kernels(int64_t H, int64_t W, int radius) {
-  if (chosen_isa() < Isa::kAvx2) return false;
+// Measured (B 2, C 21, 96 x 96, D 16 and 256, r 6, 12, 18; one thread): with AVX-512 the offset
+// kernels are faster than the tiled ones at every radius up to 18. With AVX2 only (MKL capped to AVX2
+// as well) they are faster at D 16 and at D 256 r 6, equal at D 256 r 12 and 1.1x slower at D 256
+// r 18 (fwd + bwd), where BLAS's GEMMs over the tiles' key rectangles waste less: there the tiled
+// kernels run (D >= 128 and r > 12, the midpoints of what was measured). Their work per query is
+// (2r + 1)^2 pairs whatever the image, the tiled ones' the key rectangle of a tile, at most the image:
+// where the windows are much larger than the image (the radius close to the image's size, where most
+// offsets fall outside), the tiled kernels win.
+bool use_offset_kernels(int64_t H, int64_t W, int64_t D, int radius) {
+  const Isa isa = chosen_isa();
+  if (isa < Isa::kAvx2 || (isa == Isa::kAvx2 && D >= 128 && radius > 12)) return false;
   const int64_t side = 2 * int64_t(radius) + 1, rect = 8 + 2 * int64_t(radius);
   return side * side <= 2 * std::min(H, rect) * std::min(W, rect);
 }
