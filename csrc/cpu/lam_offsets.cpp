@@ -1,10 +1,10 @@
 // Offset-major CPU kernels of the lam_ops operators for windowed radii, over lam/math.h.
 //
-// Work unit: a strip of L query pixels of one image row, L = one 64-byte vector (16 float32, 8
-// float64). In a channel plane of the NCHW input, the keys of those L queries at one window offset
-// (dy, dx) are L contiguous values, so every pair sum runs over full vectors with one unaligned load
-// per channel and no pair outside the windows (the tiled kernels of lam_cpu.cpp compute the GEMM of
-// a tile with its whole key rectangle: at r = 6, 400 keys per query of which 169 are used).
+// Work unit: a strip of R rows of L query pixels, L = one vector (AVX-512: 16 float32, 8 float64,
+// R = 4; AVX2: 8 and 4, R = 3; see the ISA dispatch below). In a channel plane of the NCHW input, the keys of those L
+// queries at one window offset (dy, dx) are L contiguous values, so every pair sum runs over full vectors with one
+// unaligned load per channel and no pair outside the windows (the tiled kernels of lam_cpu.cpp compute the GEMM of a
+// tile with its whole key rectangle: at r = 6, 400 keys per query of which 169 are used).
 //
 // Each image is first copied into channel planes padded by r on every side and to a multiple of L
 // in width, with zeros and a key mask of 0 in the padding (lse -inf in the backward). Every strip
