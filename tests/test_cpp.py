@@ -32,8 +32,8 @@ TILING_CASES = [
     Case(2, 5, 6, 15, 14, 4, "random", contiguous=False),
 ]
 
-# The offset kernels (AVX-512 only) run strips of L columns (16 float32, 8 float64) x 4 rows of
-# queries over a copy of the image padded by r, in passes of 32 channels.
+# The offset kernels run strips of L columns x R rows of queries (AVX-512: L 16 float32, 8 float64,
+# R 4; AVX2: L 8 and 4, R 3) over a copy of the image padded by r, in passes of 32 channels.
 OFFSET_CASES = [
     Case(1, 3, 4, 7, 17, 3, "random"),  # one column past a strip; rows not a multiple of 4
     Case(2, 5, 6, 13, 33, 5, "sparse"),  # 3 strips, the last of one column
@@ -41,6 +41,7 @@ OFFSET_CASES = [
     Case(1, 2, 3, 30, 5, 10, "random"),  # windows far larger than the image: the tiled kernels
     Case(1, 4, 40, 9, 18, 3, "random"),  # D = 40: two passes of the dot products
     Case(2, 21, 16, 10, 20, 2, "sparse", contiguous=False),
+    Case(1, 2, 128, 11, 30, 13, "random"),  # AVX2: D >= 128 and r > 12 run the tiled kernels
 ]
 
 
@@ -102,8 +103,9 @@ def test_results_do_not_depend_on_thread_count(case):
         assert torch.equal(one[name], two[name]), name
 
 
-# Each SIMD level (the CPU's, or lower through LAM_OPS_CPU_ISA, read once per process: below AVX-512
-# the tiled kernels run every radius) on the cases of the offset kernels and the non-finite contract.
+# Each SIMD level (the CPU's, or lower through LAM_OPS_CPU_ISA, read once per process: the offset
+# kernels' AVX-512 and AVX2 builds; baseline runs the tiled kernels at every radius) on the cases of the
+# offset kernels and the non-finite contract.
 ISA_SCRIPT = """
 import torch
 from lam_cases import EDGE_CASES, NONFINITE_CASES, assert_matches_reference, assert_nonfinite_case_matches_the_contract

@@ -550,7 +550,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, const at::Te
   if (lse.numel() == 0) return {out, lse};  // no pixel: nothing to compute (C = D = 0 still runs)
   const at::Tensor km = key_mask.has_value() ? key_mask->contiguous() : at::Tensor();
   const int r = kernel_radius(radius, x.size(2), x.size(3));
-  if (r >= 0 && use_offset_kernels(x.size(2), x.size(3), r)) {
+  if (r >= 0 && use_offset_kernels(x.size(2), x.size(3), f.size(1), r)) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lam_forward_cpu", [&] {
       offset_forward<scalar_t>(x, f, km, static_cast<scalar_t>(sigma.item<double>()), r, out, lse);
     });
@@ -576,7 +576,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gr
   at::Tensor dx = at::empty(x.sizes(), x.options()), df = at::empty(f.sizes(), f.options());
   const int r = kernel_radius(radius, x.size(2), x.size(3));
   double dsigma = 0;
-  if (r >= 0 && use_offset_kernels(x.size(2), x.size(3), r)) {
+  if (r >= 0 && use_offset_kernels(x.size(2), x.size(3), f.size(1), r)) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lam_backward_cpu", [&] {
       dsigma = static_cast<double>(offset_backward<scalar_t>(
           grad_out, x, f, km, out, lse, static_cast<scalar_t>(sigma.item<double>()), r, dx, df));

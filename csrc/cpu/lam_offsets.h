@@ -5,8 +5,9 @@
 
 namespace lam {
 
-// Whether the offset-major kernels run radius `radius` (>= 0) on H x W images; else the tiled ones.
-bool use_offset_kernels(int64_t H, int64_t W, int radius);
+// Whether the offset-major kernels run radius `radius` (>= 0) on H x W images of D features; else the
+// tiled ones.
+bool use_offset_kernels(int64_t H, int64_t W, int64_t D, int radius);
 
 // x (B, C, H, W), f (B, D, H, W) in any strides; key_mask undefined or (B, H, W) bool. Writes out
 // (B, C, H, W) and lse (B, H, W), both contiguous.
