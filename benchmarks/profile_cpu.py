@@ -56,6 +56,8 @@ PHASES = [
     ("delta_of (Delta = g . out)", r"\bdelta_of<"),
     ("scatter / gather_mask", r"\b(scatter|gather_mask)<"),
     (DISPATCH, r"lam::\(anonymous namespace\)::mm<"),  # the from_blob + mm_out wrapper
+    # everything a strip runs is inlined into the per-ISA entry points of lam_offsets.cpp
+    ("offset kernels (dots, pair math, sums; inlined)", r"\blam::(\(anonymous namespace\)::)?run_avx(512|2)\b"),
     ("tile loops (inlined: fills, windows, online softmax)", r"\blam::"),
     ("memcpy / memset (gathers, fills)", r"\b__(memmove|memcpy|memset)\w*|\bmem(cpy|move|set)\b"),
     ("pixel_major copies (ATen copy kernels)", r"copy_kernel|VectorizedLoop2d|basic_loop|copy_impl"),

@@ -211,6 +211,11 @@ def test_perf_report_rows_are_parsed_and_put_into_phases():
     assert rows[-1].symbol == "__dynamic_cast" and rows[-2].symbol == "_PyEval_EvalFrameDefault"
     assert rows[-3].symbol == "[k] clear_page_erms"
     phases = {r.symbol[:40]: profile_cpu.phase_of(r.dso, r.symbol) for r in rows}
+    for isa in ("avx512", "avx2"):  # the offset kernels: everything a strip runs is inlined into these
+        symbol = (
+            f"void lam::(anonymous namespace)::run_{isa}<float>(lam::(anonymous namespace)::Job<float> const&, long)"
+        )
+        assert profile_cpu.phase_of("_C.cpython-311-x86_64-linux-gnu.so", symbol).startswith("offset kernels")
     expected = {
         "lam::(anonymous namespace)::row_logits<f": "row_logits",
         "lam::(anonymous namespace)::softmax_weig": "softmax_weights",
