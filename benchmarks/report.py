@@ -174,7 +174,7 @@ def _args_text(args: dict) -> str:
 
 
 def plots(rows: list[dict], out: Path) -> list[Path]:
-    """time_vs_size.png (the sweep) and memory_vs_radius.png (the paper shapes)."""
+    """time_vs_size.png (the sweep, if run) and memory_vs_radius.png (the paper shapes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,38 +187,37 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
     written = []
 
     sweep = [r for r in ok if r["section"] == "sweep"]
-    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), squeeze=False)
-    for ax, mode in zip(axes[0], modes, strict=True):
-        series = defaultdict(list)
-        for r in sweep:
-            if r["mode"] == mode:
-                series[r["impl"]].append((r["H"], r["median_s"], r["min_s"], r["max_s"]))
-        for impl, pts in sorted(series.items()):
-            pts.sort()
-            ax.errorbar(
-                [p[0] for p in pts],
-                [p[1] for p in pts],
-                yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]],
-                marker="o",
-                capsize=3,
-                label=impl,
-                color=color[impl],
-            )
-        title = f"{mode}"
-        if sweep:
+    if sweep:  # a run without the sweep (--sizes with no value) draws no empty plot
+        fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), squeeze=False)
+        for ax, mode in zip(axes[0], modes, strict=True):
+            series = defaultdict(list)
+            for r in sweep:
+                if r["mode"] == mode:
+                    series[r["impl"]].append((r["H"], r["median_s"], r["min_s"], r["max_s"]))
+            for impl, pts in sorted(series.items()):
+                pts.sort()
+                ax.errorbar(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]],
+                    marker="o",
+                    capsize=3,
+                    label=impl,
+                    color=color[impl],
+                )
             s = sweep[0]
-            title += f": B={s['B']}, C={s['C']}, D={s['D']}, r={s['radius']}"
-        sizes = sorted({r["H"] for r in sweep})
-        ax.set(
-            xlabel="image size (H = W)",
-            ylabel="median time per call (s; bars: min to max)",
-            xscale="log",
-            yscale="log",
-            title=title,
-        )
-        ax.set_xticks(sizes, [str(v) for v in sizes])
-        ax.minorticks_off()
-    written.append(_save(fig, out / "time_vs_size.png"))
+            title = f"{mode}: B={s['B']}, C={s['C']}, D={s['D']}, r={s['radius']}"
+            sizes = sorted({r["H"] for r in sweep})
+            ax.set(
+                xlabel="image size (H = W)",
+                ylabel="median time per call (s; bars: min to max)",
+                xscale="log",
+                yscale="log",
+                title=title,
+            )
+            ax.set_xticks(sizes, [str(v) for v in sizes])
+            ax.minorticks_off()
+        written.append(_save(fig, out / "time_vs_size.png"))
 
     paper = [r for r in ok if r["section"] == "paper"]
     Ds = sorted({r["D"] for r in paper}) or [None]

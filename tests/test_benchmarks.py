@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_lam  # noqa: E402
 import isolate  # noqa: E402
+import report  # noqa: E402
 
 MEASURED = (
     "median_s",
@@ -283,3 +284,11 @@ def test_without_perf_the_profile_says_so_and_falls_back_to_torch_profiler(tmp_p
     runs = json.loads((tmp_path / "out" / "profile.json").read_text())["runs"]
     assert [r["direction"] for r in runs] == ["fwd", "bwd"] and all(r["ms"] > 0 for r in runs)
     assert all(sum(r["phases"].values()) == pytest.approx(100.0) for r in runs)
+
+
+def test_a_run_without_the_sweep_draws_no_empty_size_plot(tmp_path):
+    row = dict(section="paper", status="ok", mode="fwd", B=2, C=21, D=16, H=96, W=96, peak_mb=4.0)
+    rows = [dict(row, impl=impl, radius=radius) for impl in ("cpp", "dense") for radius in (6, None)]
+    written = report.plots(rows, tmp_path)
+    assert [p.name for p in written] == ["memory_vs_radius.png"]
+    assert not (tmp_path / "time_vs_size.png").exists()
